@@ -1,0 +1,164 @@
+"""gen-synth throughput: the host side per core, and the toy GAN end to end on this machine.
+
+Rows:
+- host: mask + filters            generator.masks.process_batch alone
+- host: mask + filters + write    the pipeline's host thread (process_batch, sample build, encode,
+                                  tar + zstd, atomic write) fed synthetic batches, one core
+- toy: render pairs               Gan.generate_pair alone (the accelerator side; here TF on CPU)
+- toy: end to end                 generator.pipeline.run (render overlapped with the host thread)
+
+Host rows use synthetic GAN-like pairs (no TensorFlow) and one thread in cv2/BLAS, so they are
+per-core numbers. Targets (issue 3): mask + filters >= 5000/s, + encode + write >= 1500/s per core.
+Prints a table, then one JSON line.
+
+    python benchmarks/gen_synth.py            # 2048 host samples, 512 toy samples
+    python benchmarks/gen_synth.py --quick    # 512 / 128
+    python benchmarks/gen_synth.py --no-toy   # host rows only (no TensorFlow)
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # per-core host numbers: set before numpy loads BLAS
+
+import json
+import platform
+import tempfile
+import time
+
+import click
+import cv2
+import numpy as np
+
+from generator.latents import LatentStream
+from generator.masks import FilterConfig, process_batch
+from generator.pipeline import GenConfig, _Host, make_plan
+
+BATCH = 64
+
+
+def make_pairs(n: int, size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """GAN-like pairs float32 [n, size, size, 3] in [-1, 1]: a smooth blob on a smooth coloured
+    background; the shifted image lights the blob and darkens the rest, plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    x = np.empty((n, size, size, 3), np.float32)
+    xs = np.empty_like(x)
+    for i in range(n):
+        coarse = rng.normal(0, 0.5, (6, 6, 3)).astype(np.float32)
+        bg = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+        cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
+        obj = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)[..., None]
+        col = rng.uniform(-0.8, 0.8, 3).astype(np.float32)
+        img = np.where(obj, col, bg) + rng.normal(0, 0.05, (size, size, 3)).astype(np.float32)
+        x[i] = np.clip(img, -1, 1)
+        xs[i] = np.clip(np.where(obj, 0.6 * img + 0.45, 0.4 * img - 0.6), -1, 1)
+    return x, xs
+
+
+class Clock:
+    """Wall and CPU seconds of this process. On a shared machine the wall clock includes time
+    spent waiting for a core; samples per CPU second is the per-core rate (one thread)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def bench_masks(x: np.ndarray, xs: np.ndarray, filters: FilterConfig) -> tuple[float, float]:
+    with Clock() as c:
+        for s in range(0, len(x), BATCH):
+            process_batch(x[s:s + BATCH], xs[s:s + BATCH], filters)
+    return len(x) / c.cpu, len(x) / c.wall
+
+
+def bench_host(x: np.ndarray, xs: np.ndarray, encoding: str) -> tuple[float, float, float]:
+    """Samples/s of the pipeline's host thread work, run synchronously on this thread."""
+    from shardset import ShardSetWriter
+
+    n = len(x)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GenConfig(gan="toy", latents="prior", n=n, shard_size=min(n, 1000), name="bench", out=out,
+                        encoding=encoding, histogram_rule="none", size_filter=False, val_fraction=0.0,
+                        batch_size=BATCH, write_threads=1).resolved()  # synchronous: one core
+        plan = make_plan(cfg)
+        writer = ShardSetWriter(out, "bench", encoding=encoding, shard_size=cfg.shard_size, params={}, seed=0)
+        host = _Host(cfg, plan, writer, cfg.filter_config(), None, None)
+        with Clock() as c:
+            for shard in range(plan.num_shards):
+                stream = LatentStream(0, shard, 120)
+                s0 = shard * cfg.shard_size
+                for s in range(s0, s0 + plan.sizes[shard], BATCH):
+                    e = min(s + BATCH, s0 + plan.sizes[shard])
+                    host._consume(shard, stream.take(e - s), x[s:e], xs[s:e])
+        nbytes = sum(p.stat().st_size for p in os.scandir(out) if p.name.endswith(".tar.zst"))
+    return n / c.cpu, n / c.wall, nbytes / n
+
+
+def bench_toy(n: int) -> dict:
+    from generator.pipeline import cached_gan, run
+    from generator.toy import toy_direction
+
+    gan = cached_gan("toy")
+    z = np.random.default_rng(0).standard_normal((BATCH, 120)).astype(np.float32)
+    gan.generate_pair(z, toy_direction(), 5.0)  # trace once
+    reps = max(1, n // BATCH)
+    with Clock() as c:
+        for _ in range(reps):
+            gan.generate_pair(z, toy_direction(), 5.0)
+    out = {"render_cpu": reps * BATCH / c.cpu, "render_wall": reps * BATCH / c.wall}
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = GenConfig(gan="toy", latents="prior", n=n, shard_size=min(n, 500), name="bench", out=folder,
+                        batch_size=BATCH, histogram_rule="bimodal", val_fraction=0.0)
+        with Clock() as c:
+            res = run(cfg)
+    tot = res.manifest["totals"]
+    return {**out, "e2e_cpu": n / c.cpu, "e2e_wall": n / c.wall, "acceptance": tot["samples"] / tot["drawn"],
+            "device": gan.device}
+
+
+@click.command()
+@click.option("--n", type=int, default=2048, show_default=True, help="Synthetic samples for the host rows.")
+@click.option("--toy-n", type=int, default=512, show_default=True, help="Samples for the toy end-to-end row.")
+@click.option("--quick", is_flag=True, help="--n 512 --toy-n 128.")
+@click.option("--no-toy", is_flag=True, help="Skip the toy rows (no TensorFlow).")
+def main(n: int, toy_n: int, quick: bool, no_toy: bool) -> None:
+    if quick:
+        n, toy_n = 512, 128
+    cv2.setNumThreads(1)
+    x, xs = make_pairs(n)
+    rows = []  # (measure, per CPU second, per wall second, target, note)
+    for label, fc in (("paper rules", FilterConfig()), ("bimodal rule", FilterConfig(histogram_rule="bimodal"))):
+        rows.append((f"host: mask + filters ({label})", *bench_masks(x, xs, fc), ">= 5000/s/core", ""))
+    for enc in ("png", "webp", "npy"):
+        cpu, wall, per = bench_host(x, xs, enc)
+        rows.append((f"host: mask + filters + {enc} encode + write", cpu, wall, ">= 1500/s/core",
+                     f"{per / 1024:.1f} KiB/sample"))
+    result = {"bench": "gen_synth", "host_samples": n, "cpu": platform.processor() or platform.machine(),
+              "cores_visible": os.cpu_count(), "numpy": np.__version__, "cv2": cv2.__version__,
+              "per_cpu_s": {r[0]: round(r[1], 1) for r in rows}, "per_wall_s": {r[0]: round(r[2], 1) for r in rows}}
+    if not no_toy:
+        toy = bench_toy(toy_n)
+        for key, label, note in (("render", "render pairs", "G(z) and G(z+5h): 2 images per pair"),
+                                 ("e2e", "end to end", f"acceptance {100 * toy['acceptance']:.0f}%, {toy_n} samples")):
+            name = f"toy: {label} ({toy['device']}, all cores)"
+            rows.append((name, toy[key + "_cpu"], toy[key + "_wall"], "", note))
+            result["per_cpu_s"][name] = round(toy[key + "_cpu"], 1)
+            result["per_wall_s"][name] = round(toy[key + "_wall"], 1)
+        import tensorflow as tf
+
+        result["tensorflow"] = tf.__version__
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'/CPU-s':>8}  {'/wall-s':>8}  {'target':<15} note")
+    for name, cpu, wall, target, note in rows:
+        print(f"{name:<{width}}  {cpu:>8.0f}  {wall:>8.0f}  {target:<15} {note}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

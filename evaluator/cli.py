@@ -1,0 +1,312 @@
+"""`eval-seg`: score U-Net checkpoints or saved probability maps on the paper's benchmarks.
+
+    eval-seg --ckpt runs/cub --dataset cub --data-root /data
+    eval-seg --ckpt runs/s0 --ckpt runs/s1 --dataset ecssd --dataset duts-te --out results/
+    eval-seg --pred-dir preds/ --dataset folder:../shared/data/ecssd --out results/
+
+`evaluate(EvalConfig)` is the library function (tests call it directly); `main` is the thin click
+layer that adds the progress bar and turns errors into one-line messages.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+
+from .datasets import DATASETS, ENV_ROOT, Dataset, DatasetError, dataset_names, get_dataset
+from .predict import CheckpointSource, PredDirSource, PredictionError, figure_rows, iter_predictions
+from .report import HEADLINE, aggregate, pick_examples, terminal_table, write_outputs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvalConfig", "evaluate", "main", "EvalError"]
+
+
+class EvalError(Exception):
+    """A bad evaluation request; one line naming the value and the fix."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    datasets: tuple[str, ...]  # dataset names, folder:PATH or shards:SET
+    ckpts: tuple[Path, ...] = ()  # train-unet run folders or .safetensors files; several -> mean ± std
+    pred_dir: Path | None = None  # saved maps <id>.png instead of a checkpoint
+    data_root: Path | None = None  # where named datasets live (default: $BGW_DATA_ROOT)
+    out: Path | None = None  # folder for results.json / results.md / plots (None: terminal only)
+    batch_size: int = 32  # images per forward pass
+    device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
+    limit: int | None = None  # score only the first N test items of each dataset (smoke runs)
+    method: str | None = None  # row name in results.md (default: run or folder names)
+    figures: bool = True  # best / median / worst example figure per mask dataset
+    workers: int = 4  # threads reading and decoding images ahead of the model / metrics
+
+
+Progress = Callable[[int, str], object]  # (total, description) -> object with update(n) and close()
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("bgw-seg")
+    except Exception:  # not installed (running from a checkout): say so rather than guess
+        return "unknown"
+
+
+def _split_result(computed: dict) -> tuple[dict, dict, dict]:
+    """compute() output -> (scalars, curves, per-image arrays)."""
+    scalars, curves, per_image = {}, {}, {}
+    for k, v in computed.items():
+        if isinstance(v, np.ndarray):
+            if k.endswith("_per_image"):
+                per_image[k[: -len("_per_image")]] = v
+            else:
+                curves[k] = v
+        else:
+            scalars[k] = v
+    return scalars, curves, per_image
+
+
+def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> dict:
+    """One source on one dataset -> {"metrics", "curves", "per_image"}."""
+    acc = _accumulator(dataset)
+    ids = []
+    for p in iter_predictions(dataset, items, source, workers=workers):
+        if dataset.task == "mask":
+            acc.update(p.pred, p.gt)
+        elif dataset.task == "boxes":
+            acc.update(p.pred, p.item.boxes)
+        else:
+            acc.update(p.pred, p.gt, p.ignore)
+        ids.append(p.item.id)
+        progress.update(1)
+    scalars, curves, per_image = _split_result(acc.compute())
+    scalars.pop("n_images", None)
+    per_image = {"ids": ids, **per_image} if per_image else {}
+    return {"metrics": scalars, "curves": curves, "per_image": per_image}
+
+
+class _BoxMetrics:
+    """MaxBoxAcc and MaxBoxAccV2 fed together; the v2 entries other than its headline number
+    get a `v2_` prefix so the two dicts merge without clashes."""
+
+    def __init__(self, wsol) -> None:
+        self.v1, self.v2 = wsol.MaxBoxAcc(), wsol.MaxBoxAccV2()
+
+    def update(self, pred: np.ndarray, boxes) -> None:
+        if not len(boxes):
+            raise ValueError("an image of a box dataset has no ground-truth box; check localization.txt")
+        score = pred.astype(np.float32) / 255.0
+        size = (pred.shape[1], pred.shape[0])  # the map is at the image's size: boxes need no scaling
+        self.v1.update(score, np.asarray(boxes), size)
+        self.v2.update(score, np.asarray(boxes), size)
+
+    def compute(self) -> dict:
+        out = self.v1.compute()
+        for k, v in self.v2.compute().items():
+            out[k if k == self.v2.name else f"v2_{k}"] = v
+        return out
+
+
+class _PxAP:
+    def __init__(self, wsol) -> None:
+        self.m = wsol.PxAP()
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None) -> None:
+        self.m.update(pred.astype(np.float32) / 255.0, gt, ignore)
+
+    def compute(self) -> dict:
+        return self.m.compute()
+
+
+def _accumulator(dataset: Dataset):
+    """The metric bundle of the dataset's task (evaluator.metrics or evaluator.wsol)."""
+    if dataset.task == "mask":
+        from .metrics import SegmentationMetrics
+
+        return SegmentationMetrics()
+    try:
+        from . import wsol
+    except ImportError as e:
+        raise EvalError(f"dataset {dataset.name} needs evaluator.wsol, which is not importable ({e})") from e
+    return _BoxMetrics(wsol) if dataset.task == "boxes" else _PxAP(wsol)
+
+
+def _default_method(cfg: EvalConfig, labels: list[str]) -> str:
+    if cfg.method:
+        return cfg.method
+    if len(labels) <= 3:
+        return ", ".join(labels)
+    return f"{labels[0]} … {labels[-1]} ({len(labels)} runs)"
+
+
+def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
+    """Score every source (checkpoint or pred-dir) on every dataset; write `cfg.out` if set.
+
+    Returns the results dict that results.json holds: tool version, method, sources (with
+    checkpoint sha256 fingerprints) and, per dataset, its protocol, the summary (mean, std and
+    per-run values of every scalar metric) and each run's metrics, curves and per-image scores.
+    """
+    progress = progress or (lambda total, desc: _NoProgress())
+    if bool(cfg.ckpts) == (cfg.pred_dir is not None):
+        raise EvalError("give either --ckpt (one or more) or --pred-dir, not both and not neither")
+    if not cfg.datasets:
+        raise EvalError(f"no --dataset given; choose from {', '.join(dataset_names())}")
+    if cfg.batch_size < 1:
+        raise EvalError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.workers < 1:
+        raise EvalError(f"--workers must be >= 1, got {cfg.workers}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {cfg.limit}")
+    # resolve every dataset before loading any model: a typo fails in a second, not after a run
+    datasets, specs = [], {}
+    for spec in dict.fromkeys(cfg.datasets):
+        ds = get_dataset(spec, cfg.data_root)
+        if ds.name in specs:  # two folders of one name: fall back to the full spec
+            ds.name = spec
+        specs[ds.name] = spec
+        datasets.append(ds)
+    items = {}
+    for ds in datasets:
+        its = ds.test_items()
+        items[ds.name] = its[: cfg.limit] if cfg.limit else its
+
+    if cfg.pred_dir is not None:
+        source_specs = [("pred-dir", cfg.pred_dir)]
+    else:
+        source_specs = [("ckpt", p) for p in cfg.ckpts]
+    runs: dict[str, list[dict]] = {ds.name: [] for ds in datasets}
+    sources, labels, first_source = [], [], None
+    for kind, path in source_specs:
+        # one checkpoint in memory at a time (ten paper-size U-Nets would hold ~700 MB)
+        src = PredDirSource(path) if kind == "pred-dir" else CheckpointSource(
+            Path(path), device=cfg.device, batch_size=cfg.batch_size)
+        first_source = first_source or src
+        sources.append(src.describe())
+        labels.append(src.label)
+        for ds in datasets:
+            bar = progress(len(items[ds.name]), f"{src.label} {ds.name}")
+            try:
+                run = _score(ds, items[ds.name], src, bar, workers=cfg.workers)
+            finally:
+                bar.close()
+            run["source"] = src.label
+            runs[ds.name].append(run)
+
+    results: dict = {
+        "tool": {"name": "bgw-seg eval-seg", "version": _tool_version()},
+        "method": _default_method(cfg, labels),
+        "sources": sources,
+        "datasets": {},
+    }
+    for ds in datasets:
+        ds_runs = runs[ds.name]
+        keys = [k for k in ds_runs[0]["metrics"] if isinstance(ds_runs[0]["metrics"][k], (int, float))]
+        results["datasets"][ds.name] = {
+            "spec": specs[ds.name],
+            "root": str(ds.root) if ds.root is not None else None,
+            **({"info": ds.info} if ds.info else {}),
+            "task": ds.task,
+            "protocol": ds.protocol,
+            "n_images": len(items[ds.name]),
+            "limit": cfg.limit,
+            "summary": {k: aggregate([r["metrics"][k] for r in ds_runs]) for k in keys},
+            "runs": ds_runs,
+        }
+    missing = [(n, k) for n, d in results["datasets"].items() for k in HEADLINE[d["task"]] if k not in d["summary"]]
+    if missing:
+        log.warning("metrics returned no %s", ", ".join(f"{k} for {n}" for n, k in missing))
+
+    if cfg.out is not None:
+        examples = _examples(datasets, items, results, first_source) if cfg.figures else {}
+        write_outputs(cfg.out, results, examples)
+    return results
+
+
+def _examples(datasets, items, results, source) -> dict[str, list]:
+    """Best / median / worst images by IoU (mean over runs) per mask dataset, predicted by the
+    first source (the paper's figure 4)."""
+    out = {}
+    for ds in datasets:
+        entry = results["datasets"][ds.name]
+        per = [r["per_image"] for r in entry["runs"] if "iou" in r.get("per_image", {})]
+        if ds.task != "mask" or not per:
+            continue
+        scores = np.mean([p["iou"] for p in per], axis=0)
+        picks = pick_examples(per[0]["ids"], scores)
+        by_id = {it.id: it for it in items[ds.name]}
+        rows = figure_rows(source, ds, [by_id[i] for _, i, _ in picks])
+        out[ds.name] = [(label, item.id, image, gt, pred, score)
+                        for (label, _, score), (item, image, gt, pred) in zip(picks, rows)]
+    return out
+
+
+# --------------------------------------------------------------------------- click
+
+
+def _check_dataset(ctx, param, values):
+    for v in values:
+        if v not in DATASETS and not v.startswith(("folder:", "shards:")):
+            raise click.BadParameter(f"unknown dataset {v!r}; choose from {', '.join(dataset_names())}")
+    return tuple(values)
+
+
+def _tqdm_progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+_DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--ckpt", "ckpts", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="train-unet run folder or .safetensors file; repeat for mean ± std over runs.")
+@click.option("--pred-dir", type=click.Path(path_type=Path), default=None,
+              help="Score saved maps <id>.png (8-bit grayscale, 255 = foreground) instead of a checkpoint.")
+@click.option("--dataset", "datasets", multiple=True, required=True, callback=_check_dataset,
+              help=f"Repeatable. Names (under --data-root): {_DATASET_HELP}; or folder:PATH (images/ + masks/), "
+                   "or shards:SET (val split of a shard set).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, envvar=ENV_ROOT, show_envvar=True,
+              help="Folder holding the named datasets.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write results.json, results.md (rows appended), pr_curve.png and examples_*.png here.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--limit", type=int, default=None, help="Score only the first N test images of each dataset.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding images ahead.")
+@click.option("--method", default=None, help="Row name in results.md (default: run / folder names).")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, verbose):
+    """Score segmentation checkpoints or saved maps on the paper's benchmarks."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    cfg = EvalConfig(datasets=datasets, ckpts=tuple(ckpts), pred_dir=pred_dir, data_root=data_root, out=out,
+                     batch_size=batch_size, device=device, limit=limit, workers=workers, method=method)
+    try:
+        results = evaluate(cfg, progress=_tqdm_progress)
+    except (EvalError, DatasetError, PredictionError) as e:
+        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    except ValueError as e:  # metric input checks: already one line naming the shapes
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    click.echo(terminal_table(results))
+    if out is not None:
+        click.echo(f"wrote {out}/results.json, results.md, pr_curve.png and examples_*.png")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,625 @@
+"""Benchmark datasets by name: where each lives under the data root, its split, its protocol,
+and how its images and ground truth load.
+
+numpy + cv2 only (the generator imports this module for train images, so no torch, no TF).
+
+    get_dataset("ecssd", root="/data")              # name from DATASETS, under the data root
+    get_dataset("folder:/data/mine")                # images/ + masks/
+    get_dataset("shards:shards/toy")                # the val split of a synthetic shard set
+
+`root` defaults to the BGW_DATA_ROOT environment variable. Every failure to find a dataset is a
+`DatasetError` whose message is one line naming the missing path and where the data comes from.
+
+Protocols (how an image reaches the model and how its prediction reaches the metric):
+
+- ``crop128`` (CUB, Flowers; table 1 of the paper, as the prior works): centre crop to a square,
+  resize to 128x128; the ground truth gets the same crop and resize, metrics run at 128x128.
+- ``short128`` (saliency and localisation sets; tables 2-3): resize so the short side is 128,
+  keeping the aspect ratio; the probability map is resized back to the ground truth's size.
+
+Ground truth is binarised at >= 0.5 of its range (>= 128 for 8-bit, >= 32768 for 16-bit);
+a uint8 map whose values are all in {0, 1} is read as a label map (1 = foreground).
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ENV_ROOT", "PROTOCOLS", "INPUT_SIZE", "DATASETS", "DatasetError", "Item", "Dataset",
+    "get_dataset", "dataset_names", "read_image", "read_gt", "binarize_gt", "center_crop",
+    "input_size", "prepare_image", "prepare_gt", "restore_map",
+]
+
+ENV_ROOT = "BGW_DATA_ROOT"
+PROTOCOLS = ("crop128", "short128")
+INPUT_SIZE = 128  # pixels: the U-Net's training resolution (BigBiGAN samples are 128x128)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class DatasetError(Exception):
+    """A dataset could not be found or read; the message is one line with the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One test image and its ground truth.
+
+    `id` names the prediction file (`<pred-dir>/<id>.png`; it may hold `/` for nested sets).
+    `mask_path` is the segmentation ground truth (None for box-only sets). WSOL sets add
+    `boxes` ((x0, y0, x1, y1) in original pixels, inclusive, as in Choe et al.'s metadata),
+    `extra_mask_paths` (further instance masks of the same image, unioned) and `ignore_path`.
+    `key` points into a shard (shards:SET), where `image_path` is the shard URL.
+    """
+
+    id: str
+    image_path: Path | str
+    mask_path: Path | None = None
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+    extra_mask_paths: tuple[Path, ...] = ()
+    ignore_path: Path | None = None
+    key: str | None = None
+
+
+@dataclass
+class Dataset:
+    """A named dataset: `.name`, `.protocol`, `.train_images()`, `.test_items()`.
+
+    `task` says which ground truth its items carry: "mask" (segmentation masks), "boxes"
+    (WSOL bounding boxes) or "pxap" (WSOL masks with ignore regions).
+    """
+
+    name: str
+    protocol: str
+    root: Path | None
+    task: str = "mask"
+    _list_train: Callable[[], list[Path]] | None = field(default=None, repr=False)
+    _list_test: Callable[[], list[Item]] | None = field(default=None, repr=False)
+    _gt_reader: Callable[[Item], np.ndarray] | None = field(default=None, repr=False)
+    _iter_loaded: Callable[[list[Item]], Iterator[tuple[Item, np.ndarray, np.ndarray | None]]] | None = (
+        field(default=None, repr=False))
+    source: str = ""  # where to obtain the data, quoted in errors
+    info: dict = field(default_factory=dict)  # provenance for results.json (paths, fingerprints)
+
+    def train_images(self) -> list[Path]:
+        """Image files of the training split (sorted), for the generator's embeddings."""
+        if self._list_train is None:
+            raise DatasetError(f"dataset {self.name!r} has no training split")
+        return self._list_train()
+
+    def test_items(self) -> list[Item]:
+        """The evaluation split, in a fixed order."""
+        if self._list_test is None:
+            raise DatasetError(f"dataset {self.name!r} has no test split; {self.source}")
+        return self._list_test()
+
+    def load_image(self, item: Item) -> np.ndarray:
+        """uint8 RGB [H, W, 3] at its original size."""
+        return read_image(item.image_path)
+
+    def load_gt(self, item: Item) -> np.ndarray:
+        """The raw ground-truth map at its original size (uint8/uint16 [H, W]); binarise with
+        `binarize_gt` (after `prepare_gt`, which resizes it when the protocol says so)."""
+        if self._gt_reader is not None:
+            return self._gt_reader(item)
+        if item.mask_path is None:
+            raise DatasetError(f"{self.name}: item {item.id!r} has no mask (task {self.task})")
+        gt = read_gt(item.mask_path)
+        for extra in item.extra_mask_paths:  # instance masks of one image: union
+            gt = np.maximum(gt, read_gt(extra))
+        return gt
+
+    def load_ignore(self, item: Item) -> np.ndarray | None:
+        """bool [H, W] pixels to leave out of PxAP (OpenImages), or None."""
+        if item.ignore_path is None:
+            return None
+        return binarize_gt(read_gt(item.ignore_path))
+
+    def iter_loaded(self, items: Iterable[Item], *, images: bool = True, workers: int = 1
+                    ) -> Iterator[tuple[Item, np.ndarray | None, np.ndarray | None]]:
+        """(item, image uint8 RGB, raw gt) in the order of `items`.
+
+        The gt is None for box-only sets; with `images=False` the image is None (no decoding)
+        except for shard sets, which decode whole samples anyway. `workers` > 1 decodes in that
+        many threads (cv2 releases the GIL while decoding), at most 4 x `workers` items ahead, so
+        memory stays bounded on large sets.
+        """
+        items = list(items)
+        if self._iter_loaded is not None:
+            yield from self._iter_loaded(items)
+            return
+
+        def load(item: Item):
+            gt = None if self.task == "boxes" else self.load_gt(item)
+            return item, (self.load_image(item) if images else None), gt
+
+        if workers <= 1:
+            yield from map(load, items)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="bgw-load") as pool:
+            ahead: deque = deque()
+            for item in items:
+                ahead.append(pool.submit(load, item))
+                if len(ahead) >= 4 * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+
+# --------------------------------------------------------------------------- pixel helpers
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; gray images are replicated to three channels."""
+    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if data is None:
+        raise DatasetError(f"cannot read image {path} (missing or not an image)")
+    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+
+
+def read_gt(path: Path | str) -> np.ndarray:
+    """Ground truth as stored (uint8 or uint16 [H, W]); colour files keep their first channel."""
+    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise DatasetError(f"cannot read ground truth {path} (missing or not an image)")
+    if data.ndim == 3:
+        # grayscale masks saved as RGB(A): the channels are equal; keep one (cv2 order is BGR)
+        data = data[..., 2] if data.shape[2] >= 3 else data[..., 0]
+    if data.dtype not in (np.uint8, np.uint16):
+        raise DatasetError(f"ground truth {path} has dtype {data.dtype}; expected 8- or 16-bit")
+    return data
+
+
+def binarize_gt(gt: np.ndarray) -> np.ndarray:
+    """bool [H, W]: foreground where the map is >= half its range.
+
+    8-bit: >= 128; 16-bit: >= 32768; bool passes through. A uint8 map whose values all lie in
+    {0, 1} is a label map, where 1 is foreground (such masks exist in the wild; reading them at
+    >= 128 would make every image empty).
+    """
+    if gt.dtype == bool:
+        return gt
+    if gt.dtype == np.uint8:
+        if gt.max(initial=0) <= 1:
+            return gt == 1
+        return gt >= 128
+    if gt.dtype == np.uint16:
+        return gt >= 32768
+    if np.issubdtype(gt.dtype, np.floating):
+        return gt >= 0.5
+    raise DatasetError(f"ground truth of dtype {gt.dtype} is not supported")
+
+
+def center_crop(a: np.ndarray) -> np.ndarray:
+    """The central square of side min(H, W) (the extra pixel of an odd margin goes to the end)."""
+    h, w = a.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return a[top:top + s, left:left + s]
+
+
+def input_size(shape: tuple[int, ...], protocol: str) -> tuple[int, int]:
+    """(height, width) of the model input for an image of `shape` under `protocol`."""
+    h, w = shape[:2]
+    if protocol == "crop128":
+        return INPUT_SIZE, INPUT_SIZE
+    if protocol == "short128":
+        s = min(h, w)
+        # round half up, so 300x400 -> 128x171 on every platform
+        return (INPUT_SIZE if h == s else int(h * INPUT_SIZE / s + 0.5),
+                INPUT_SIZE if w == s else int(w * INPUT_SIZE / s + 0.5))
+    raise DatasetError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if a.shape[:2] == hw:
+        return a
+    # area averaging when shrinking (antialiased, like PIL's resize), bilinear when growing
+    shrink = hw[0] * hw[1] < a.shape[0] * a.shape[1]
+    return cv2.resize(a, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def prepare_image(image: np.ndarray, protocol: str) -> np.ndarray:
+    """uint8 RGB model input for `protocol` (128x128, or short side 128)."""
+    if protocol == "crop128":
+        image = center_crop(image)
+    return _resize(image, input_size(image.shape, protocol))
+
+
+def prepare_gt(gt: np.ndarray, protocol: str) -> np.ndarray:
+    """The ground truth at the size metrics run at: crop128 crops and resizes it to 128x128 like
+    the image (then binarise); short128 keeps the original size."""
+    if protocol == "crop128":
+        if gt.dtype == bool:
+            gt = gt.astype(np.uint8) * 255
+        return _resize(center_crop(gt), (INPUT_SIZE, INPUT_SIZE))
+    if protocol == "short128":
+        return gt
+    raise DatasetError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def restore_map(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """float probability map [h, w] in [0, 1] -> uint8 [H, W] at the ground truth's size.
+
+    Bilinear resize of the float map first, then rounding to 8 bits (v = round(255 p)), so the
+    metrics' integer thresholds see the same values a saved 8-bit PNG would carry.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != tuple(hw):
+        prob = cv2.resize(prob, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: Callable[[Path], Dataset]
+    layout: str  # one line for `eval-seg --help` and errors
+    source: str
+
+
+DATASETS: dict[str, _Entry] = {}
+
+
+def _register(name: str, layout: str, source: str):
+    def deco(fn: Callable[[Path], Dataset]):
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} registered twice")
+        DATASETS[name] = _Entry(fn, layout, source)
+        return fn
+    return deco
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASETS) + ["folder:PATH", "shards:SET"]
+
+
+def _data_root(root: Path | str | None, name: str) -> Path:
+    if root is None:
+        root = os.environ.get(ENV_ROOT)
+    if not root:
+        raise DatasetError(f"dataset {name!r} needs a data root: pass --data-root DIR or set {ENV_ROOT}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"data root {root} is not a folder: pass --data-root DIR or set {ENV_ROOT}")
+    return root
+
+
+def get_dataset(spec: str, root: Path | str | None = None) -> Dataset:
+    """The dataset named by `spec`: a DATASETS name (under `root` or $BGW_DATA_ROOT),
+    `folder:PATH` or `shards:SET`."""
+    if spec.startswith("folder:"):
+        path = Path(spec[len("folder:"):]).expanduser()
+        # tables name the folder ("ecssd"), so its rows line up with the named set's
+        return _folder(path, name=path.resolve().name or spec, protocol="short128")
+    if spec.startswith("shards:"):
+        return _shards(spec[len("shards:"):])
+    entry = DATASETS.get(spec)
+    if entry is None:
+        close = difflib.get_close_matches(spec, list(DATASETS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise DatasetError(f"unknown dataset {spec!r}{hint}; choose from {', '.join(dataset_names())}")
+    return entry.build(_data_root(root, spec))
+
+
+def _find_dir(root: Path, candidates: Iterable[str], name: str, source: str) -> Path:
+    candidates = list(candidates)
+    for c in candidates:
+        if (root / c).is_dir():
+            return root / c
+    raise DatasetError(f"{name}: no folder {' or '.join(str(root / c) for c in candidates)}; {source}")
+
+
+def _need(path: Path, name: str, source: str, what: str = "") -> Path:
+    if not path.exists():
+        raise DatasetError(f"{name}: missing {what + ' ' if what else ''}{path}; {source}")
+    return path
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _paired(name: str, images: Path, masks: Path, source: str, protocol: str) -> Dataset:
+    """A flat images/ + masks/ layout: `<images>/<id>.<ext>` pairs with `<masks>/<id>.png`."""
+
+    def test() -> list[Item]:
+        items, missing = [], []
+        mask_files = {p.stem: p for p in _images_in(masks)}
+        for img in _images_in(images):
+            m = mask_files.get(img.stem)
+            if m is None:
+                missing.append(img.stem)
+            items.append(Item(img.stem, img, m))
+        if missing:
+            raise DatasetError(f"{name}: {len(missing)} image(s) have no mask in {masks} "
+                               f"(first: {missing[0]!r}); each images/<id>.* needs masks/<id>.png")
+        if not items:
+            raise DatasetError(f"{name}: no images in {images}; {source}")
+        return items
+
+    return Dataset(name=name, protocol=protocol, root=images.parent, _list_test=test,
+                   _list_train=lambda: _images_in(images), source=source)
+
+
+def _folder(path: Path, *, name: str, protocol: str) -> Dataset:
+    source = "a folder: layout is PATH/images/<id>.jpg + PATH/masks/<id>.png"
+    if not path.is_dir():
+        raise DatasetError(f"{name}: {path} is not a folder; {source}")
+    images = _find_dir(path, ["images"], name, source)
+    masks = _find_dir(path, ["masks", "ground_truth_mask", "gt"], name, source)
+    return _paired(name, images, masks, source, protocol)
+
+
+# ---- table 1: CUB-200-2011 and Flowers-102 (crop128)
+
+_CUB_SOURCE = ("get CUB_200_2011.tgz and segmentations.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
+               "and train_val_test_split.txt from https://github.com/mickaelChen/ReDO (datasplits/cub/)")
+
+
+def _cub_split_ids(cub: Path, wanted: int) -> list[str]:
+    """Relative image paths of one split of Chen et al. (ReDO): 0 train, 1 val, 2 test."""
+    split_file = _need(cub / "train_val_test_split.txt", "cub", _CUB_SOURCE, "split file")
+    images_txt = _need(cub / "images.txt", "cub", _CUB_SOURCE, "image list")
+    paths = {}
+    for line in images_txt.read_text().split("\n"):
+        if line.strip():
+            idx, rel = line.split()
+            paths[int(idx)] = rel
+    out = []
+    for line in split_file.read_text().split("\n"):
+        if line.strip():
+            idx, split = (int(v) for v in line.split())
+            if split == wanted:
+                if idx not in paths:
+                    raise DatasetError(f"cub: image {idx} of {split_file} is not in {images_txt}; {_CUB_SOURCE}")
+                out.append(paths[idx])
+    return out
+
+
+@_register("cub", "CUB_200_2011/{images.txt, images/, segmentations/, train_val_test_split.txt}", _CUB_SOURCE)
+def _cub(root: Path) -> Dataset:
+    cub = _find_dir(root, ["CUB_200_2011"], "cub", _CUB_SOURCE)
+    images = _need(cub / "images", "cub", _CUB_SOURCE, "image folder")
+    # the segmentations archive unpacks beside CUB_200_2011/; ReDO moves it inside: take either
+    segs = cub / "segmentations" if (cub / "segmentations").is_dir() else root / "segmentations"
+    _need(segs, "cub", _CUB_SOURCE, "segmentation folder")
+
+    def test() -> list[Item]:
+        return [Item(rel.rsplit(".", 1)[0], images / rel, segs / (rel.rsplit(".", 1)[0] + ".png"))
+                for rel in _cub_split_ids(cub, 2)]
+
+    return Dataset("cub", "crop128", cub, _list_test=test, source=_CUB_SOURCE,
+                   _list_train=lambda: [images / rel for rel in _cub_split_ids(cub, 0)])
+
+
+_FLOWERS_SOURCE = ("get 102flowers.tgz, 102segmentations.tgz and setid.mat from "
+                   "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ into one folder 'flowers'")
+
+
+def _flowers_split(flowers: Path, key: str) -> list[int]:
+    setid = _need(flowers / "setid.mat", "flowers", _FLOWERS_SOURCE, "split file")
+    try:
+        from scipy.io import loadmat  # optional: only Flowers' split is a .mat file
+    except ImportError as e:  # pragma: no cover - scipy is in the dev environment
+        raise DatasetError(f"flowers: reading {setid} needs scipy (pip install scipy)") from e
+    return [int(v) for v in np.asarray(loadmat(str(setid))[key]).ravel()]
+
+
+def flowers_segmim_mask(segmim: np.ndarray) -> np.ndarray:
+    """bool foreground of a Flowers `segmim_*.jpg` (RGB): background is painted pure blue, so a
+    pixel is background when R == 0 or G == 0 or B == 254, the rule of ReDO's loader that the
+    prior works' numbers use (the JPEG keeps most of the blue exact)."""
+    r, g, b = segmim[..., 0], segmim[..., 1], segmim[..., 2]
+    return ~((r == 0) | (g == 0) | (b == 254))
+
+
+@_register("flowers", "flowers/{jpg/image_XXXXX.jpg, segmim/segmim_XXXXX.jpg, setid.mat}", _FLOWERS_SOURCE)
+def _flowers(root: Path) -> Dataset:
+    flowers = _find_dir(root, ["flowers", "flowers102", "102flowers"], "flowers", _FLOWERS_SOURCE)
+    jpg = _need(flowers / "jpg", "flowers", _FLOWERS_SOURCE, "image folder")
+    segmim = _need(flowers / "segmim", "flowers", _FLOWERS_SOURCE, "segmentation folder")
+
+    # ReDO (Chen et al. 2019) swaps the official splits: it trains on `tstid` (6149 images) and
+    # tests on `trnid` (1020); the numbers of table 1 follow it.
+    def test() -> list[Item]:
+        return [Item(f"image_{i:05d}", jpg / f"image_{i:05d}.jpg", segmim / f"segmim_{i:05d}.jpg")
+                for i in _flowers_split(flowers, "trnid")]
+
+    def gt(item: Item) -> np.ndarray:
+        return flowers_segmim_mask(read_image(item.mask_path)).astype(np.uint8) * 255
+
+    return Dataset("flowers", "crop128", flowers, _list_test=test, _gt_reader=gt, source=_FLOWERS_SOURCE,
+                   _list_train=lambda: [jpg / f"image_{i:05d}.jpg" for i in _flowers_split(flowers, "tstid")])
+
+
+# ---- table 2: saliency sets (short128)
+
+_ECSSD_SOURCE = ("get images.zip and ground_truth_mask.zip from "
+                 "https://www.cse.cuhk.edu.hk/leojia/projects/hsaliency/dataset.html into 'ecssd'")
+_DUTS_SOURCE = "get DUTS-TE.zip from http://saliencydetection.net/duts/ and unpack it under the data root"
+_OMRON_SOURCE = ("get DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip from "
+                 "http://saliencydetection.net/dut-omron/ and unpack both into 'DUT-OMRON'")
+
+
+@_register("ecssd", "ecssd/{images/, ground_truth_mask/ | masks/}", _ECSSD_SOURCE)
+def _ecssd(root: Path) -> Dataset:
+    base = _find_dir(root, ["ecssd", "ECSSD"], "ecssd", _ECSSD_SOURCE)
+    images = _find_dir(base, ["images"], "ecssd", _ECSSD_SOURCE)
+    masks = _find_dir(base, ["ground_truth_mask", "masks"], "ecssd", _ECSSD_SOURCE)
+    return _paired("ecssd", images, masks, _ECSSD_SOURCE, "short128")
+
+
+@_register("duts-te", "DUTS-TE/{DUTS-TE-Image/, DUTS-TE-Mask/}", _DUTS_SOURCE)
+def _duts_te(root: Path) -> Dataset:
+    base = _find_dir(root, ["DUTS-TE", "duts-te"], "duts-te", _DUTS_SOURCE)
+    images = _find_dir(base, ["DUTS-TE-Image", "images"], "duts-te", _DUTS_SOURCE)
+    masks = _find_dir(base, ["DUTS-TE-Mask", "masks"], "duts-te", _DUTS_SOURCE)
+    return _paired("duts-te", images, masks, _DUTS_SOURCE, "short128")
+
+
+@_register("dut-omron", "DUT-OMRON/{DUT-OMRON-image/, pixelwiseGT-new-PNG/}", _OMRON_SOURCE)
+def _dut_omron(root: Path) -> Dataset:
+    base = _find_dir(root, ["DUT-OMRON", "dut-omron"], "dut-omron", _OMRON_SOURCE)
+    images = _find_dir(base, ["DUT-OMRON-image", "images"], "dut-omron", _OMRON_SOURCE)
+    masks = _find_dir(base, ["pixelwiseGT-new-PNG", "masks"], "dut-omron", _OMRON_SOURCE)
+    return _paired("dut-omron", images, masks, _OMRON_SOURCE, "short128")
+
+
+# ---- ImageNet train images (the generator's embeddings; no test split here)
+
+_IMAGENET_SOURCE = ("get ILSVRC2012_img_train.tar from https://image-net.org/ and unpack it to "
+                    "imagenet/train/<wnid>/*.JPEG; for table 3 use imagenet-wsol")
+
+
+@_register("imagenet", "imagenet/train/<wnid>/*.JPEG", _IMAGENET_SOURCE)
+def _imagenet(root: Path) -> Dataset:
+    base = _find_dir(root, ["imagenet", "ILSVRC2012", "ILSVRC"], "imagenet", _IMAGENET_SOURCE)
+    train = _find_dir(base, ["train"], "imagenet", _IMAGENET_SOURCE)
+
+    def listing() -> list[Path]:
+        return [p for d in sorted(x for x in train.iterdir() if x.is_dir()) for p in _images_in(d)]
+
+    return Dataset("imagenet", "short128", base, _list_train=listing, source=_IMAGENET_SOURCE)
+
+
+# ---- table 3: WSOL sets in Choe et al. (2020)'s metadata layout (short128)
+
+_WSOL_SOURCE = ("clone https://github.com/clovaai/wsolevaluation into the data root as 'wsolevaluation' "
+                "and run its dataset/prepare_*.sh scripts (images under wsolevaluation/dataset/{})")
+
+
+def _wsol_image_ids(meta: Path) -> list[str]:
+    return [ln.strip() for ln in (meta / "image_ids.txt").read_text().split("\n") if ln.strip()]
+
+
+def _wsol(root: Path, name: str, subset: str, task: str) -> Dataset:
+    source = _WSOL_SOURCE.format(subset)
+    base = _find_dir(root, ["wsolevaluation"], name, source)
+    data = _find_dir(base / "dataset", [subset], name, source)
+    test_meta = base / "metadata" / subset / "test"
+    for f in ("image_ids.txt", "localization.txt"):
+        _need(test_meta / f, name, source, "metadata")
+
+    def _id(image_id: str) -> str:
+        return image_id.rsplit(".", 1)[0]
+
+    def test() -> list[Item]:
+        ids = _wsol_image_ids(test_meta)
+        loc = [ln.split(",") for ln in (test_meta / "localization.txt").read_text().split("\n") if ln.strip()]
+        if task == "boxes":
+            # <path>,<x0>,<y0>,<x1>,<y1>; one line per box
+            boxes: dict[str, list[tuple[int, int, int, int]]] = {}
+            for image_id, *xyxy in loc:
+                boxes.setdefault(image_id, []).append(tuple(int(float(v)) for v in xyxy))
+            return [Item(_id(i), data / i, boxes=tuple(boxes.get(i, ()))) for i in ids]
+        # <path>,<mask>,<ignore or empty>; one line per instance mask, the ignore mask on the first
+        masks: dict[str, list[str]] = {}
+        ignore: dict[str, str] = {}
+        for image_id, mask, ign in loc:
+            masks.setdefault(image_id, []).append(mask)
+            if ign:
+                ignore[image_id] = ign
+        items = []
+        for i in ids:
+            ms = masks.get(i)
+            if not ms:
+                raise DatasetError(f"{name}: image {i} has no mask in {test_meta / 'localization.txt'}")
+            items.append(Item(_id(i), data / i, data / ms[0], extra_mask_paths=tuple(data / m for m in ms[1:]),
+                              ignore_path=data / ignore[i] if i in ignore else None))
+        return items
+
+    def train() -> list[Path]:
+        meta = base / "metadata" / subset / "train"
+        _need(meta / "image_ids.txt", name, source, "train metadata")
+        return [data / i for i in _wsol_image_ids(meta)]
+
+    return Dataset(name, "short128", data, task=task, _list_test=test, _list_train=train, source=source)
+
+
+@_register("imagenet-wsol", "wsolevaluation/{metadata/ILSVRC/test/, dataset/ILSVRC/val/}",
+           _WSOL_SOURCE.format("ILSVRC"))
+def _imagenet_wsol(root: Path) -> Dataset:
+    return _wsol(root, "imagenet-wsol", "ILSVRC", "boxes")
+
+
+@_register("cub-wsol", "wsolevaluation/{metadata/CUB/test/, dataset/CUB/<class>/}", _WSOL_SOURCE.format("CUB"))
+def _cub_wsol(root: Path) -> Dataset:
+    return _wsol(root, "cub-wsol", "CUB", "boxes")
+
+
+@_register("openimages-wsol", "wsolevaluation/{metadata/OpenImages/test/, dataset/OpenImages/test/}",
+           _WSOL_SOURCE.format("OpenImages"))
+def _openimages_wsol(root: Path) -> Dataset:
+    return _wsol(root, "openimages-wsol", "OpenImages", "pxap")
+
+
+# ---- shards:SET, the validation part of a synthetic shard set
+
+
+def _shards(set_spec: str) -> Dataset:
+    name = f"shards:{set_spec}"
+    try:
+        import shardset
+        ref = shardset.resolve(set_spec)
+    except ImportError as e:
+        raise DatasetError(f"{name}: the shardset package is not importable ({e})") from e
+    except Exception as e:  # resolve's own errors name the spec; keep them to one line
+        raise DatasetError(f"{name}: cannot resolve the shard set ({str(e).splitlines()[0]})") from e
+    urls = list(ref.split_urls("val"))
+    if not urls:
+        raise DatasetError(f"{name}: the shard set has no 'val' shards; generate some with gen-synth --val-shards")
+
+    def test() -> list[Item]:
+        items = []
+        for url in urls:
+            try:  # keys only: listing needs no image decoding
+                items += [Item(raw["__key__"], url, key=raw["__key__"]) for raw in shardset.iter_raw_samples(url)]
+            except shardset.ShardError as e:
+                raise DatasetError(f"{name}: {str(e).splitlines()[0]}") from e
+        return items
+
+    def loaded(items: list[Item]) -> Iterator[tuple[Item, np.ndarray, np.ndarray]]:
+        # stream each needed shard once; yield in the order asked for
+        wanted: dict[str, list[Item]] = {}
+        for it in items:
+            wanted.setdefault(str(it.image_path), []).append(it)
+        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        done_urls = set()
+        for it in items:
+            url = str(it.image_path)
+            if it.key not in cache and url not in done_urls:
+                keys = {w.key for w in wanted[url]}
+                try:
+                    for s in shardset.iter_samples(url):
+                        if s["__key__"] in keys:
+                            cache[s["__key__"]] = (s["image"], s["mask"].astype(bool))
+                except shardset.ShardError as e:
+                    raise DatasetError(f"{name}: {str(e).splitlines()[0]}") from e
+                done_urls.add(url)
+            if it.key not in cache:
+                raise DatasetError(f"{name}: sample {it.key!r} is not in {url}")
+            image, mask = cache.pop(it.key)
+            yield it, image, mask
+
+    manifest = ref.manifest or {}
+    # tables name the set by its manifest name (the spec is in results.json)
+    display = f"shards:{manifest['name']}" if manifest.get("name") else name
+    return Dataset(display, "short128", None, _list_test=test, _iter_loaded=loaded,
+                   source="a shard set written by gen-synth",
+                   info={"shardset": manifest.get("name"), "fingerprint": manifest.get("fingerprint"),
+                         "val_shards": len(urls)})

@@ -1,0 +1,258 @@
+"""Probability maps for a dataset's test items, from a checkpoint or from saved files.
+
+Two sources, one output: `iter_predictions` yields `Prediction(item, gt, pred, ignore)` with `gt`
+bool and `pred` uint8 (v = round(255 p)) at the size the metrics run at (the protocol's; see
+evaluator.datasets).
+
+- `CheckpointSource(path)`: a train-unet run folder or .safetensors file, loaded with
+  trainer.checkpoint.load_for_inference (never unpickles). Images are preprocessed per protocol
+  and run in batches on the GPU when there is one. torch is imported here lazily, so importing
+  this module costs nothing for --pred-dir evaluations.
+- `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
+  foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel). A map of
+  another size is resized bilinearly to the ground truth (under crop128, a map at the original
+  image size first gets the ground truth's centre crop). A missing map is a `PredictionError`
+  naming the id.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+from .datasets import INPUT_SIZE, Dataset, Item, binarize_gt, prepare_gt, prepare_image, restore_map
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction", "iter_predictions",
+           "figure_rows", "resolve_device", "sha256_file", "align_prediction"]
+
+
+class PredictionError(Exception):
+    """A prediction could not be produced or read; the message is one line with the fix."""
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto'/None -> 'cuda' when a GPU is visible, else 'cpu'; anything else is checked."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PredictionError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    try:
+        torch.device(device)
+    except RuntimeError as e:
+        raise PredictionError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from e
+    return device
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass
+class CheckpointSource:
+    """A U-Net checkpoint; `.fingerprint` is the sha256 of its safetensors file."""
+
+    path: Path
+    device: str = "auto"
+    batch_size: int = 32
+    model: object = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict, repr=False)
+    weights_path: Path | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            from trainer.checkpoint import CheckpointError, find_sidecar, load_for_inference
+        except ImportError as e:
+            raise PredictionError(f"--ckpt needs the trainer package and torch ({e}); pip install 'bgw-seg[eval]'") from e
+        self.path = Path(self.path)
+        try:
+            model, meta = load_for_inference(self.path)
+            sidecar = find_sidecar(self.path)
+        except CheckpointError as e:
+            raise PredictionError(str(e).splitlines()[0]) from e
+        self.meta = meta
+        self.weights_path = sidecar.parent / meta["files"]["weights"]["name"]
+        # load_for_inference verified the file against the sidecar's sha256, so it is the file's
+        self.fingerprint = meta["files"]["weights"].get("sha256") or sha256_file(self.weights_path)
+        self.device = resolve_device(self.device)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the run folder's name and the step."""
+        run = self.weights_path.parent.parent.name if self.weights_path.parent.name == "checkpoints" else \
+            self.weights_path.parent.name
+        return f"{run}@{self.meta.get('step', '?')}"
+
+    def describe(self) -> dict:
+        return {"kind": "checkpoint", "path": str(self.weights_path), "sha256": self.fingerprint,
+                "step": self.meta.get("step"), "model": self.meta.get("model"),
+                "shardset": self.meta.get("shardset")}
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """float32 foreground probabilities [h, w] for uint8 RGB inputs; equal shapes run as one
+        batch (short128 inputs differ in aspect, so they are grouped by shape first)."""
+        import torch
+        from trainer.unet import foreground_proba, normalize_images
+
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape[:2], []).append(i)
+        with torch.inference_mode():
+            for idx in groups.values():
+                for s in range(0, len(idx), self.batch_size):
+                    part = idx[s:s + self.batch_size]
+                    x = torch.from_numpy(np.stack([images[i] for i in part]))
+                    x = normalize_images(x.to(self.device, non_blocking=True))
+                    prob = foreground_proba(self.model(x)).cpu().numpy()
+                    for i, p in zip(part, prob):
+                        out[i] = p
+        return out  # type: ignore[return-value]
+
+
+@dataclass
+class PredDirSource:
+    """Saved 8-bit maps `<folder>/<id>.png` (255 = certain foreground)."""
+
+    folder: Path
+    resized: int = 0  # maps of another size than the ground truth (counted, logged once at the end)
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder)
+        if not self.folder.is_dir():
+            raise PredictionError(f"--pred-dir {self.folder} is not a folder of <id>.png maps")
+
+    @property
+    def label(self) -> str:
+        return self.folder.name or str(self.folder)
+
+    def describe(self) -> dict:
+        return {"kind": "pred-dir", "path": str(self.folder)}
+
+    def read(self, item: Item) -> np.ndarray:
+        path = self.folder / f"{item.id}.png"
+        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if data is None:
+            what = "missing" if not path.exists() else "not a readable PNG"
+            raise PredictionError(f"prediction for {item.id!r} is {what}: expected {path} "
+                                  "(8-bit grayscale, 255 = foreground)")
+        if data.ndim == 3:  # gray saved as colour: channels are equal; keep red (cv2 is BGR), as read_gt
+            data = data[..., 2] if data.shape[2] >= 3 else data[..., 0]
+        if data.dtype == np.uint16:
+            data = np.rint(data.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+        elif data.dtype != np.uint8:
+            raise PredictionError(f"prediction {path} has dtype {data.dtype}; save 8-bit grayscale PNGs")
+        return data
+
+
+def align_prediction(pred: np.ndarray, raw_gt_shape: tuple[int, int], eval_shape: tuple[int, int],
+                     protocol: str) -> tuple[np.ndarray, bool]:
+    """A saved uint8 map at the evaluation size; returns (map, whether it had to be resized).
+
+    Under crop128 a map at the original image size gets the ground truth's crop and resize
+    (that is where such a map lives). Any other size mismatch is resized bilinearly.
+    """
+    if pred.shape == tuple(eval_shape):
+        return pred, False
+    if protocol == "crop128" and pred.shape == tuple(raw_gt_shape):
+        return prepare_gt(pred, protocol), False
+    out = cv2.resize(pred, (eval_shape[1], eval_shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out, True
+
+
+# --------------------------------------------------------------------------- iteration
+
+
+class Prediction(NamedTuple):
+    """One scored image at the evaluation size."""
+
+    item: Item
+    gt: np.ndarray | None  # bool; None for box-only sets (their truth is item.boxes)
+    pred: np.ndarray  # uint8, v = round(255 p)
+    ignore: np.ndarray | None  # bool pixels PxAP leaves out (OpenImages), or None
+
+
+def _eval_gt(dataset: Dataset, raw: np.ndarray | None) -> np.ndarray | None:
+    return None if raw is None else binarize_gt(prepare_gt(raw, dataset.protocol))
+
+
+def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
+    ign = dataset.load_ignore(item)
+    if ign is not None and dataset.protocol == "crop128":
+        ign = binarize_gt(prepare_gt(ign, dataset.protocol))
+    return ign
+
+
+def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
+                     window: int | None = None, workers: int = 1) -> Iterator[Prediction]:
+    """Predictions in `items` order, each at the size its metric runs at: the ground truth's
+    (after the protocol's crop for crop128), or the image's for box-only sets.
+
+    For a checkpoint, images are read `window` at a time (default 4 batches) so batches of
+    equal-shaped inputs can form; for saved maps no image is decoded unless the set has boxes.
+    `workers` threads read and decode files ahead of the model (see Dataset.iter_loaded).
+    """
+    items = list(items)
+    protocol = dataset.protocol
+    boxes = dataset.task == "boxes"
+    if isinstance(source, PredDirSource):
+        for item, image, raw in dataset.iter_loaded(items, images=boxes, workers=workers):
+            gt = _eval_gt(dataset, raw)
+            shape = image.shape[:2] if gt is None else gt.shape
+            raw_shape = image.shape[:2] if raw is None else raw.shape[:2]
+            pred, resized = align_prediction(source.read(item), raw_shape, shape, protocol)
+            if resized:
+                source.resized += 1
+                log.debug("prediction %s resized to the ground truth's %s", item.id, shape)
+            yield Prediction(item, gt, pred, _ignore(dataset, item))
+        if source.resized:
+            log.warning("%d of %d predictions had another size than the ground truth and were resized "
+                        "bilinearly", source.resized, len(items))
+        return
+    window = window or 4 * source.batch_size
+    buf: list[tuple[Item, np.ndarray, np.ndarray | None, tuple[int, int]]] = []
+
+    def flush() -> Iterator[Prediction]:
+        probs = source.predict_batch([image for _, image, _, _ in buf])
+        for (item, _, gt, shape), prob in zip(buf, probs):
+            yield Prediction(item, gt, restore_map(prob, shape), _ignore(dataset, item))
+        buf.clear()
+
+    for item, image, raw in dataset.iter_loaded(items, workers=workers):
+        gt = _eval_gt(dataset, raw)
+        shape = gt.shape if gt is not None else (
+            (INPUT_SIZE, INPUT_SIZE) if protocol == "crop128" else image.shape[:2])
+        buf.append((item, prepare_image(image, protocol), gt, shape))
+        if len(buf) >= window:
+            yield from flush()
+    if buf:
+        yield from flush()
+
+
+def figure_rows(source, dataset: Dataset, items: list[Item]) -> list[tuple[Item, np.ndarray, np.ndarray, np.ndarray]]:
+    """(item, image at the evaluation size, gt bool, pred uint8) for a few mask items (the figure)."""
+    preds = {p.item.id: p for p in iter_predictions(dataset, items, source)}
+    rows = []
+    for item, image, _ in dataset.iter_loaded(items):
+        p = preds[item.id]
+        if dataset.protocol == "crop128":
+            image = prepare_image(image, "crop128")
+        rows.append((item, image, p.gt, p.pred))
+    return rows

@@ -1,0 +1,92 @@
+"""A recipe: one row of one of the paper's tables, as a small declarative TOML file.
+
+    [recipe]   table, row, seeds (the paper reports ten runs), vary_generation (new data per seed?)
+    [paper]    the paper's own numbers for this row, per dataset: { max_f, iou, acc } or { max_box_acc } ...
+    [generate] gen-synth options (flag names without the leading dashes), or
+    [import]   shardset-import options (Table 6: masks from an external saliency model)
+    [train]    train-unet options
+    [evaluate] eval-seg options; `datasets` is a list
+    [tiny.*]   overrides of the sections above: the same recipe at toy scale, run by the test suite
+
+Values starting with `@` are filled in by the runner: `@demo-images` (a generated folder of images with
+masks, see demo_data.py), `@shards` (the shard set this recipe generated), `@shared:NAME`
+(`../shared/data/NAME` when present, dropped otherwise)."""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+STAGES = ("generate", "import", "train", "evaluate")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    table: str
+    row: str
+    seeds: int
+    vary_generation: bool
+    paper: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)  # stage name -> options dict
+
+    def stage(self, name: str) -> dict | None:
+        opts = self.stages.get(name)
+        return None if opts is None else copy.deepcopy(opts)
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str, *, tiny: bool = False) -> Recipe:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(list_recipes())
+        raise RecipeError(f"no recipe {name_or_path!r}; known recipes: {known}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    head = data.get("recipe", {})
+    for key in ("table", "row"):
+        if key not in head:
+            raise RecipeError(f"{path}: [recipe] lacks {key!r}")
+    stages = {s: dict(data[s]) for s in STAGES if s in data}
+    if ("generate" in stages) == ("import" in stages):
+        raise RecipeError(f"{path}: give exactly one of [generate] or [import]")
+    for s in ("train", "evaluate"):
+        if s not in stages:
+            raise RecipeError(f"{path}: [{s}] is missing")
+    unknown = set(data) - {"recipe", "paper", "tiny", *STAGES}
+    if unknown:
+        raise RecipeError(f"{path}: unknown sections {sorted(unknown)}; known: recipe, paper, tiny, {', '.join(STAGES)}")
+    seeds = int(head.get("seeds", 10))
+    if tiny:
+        for s, over in data.get("tiny", {}).items():
+            if s == "seeds":
+                seeds = int(over)
+                continue
+            if s not in stages:
+                raise RecipeError(f"{path}: [tiny.{s}] overrides a stage the recipe does not have")
+            stages[s].update(over)
+            stages[s] = {k: v for k, v in stages[s].items() if v != "@drop"}
+    return Recipe(
+        name=path.stem,
+        path=path,
+        table=str(head["table"]),
+        row=str(head["row"]),
+        seeds=seeds,
+        vary_generation=bool(head.get("vary_generation", False)),
+        paper=data.get("paper", {}),
+        stages=stages,
+    )

@@ -1,0 +1,17 @@
+"""generator: an off-the-shelf GAN -> synthetic (image, mask) shard sets (see docs/ARCHITECTURE.md).
+
+TensorFlow lives in this package only, and is imported inside the functions that need it, so
+importing any module here (this file included) stays light.
+
+    gan.py               load_gan(bigbigan | toy | PATH | HANDLE) -> Gan: generate, generate_pair, encode
+    toy.py               the toy GAN, a procedural stand-in with BigBiGAN's signatures (a test fixture)
+    directions.py        load and save segmenting directions (.npy, .pth) as unit vectors + sha256
+    affine.py            the two-affine-operator model of a segmenting direction (pure numpy)
+    direction_search.py  find a segmenting direction without labels (paper, appendix B)
+    masks.py             mask rules, connected components, size and histogram filters (pure numpy)
+    embed.py             E(I) for a dataset's train images, computed once and cached
+    latents.py           per-shard reproducible latent streams: prior or embeddings + alpha noise
+    pipeline.py          GenConfig and run(): accelerator/host overlap, shards, workers, resume
+    preview.py           the preview picture: accepted pairs and masks, rejected samples per filter
+    cli.py               the `gen-synth` command (and `gen-synth embed`)
+"""

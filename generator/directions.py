@@ -1,0 +1,143 @@
+"""Latent direction files: load a segmenting direction h_bg as a float32 unit vector, save one.
+
+Formats:
+- `.npy`: float array [D] (or [1, D] / [D, 1]); read with `allow_pickle=False`.
+- `.pth` / `.pt`: a tensor as the paper's authors published their directions, or a dict holding
+  exactly one tensor; read with `torch.load(weights_only=True)` (never unpickles arbitrary
+  objects). torch is needed only for these; without it the error says how to convert.
+
+`load_direction` returns the unit vector and the sha256 of the file's bytes (for the manifest),
+and raises `DirectionError` (a ValueError with a one-line message naming the file and the fix)
+for a missing or unreadable file, a wrong shape, NaN/inf or a zero vector.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+class DirectionError(ValueError):
+    """A direction file is missing, unreadable or not a usable [D] vector (one-line message)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _from_torch(path: Path, data: bytes) -> np.ndarray:
+    try:
+        import torch
+    except ImportError:
+        raise DirectionError(f"{path}: reading a .pth direction needs torch; install torch "
+                             f"(pip install torch) or convert the file to .npy") from None
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe files
+        raise DirectionError(f"{path}: not a readable tensor file ({_first_line(e)}); save the "
+                             f"direction with torch.save(tensor) or as .npy") from None
+    if isinstance(obj, dict):
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            raise DirectionError(f"{path}: holds a dict with {len(tensors)} tensors "
+                                 f"(keys {sorted(map(str, obj))[:5]}); expected exactly one direction tensor")
+        obj = tensors[0]
+    if not isinstance(obj, torch.Tensor):
+        raise DirectionError(f"{path}: holds a {type(obj).__name__}, expected a tensor of shape [D]")
+    return obj.detach().to(torch.float64).cpu().numpy()
+
+
+def _from_npy(path: Path, data: bytes) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e:  # ValueError for pickled object arrays, others for corrupt headers
+        raise DirectionError(f"{path}: not a readable .npy array ({_first_line(e)}); save the "
+                             f"direction with np.save(path, vec.astype(np.float32))") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        kind = getattr(arr, "dtype", type(arr).__name__)
+        raise DirectionError(f"{path}: holds dtype {kind}, expected a float vector")
+    return arr.astype(np.float64)
+
+
+def as_unit_vector(vec, name: str = "direction", dim: int | None = None) -> np.ndarray:
+    """Validate and normalise a direction: [D], [1, D] or [D, 1] -> float32 unit vector [D].
+
+    Raises DirectionError for another shape, a dimension other than `dim` (when given),
+    NaN/inf or zero norm. The norm is taken in float64."""
+    try:
+        arr = np.asarray(vec, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DirectionError(f"{name}: not a numeric vector ({_first_line(e)})") from None
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or arr.size == 0:
+        raise DirectionError(f"{name}: shape {tuple(np.shape(vec))}, expected a vector [D] "
+                             f"(or [1, D] / [D, 1])")
+    if dim is not None and arr.size != dim:
+        raise DirectionError(f"{name}: has {arr.size} entries, the latent space has {dim}; "
+                             f"use a direction found for this GAN")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DirectionError(f"{name}: {bad} of {arr.size} entries are NaN or inf; "
+                             f"re-export the direction")
+    norm = float(np.linalg.norm(arr))
+    if norm == 0.0:
+        raise DirectionError(f"{name}: is the zero vector; a direction needs a nonzero norm")
+    return (arr / norm).astype(np.float32)
+
+
+def load_direction(path: str | os.PathLike, dim: int | None = None) -> tuple[np.ndarray, str]:
+    """Read a direction file (.npy, or .pth/.pt with torch) -> (float32 unit vector [D],
+    sha256 hex digest of the file's bytes). `dim`, when given, is the required length."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DirectionError(f"{path}: no such direction file; pass a .npy or .pth file "
+                             f"that exists") from None
+    except OSError as e:
+        raise DirectionError(f"{path}: cannot read the direction file ({e.strerror or e})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if path.suffix.lower() in TORCH_SUFFIXES:
+        raw = _from_torch(path, data)
+    elif path.suffix.lower() == ".npy":
+        raw = _from_npy(path, data)
+    else:
+        raise DirectionError(f"{path}: unknown direction format {path.suffix!r}; use .npy or .pth")
+    vec = as_unit_vector(raw, name=str(path), dim=dim)
+    log.debug("loaded direction %s: D=%d, sha256 %s", path, vec.size, digest[:12])
+    return vec, digest
+
+
+def save_direction(path: str | os.PathLike, vec) -> str:
+    """Write a direction as a float32 unit-vector .npy, atomically (temp file, then os.replace).
+    The vector is validated and normalised first. Returns the sha256 of the written bytes."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise DirectionError(f"{path}: directions are saved as .npy; change the suffix to .npy")
+    unit = as_unit_vector(vec, name=str(path))
+    buf = io.BytesIO()
+    np.save(buf, unit, allow_pickle=False)
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,272 @@
+"""Unsupervised discovery of interpretable latent directions (Voynov & Babenko 2020), in TensorFlow.
+
+K directions h_1..h_K are learned jointly with a reconstructor R. Each step draws z ~ N(0, I), a
+direction index k uniform in 0..K-1 and a shift eps uniform in [-6, 6] (shifts with |eps| < 0.5 are
+pushed out to +-0.5, as the authors' code does); R sees the pair (G(z), G(z + eps h_k)) and predicts
+k (logits) and eps. Loss = cross-entropy(k) + 0.25 * mean |eps_pred - eps|; Adam, lr 1e-4 for both
+the directions and R, batch 32 (the authors' defaults). The generator is frozen; gradients reach the
+directions through it.
+
+Directions: the first K columns of the orthogonal matrix ``expm(S - S^T)`` for a learned square
+matrix S (the authors' "ortho" deformator), so they are orthonormal by construction. S starts at
+``0.001 * N(0, 1)`` (init ``identity``: the directions start next to the coordinate axes, as the
+authors' default) or ``N(0, 1)`` (init ``random``, their ``random_init``).
+
+Reconstructor: a small CNN (four stride-2 3x3 convolutions, global mean, two heads) on the pair
+average-pooled to ``recon_size``, fed as ``[G(z), G(z + eps h) - G(z)]``: the same information as
+the raw pair (the first convolution is linear), conditioned so short runs learn faster.
+
+Run folder: ``config.json``, ``checkpoints/`` (TF checkpoints of S, R, both optimisers and the step;
+never pickle), ``tensorboard/`` (loss, ce, shift_loss, accuracy), and at the end
+``directions.npy`` (float32 [K, D], unit rows) and ``effects/direction-KKK.png`` (each direction's
+effect on a few samples: rows = samples, columns = shifts -2r, -r, 0, r, 2r with r = 5).
+Each step's random draws come from ``(seed, step)``, so a resumed run continues exactly the
+stream an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from generator import direction_search as ds
+
+log = logging.getLogger(__name__)
+
+INITS = ("identity", "random")
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """Voynov & Babenko's training setup (defaults = the authors' code)."""
+
+    directions: int = 120  # K, at most the latent size
+    steps: int = 100_000  # total training steps (the authors' n_steps)
+    batch: int = 32  # latents per step
+    lr: float = 1e-4  # Adam learning rate of the reconstructor
+    lr_directions: float = 1e-4  # Adam learning rate of the directions' matrix S
+    shift_scale: float = 6.0  # eps ~ U[-shift_scale, shift_scale]
+    min_shift: float = 0.5  # |eps| below this is pushed out to +-min_shift
+    shift_weight: float = 0.25  # weight of the mean absolute error on eps
+    init: str = "identity"  # "identity": S ~ 0.001 N(0,1); "random": S ~ N(0,1)
+    recon_size: int = 64  # reconstructor input side (pairs are average-pooled to it)
+    width: int = 32  # reconstructor base width
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
+    log_every: int = 10  # steps between TensorBoard scalars
+    picture_samples: int = 3  # samples per effect picture
+    picture_shift: float = 5.0  # r of the effect pictures' columns -2r..2r
+    seed: int = 0
+
+
+# Fields that must match when a run is resumed (the rest may change, e.g. `steps`).
+_RESUME_KEYS = ("directions", "batch", "init", "recon_size", "width", "seed")
+
+
+class _Adam:
+    """Adam (Kingma & Ba; torch's defaults) whose state is tf.Variables, so it checkpoints."""
+
+    def __init__(self, variables, lr: float, tf):
+        self.vars = list(variables)
+        self.lr = lr
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.vars]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.vars]
+        self.t = tf.Variable(0.0, trainable=False)
+        self._tf = tf
+
+    def apply(self, grads):
+        tf = self._tf
+        self.t.assign_add(1.0)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        for var, g, m, v in zip(self.vars, grads, self.m, self.v):
+            m.assign(b1 * m + (1 - b1) * g)
+            v.assign(b2 * v + (1 - b2) * tf.square(g))
+            mhat = m / (1 - tf.pow(b1, self.t))
+            vhat = v / (1 - tf.pow(b2, self.t))
+            var.assign_sub(self.lr * mhat / (tf.sqrt(vhat) + eps))
+
+    def state(self) -> dict:
+        return {"m": self.m, "v": self.v, "t": self.t}
+
+
+def _build(latent_dim: int, cfg: DiscoverConfig):
+    """The directions' matrix S and the reconstructor's variables, initialised from ``cfg.seed``."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng([cfg.seed, 2**31 - 1])  # its own stream, apart from the steps'
+    scale = 0.001 if cfg.init == "identity" else 1.0
+    s = tf.Variable((scale * rng.standard_normal((latent_dim, latent_dim))).astype(np.float32), name="S")
+    w = cfg.width
+    chans = [6, w, 2 * w, 4 * w, 4 * w]
+    rec = {}
+    for i in range(4):
+        fan_in = 9 * chans[i]
+        rec[f"conv{i}"] = tf.Variable((rng.standard_normal((3, 3, chans[i], chans[i + 1])) * np.sqrt(2 / fan_in))
+                                      .astype(np.float32), name=f"conv{i}")
+        rec[f"bias{i}"] = tf.Variable(np.zeros(chans[i + 1], np.float32), name=f"bias{i}")
+    feat = chans[-1]
+    for name, n_out in (("hidden", feat), ("logits", cfg.directions), ("shift", 1)):
+        n_in = feat
+        rec[f"{name}_w"] = tf.Variable((rng.standard_normal((n_in, n_out)) * np.sqrt(1 / n_in)).astype(np.float32),
+                                       name=f"{name}_w")
+        rec[f"{name}_b"] = tf.Variable(np.zeros(n_out, np.float32), name=f"{name}_b")
+    return s, rec
+
+
+def _directions(s, k: int):
+    """[K, D]: the first K columns of expm(S - S^T), as rows."""
+    import tensorflow as tf
+
+    mat = tf.linalg.expm(s - tf.transpose(s))
+    return tf.transpose(mat[:, :k])
+
+
+def _reconstruct(rec: dict, x, xs, size: int):
+    import tensorflow as tf
+
+    pool = x.shape[1] // size if x.shape[1] and x.shape[1] >= size else 1
+    a = tf.nn.avg_pool2d(x, pool, pool, "VALID") if pool > 1 else x
+    b = tf.nn.avg_pool2d(xs, pool, pool, "VALID") if pool > 1 else xs
+    h = tf.concat([a, b - a], axis=-1)
+    for i in range(4):
+        h = tf.nn.leaky_relu(tf.nn.conv2d(h, rec[f"conv{i}"], 2, "SAME") + rec[f"bias{i}"], 0.2)
+    h = tf.reduce_mean(h, axis=[1, 2])
+    h = tf.nn.leaky_relu(h @ rec["hidden_w"] + rec["hidden_b"], 0.2)
+    return h @ rec["logits_w"] + rec["logits_b"], (h @ rec["shift_w"] + rec["shift_b"])[:, 0]
+
+
+def differentiable_generator(gan):
+    """A TF callable z -> G(z) [N,128,128,3] that gradients pass through.
+
+    Uses the loaded module behind `generator.gan.Gan` (its ``module`` attribute); anything else
+    with a ``path`` or ``handle`` is loaded with ``hub.load``."""
+    module = getattr(gan, "module", None)
+    if module is None:
+        from generator.gan import _hub
+
+        module = _hub().load(str(getattr(gan, "path", None) or gan.handle))
+    sig = module.signatures["generate"]
+    return lambda z: sig(z=z)["default"]
+
+
+def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: DiscoverConfig):
+    """The random draws of one step, from ``(seed, step)``: z [B, D], index [B], eps [B]."""
+    rng = np.random.default_rng([seed, step])
+    z = rng.standard_normal((batch, latent_dim)).astype(np.float32)
+    idx = rng.integers(0, k, batch).astype(np.int32)
+    eps = (cfg.shift_scale * (2.0 * rng.random(batch) - 1.0)).astype(np.float32)
+    small = np.abs(eps) < cfg.min_shift
+    eps[small] = np.where(eps[small] < 0, -cfg.min_shift, cfg.min_shift)  # 0 counts as positive
+    return z, idx, eps
+
+
+class RunExists(RuntimeError):
+    """The output folder already holds a run and `resume` was not asked for."""
+
+
+def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConfig(), *, resume: bool = False,
+             progress: Callable[[int, dict], None] | None = None) -> dict:
+    """Train directions + reconstructor on ``gan`` up to ``cfg.steps``; write the run folder.
+
+    ``resume=True`` continues from the newest checkpoint in ``out_dir`` (an error if the recorded
+    config differs in a field of ``_RESUME_KEYS``). ``progress(step, metrics)`` is called after
+    every step. Returns a summary dict (also written as ``summary.json``)."""
+    import tensorflow as tf
+
+    out = Path(out_dir)
+    d = int(gan.latent_dim)
+    if not 1 <= cfg.directions <= d:
+        raise ValueError(f"directions must be in 1..{d} (the latent size); got {cfg.directions}")
+    if cfg.init not in INITS:
+        raise ValueError(f"unknown init {cfg.init!r}; choose from {INITS}")
+    cfg_path = out / "config.json"
+    ckpt_dir = out / "checkpoints"
+    has_run = cfg_path.exists() or (ckpt_dir / "checkpoint").exists()
+    if has_run and not resume:
+        raise RunExists(f"{out} already holds a discovery run; pass --resume to continue it or choose another --out")
+    if resume and cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
+        if diff:
+            raise ValueError(f"cannot resume {out}: settings differ from the run's config.json: "
+                             + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**asdict(cfg), "gan": {"handle": getattr(gan, "handle", None),
+                                     "fingerprint": getattr(gan, "fingerprint", None)}, "latent_dim": d}
+    ds.write_bytes(cfg_path, (json.dumps(record, indent=1) + "\n").encode())
+
+    s, rec = _build(d, cfg)
+    opt_s = _Adam([s], cfg.lr_directions, tf)
+    rec_vars = [rec[k] for k in sorted(rec)]
+    opt_r = _Adam(rec_vars, cfg.lr, tf)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = tf.train.Checkpoint(S=s, reconstructor=rec, opt_s=opt_s.state(), opt_r=opt_r.state(), step=step_var)
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)
+    if resume and manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    generate = differentiable_generator(gan)
+    k = cfg.directions
+
+    @tf.function
+    def train_step(z, idx, eps):
+        x = tf.stop_gradient(generate(z))
+        with tf.GradientTape() as tape:
+            dirs = _directions(s, k)
+            shift = eps[:, None] * tf.gather(dirs, idx)
+            xs = generate(z + shift)
+            logits, eps_pred = _reconstruct(rec, x, xs, cfg.recon_size)
+            ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=idx, logits=logits))
+            shift_loss = cfg.shift_weight * tf.reduce_mean(tf.abs(eps_pred - eps))
+            loss = ce + shift_loss
+        grads = tape.gradient(loss, [s] + rec_vars)
+        opt_s.apply(grads[:1])
+        opt_r.apply(grads[1:])
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), idx), tf.float32))
+        return {"loss": loss, "ce": ce, "shift_loss": shift_loss, "accuracy": acc}
+
+    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    start = int(step_var.numpy())
+    metrics: dict = {}
+    window: list[dict] = []
+    for step in range(start, cfg.steps):
+        z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
+        metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps)).items()}
+        step_var.assign(step + 1)
+        window.append(metrics)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            with writer.as_default(step=step + 1):
+                for key in metrics:
+                    tf.summary.scalar(key, float(np.mean([m[key] for m in window])))
+            window = []
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            manager.save(checkpoint_number=step + 1)
+        if progress is not None:
+            progress(step + 1, metrics)
+    writer.flush()
+
+    dirs = _directions(s, k).numpy().astype(np.float64)
+    dirs = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
+    ds.save_npy(out / "directions.npy", dirs)
+    write_effects(gan, dirs, out / "effects", cfg)
+    summary = {"steps": int(step_var.numpy()), "directions": k, "latent_dim": d,
+               "last_metrics": metrics, "directions_file": "directions.npy"}
+    ds.write_bytes(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    return summary
+
+
+def write_effects(gan, dirs: np.ndarray, folder: Path, cfg: DiscoverConfig) -> None:
+    """One picture per direction: rows = samples, columns = shifts -2r, -r, 0, r, 2r."""
+    folder.mkdir(parents=True, exist_ok=True)
+    z = ds.draw_latents(cfg.picture_samples, dirs.shape[1], cfg.seed + 1)
+    shifts = cfg.picture_shift * np.array([-2, -1, 0, 1, 2], np.float32)
+    for k, h in enumerate(dirs):
+        zz = (z[:, None, :] + shifts[None, :, None] * h[None, None, :]).reshape(-1, dirs.shape[1])
+        imgs = ds.to_uint8(ds.to_unit_range(gan.generate(zz)))
+        imgs = imgs.reshape(len(z), len(shifts), *imgs.shape[1:])
+        ds.write_png(folder / f"direction-{k:03d}.png", ds.image_grid([list(row) for row in imgs]))
+

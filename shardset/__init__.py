@@ -1,0 +1,64 @@
+"""shardset: the shard-set format shared by the generator, the trainer and other teams.
+
+Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset lazily, in wds).
+
+    format.py    member names, encodings, keys, Limits, FORMAT_VERSION, ShardError
+    codec.py     encode/decode one sample's members; image headers checked before decoding
+    manifest.py  manifest schema v1: build, validate, load, atomic write, fingerprint
+    writer.py    ShardSetWriter: atomic shards + per-shard records + manifest; resume; parallel workers
+    reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples
+    urls.py      resolve(spec) of globs, brace ranges, manifests, folders, file/http(s)/fsspec URLs
+    wds.py       webdataset `zstd:` URL scheme and safe pipeline stages
+    verify.py    re-hash shards against the manifest and decode every sample
+    inspect.py   summary table and image | mask contact sheet
+    importer.py  labelled folder -> shard set
+    synthetic.py tiny deterministic sets for tests and demos
+    export.py    shard set -> image and mask files
+    cli.py       the `shardset` command (inspect, verify, import, export)
+"""
+from .codec import decode_sample, encode_sample
+from .format import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    FORMAT_VERSION,
+    LOSSLESS_ENCODINGS,
+    Limits,
+    ShardError,
+    ShardSetExistsError,
+    manifest_filename,
+    sample_key,
+    shard_filename,
+)
+from .manifest import ManifestError, canonical_manifest, load_manifest, manifest_fingerprint, validate_manifest
+from .reader import iter_raw_samples, iter_samples
+from .urls import ShardSetRef, expand_braces, open_url, resolve
+from .verify import verify_set
+from .writer import ShardSetWriter
+
+__all__ = [
+    "DEFAULT_ENCODING",
+    "ENCODINGS",
+    "FORMAT_VERSION",
+    "LOSSLESS_ENCODINGS",
+    "Limits",
+    "ManifestError",
+    "ShardError",
+    "ShardSetExistsError",
+    "ShardSetRef",
+    "ShardSetWriter",
+    "canonical_manifest",
+    "decode_sample",
+    "encode_sample",
+    "expand_braces",
+    "iter_raw_samples",
+    "iter_samples",
+    "load_manifest",
+    "manifest_filename",
+    "manifest_fingerprint",
+    "open_url",
+    "resolve",
+    "sample_key",
+    "shard_filename",
+    "validate_manifest",
+    "verify_set",
+]

@@ -1,0 +1,236 @@
+"""The manifest `NAME.json`: schema v1, building it from shard records, validating, loading,
+writing it atomically, and the fingerprint that checkpoints cite.
+
+The schema is documented in shards/README.md. The manifest is a pure function of the set's
+header (`set.json`: name, params, seed, ...) and its shard records, so the same shards give the
+same manifest whatever order, or how many workers, wrote them.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import functools
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+from .format import FORMAT_NAME, FORMAT_VERSION, ENCODINGS, SPLITS, SHARD_FILE_RE, NAME_RE
+
+log = logging.getLogger(__name__)
+
+TOOL_NAME = "bgw-seg"
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, not JSON, or breaks the schema; the message names the file and field."""
+
+
+@functools.lru_cache(maxsize=1)
+def tool_info() -> dict:
+    """{"name", "version", "git_commit"}; the commit is best effort ("unknown" outside a checkout)."""
+    try:
+        from importlib.metadata import version
+
+        ver = version(TOOL_NAME)
+    except Exception:  # not installed: running from a source tree
+        ver = "0+unknown"
+    commit = "unknown"
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if res.returncode == 0 and len(res.stdout.strip()) == 40:
+            commit = res.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"name": TOOL_NAME, "version": ver, "git_commit": commit}
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def dumps(obj: Any) -> str:
+    """The one JSON spelling used for manifests and records: sorted keys, no NaN."""
+    return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary name in the same folder, fsync, rename, fsync the folder."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sum_rejected(records: Iterable[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for rec in records:
+        for k, v in rec.get("rejected", {}).items():
+            out[k] = out.get(k, 0) + int(v)
+    return dict(sorted(out.items()))
+
+
+def build_manifest(header: dict, records: Iterable[dict], *, planned: dict | None = None,
+                   finalized: bool = False) -> dict:
+    """Manifest from the set header and the shard records (order of `records` does not matter)."""
+    shards = sorted((dict(r) for r in records), key=lambda r: r["index"])
+    splits = {s: {"shards": [r["index"] for r in shards if r["split"] == s],
+                  "samples": sum(r["samples"] for r in shards if r["split"] == s)} for s in SPLITS}
+    complete = finalized
+    if planned and "shards" in planned:
+        complete = finalized and [r["index"] for r in shards] == list(range(int(planned["shards"])))
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "name": header["name"],
+        "tool": header["tool"],
+        "created": header["created"],
+        "params": header["params"],
+        "seed": header["seed"],
+        "shard_size": header["shard_size"],
+        "encoding": header["encoding"],
+        "shards": shards,
+        "splits": splits,
+        "totals": {
+            "shards": len(shards),
+            "samples": sum(r["samples"] for r in shards),
+            "bytes": sum(r["bytes"] for r in shards),
+            "drawn": sum(r["drawn"] for r in shards),
+            "rejected": _sum_rejected(shards),
+        },
+        "planned": planned,
+        "complete": bool(complete),
+    }
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
+    return manifest
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """sha256 of the canonical shard list (file, split, samples, sha256 per shard, in index order).
+
+    Independent of creation time, tool version and JSON layout: two manifests with the same
+    fingerprint name byte-identical data.
+    """
+    shards = sorted(manifest.get("shards", []), key=lambda r: r["index"])
+    canon = [{"file": r["file"], "split": r["split"], "samples": r["samples"], "sha256": r["sha256"]}
+             for r in shards]
+    blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()
+
+
+def canonical_manifest(manifest: dict) -> dict:
+    """A copy without the fields that legitimately differ between identical reruns (`created`)."""
+    out = copy.deepcopy(manifest)
+    out.pop("created", None)
+    return out
+
+
+_SHARD_FIELDS = {"index": int, "file": str, "split": str, "samples": int, "bytes": int, "sha256": str,
+                 "drawn": int, "rejected": dict}
+_TOP_FIELDS = {"format": str, "format_version": int, "name": str, "tool": dict, "created": str,
+               "params": dict, "seed": int, "shard_size": int, "encoding": str, "shards": list,
+               "splits": dict, "totals": dict, "complete": bool, "fingerprint": str}
+
+
+def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
+    """Check schema v1; raise ManifestError naming the first bad field. Returns the manifest."""
+
+    def fail(msg: str):
+        raise ManifestError(f"{where}: {msg}")
+
+    if not isinstance(manifest, dict):
+        fail("top level must be a JSON object")
+    if manifest.get("format") != FORMAT_NAME:
+        fail(f"'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r} (not a shard-set manifest)")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        fail(f"format_version {manifest.get('format_version')!r} is not supported (this tool reads "
+             f"{FORMAT_VERSION}); upgrade bgw-seg")
+    for key, typ in _TOP_FIELDS.items():
+        if not isinstance(manifest.get(key), typ) or (typ is int and isinstance(manifest.get(key), bool)):
+            fail(f"field {key!r} must be {typ.__name__}, got {type(manifest.get(key)).__name__}")
+    if not NAME_RE.fullmatch(manifest["name"]):
+        fail(f"name {manifest['name']!r} is invalid")
+    if manifest["encoding"] not in ENCODINGS:
+        fail(f"encoding {manifest['encoding']!r} is not one of {ENCODINGS}")
+    seen = set()
+    for i, rec in enumerate(manifest["shards"]):
+        if not isinstance(rec, dict):
+            fail(f"shards[{i}] must be an object")
+        for key, typ in _SHARD_FIELDS.items():
+            if not isinstance(rec.get(key), typ):
+                fail(f"shards[{i}].{key} must be {typ.__name__}")
+        m = SHARD_FILE_RE.fullmatch(rec["file"])
+        if not m or m["name"] != manifest["name"] or int(m["index"]) != rec["index"]:
+            fail(f"shards[{i}].file {rec['file']!r} does not match {manifest['name']}-{rec['index']:06d}.tar.zst")
+        if rec["split"] not in SPLITS:
+            fail(f"shards[{i}].split {rec['split']!r} is not one of {SPLITS}")
+        if len(rec["sha256"]) != 64:
+            fail(f"shards[{i}].sha256 is not a sha256 hex digest")
+        if rec["index"] in seen:
+            fail(f"shard index {rec['index']} is listed twice")
+        seen.add(rec["index"])
+    totals = manifest["totals"]
+    if totals.get("samples") != sum(r["samples"] for r in manifest["shards"]) or totals.get("shards") != len(
+        manifest["shards"]
+    ):
+        fail("totals do not match the shard list")
+    if manifest["fingerprint"] != manifest_fingerprint(manifest):
+        fail("fingerprint does not match the shard list (edited by hand?)")
+    return manifest
+
+
+def parse_manifest(text: str | bytes, where: str = "manifest") -> dict:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+    return validate_manifest(data, where)
+
+
+def load_manifest(path: str | os.PathLike) -> dict:
+    """Read and validate a local manifest file (see urls.resolve for remote ones)."""
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest") from None
+    return parse_manifest(text, str(path))
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
+    atomic_write_text(path, dumps(validate_manifest(manifest, str(path))))
+
+
+def is_manifest_file(path: Path) -> bool:
+    """Cheap check: a `.json` whose start names the shard-set format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return FORMAT_NAME.encode() in head

@@ -1,0 +1,199 @@
+"""Safe streaming reader of one shard: bounded zstd stream -> strict ustar parser -> samples.
+
+Built for shards from strangers. The zstd frame header is checked before inflating (declared size
+and window), the inflated byte count is bounded while streaming, every tar header is checked
+(checksum, regular files only, known member names only, bounded sizes), and each sample is
+decoded by `codec.decode_sample`. Every failure is a `ShardError` naming the shard.
+"""
+from __future__ import annotations
+
+import io
+from typing import BinaryIO, Iterator
+
+import zstandard
+
+from .codec import decode_sample
+from .format import ALLOWED_MEMBERS_HINT, MEMBER_RE, ZSTD_MAGIC, Limits, ShardError
+
+_BLOCK = 512
+
+
+class _Prefixed(io.RawIOBase):
+    """`prefix` followed by the rest of `raw`: lets us inspect a header without seeking."""
+
+    def __init__(self, prefix: bytes, raw: BinaryIO):
+        self._prefix, self._raw = prefix, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._raw.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class BoundedZstdReader(io.RawIOBase):
+    """Decompressed view of a zstd stream that refuses to inflate past `limits.max_shard_bytes`."""
+
+    def __init__(self, raw: BinaryIO, url: str, limits: Limits = Limits()):
+        self.url, self.limits, self._raw = url, limits, raw
+        head = _read_exact_raw(raw, 18)
+        if not head.startswith(ZSTD_MAGIC):
+            raise ShardError(url, "not a zstd stream (bad magic number); shards are NAME-NNNNNN.tar.zst")
+        try:
+            params = zstandard.get_frame_parameters(head)
+        except zstandard.ZstdError as exc:
+            raise ShardError(url, f"corrupt zstd frame header ({exc})") from None
+        if params.content_size != zstandard.CONTENTSIZE_UNKNOWN and params.content_size > limits.max_shard_bytes:
+            raise ShardError(
+                url,
+                f"zstd frame declares {params.content_size} decompressed bytes, over the bound of "
+                f"{limits.max_shard_bytes} (Limits.max_shard_bytes); refused before inflating",
+            )
+        if params.window_size > limits.max_window_bytes:
+            raise ShardError(url, f"zstd window of {params.window_size} bytes exceeds Limits.max_window_bytes")
+        dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+        self._stream = dctx.stream_reader(_Prefixed(head, raw), read_across_frames=True, closefd=False)
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            n = self._stream.readinto(b)
+        except zstandard.ZstdError as exc:
+            raise ShardError(self.url, f"corrupt zstd data ({exc})") from None
+        self.count += n
+        if self.count > self.limits.max_shard_bytes:
+            raise ShardError(
+                self.url,
+                f"decompresses past the bound of {self.limits.max_shard_bytes} bytes (Limits.max_shard_bytes): "
+                "a zip bomb or an over-size shard; refused",
+            )
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def _read_exact_raw(f: BinaryIO, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _parse_octal(field: bytes, url: str, what: str) -> int:
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ShardError(url, f"corrupt tar header ({what} field {field!r} is not octal)") from None
+
+
+def iter_members(stream: BinaryIO, url: str, limits: Limits = Limits()) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each member of a ustar stream, strictly checked. Refuses links, folders,
+    pax/GNU extension headers, unknown names and over-size members."""
+    while True:
+        header = _read_exact_raw(stream, _BLOCK)
+        if len(header) < _BLOCK:
+            raise ShardError(url, "truncated tar stream (ended inside a header); the shard is incomplete")
+        if header == b"\0" * _BLOCK:
+            # end of archive; whatever follows must be zero padding
+            while rest := stream.read(1 << 16):
+                if rest.count(0) != len(rest):
+                    raise ShardError(url, "data after the end of the tar archive")
+            return
+        stored = _parse_octal(header[148:156], url, "checksum")
+        computed = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        if stored != computed:
+            raise ShardError(url, "corrupt tar header (checksum mismatch)")
+        name = header[0:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0] if header[257:263] == b"ustar\0" else b""
+        if prefix:
+            name = prefix + b"/" + name
+        try:
+            name_s = name.decode("ascii")
+        except UnicodeDecodeError:
+            raise ShardError(url, f"tar member name {name!r} is not ASCII") from None
+        typeflag = header[156:157]
+        if typeflag not in (b"0", b"\0"):
+            raise ShardError(url, f"tar member {name_s!r} has type {typeflag!r}; only regular files are allowed")
+        if not MEMBER_RE.fullmatch(name_s):
+            raise ShardError(url, f"unexpected tar member {name_s!r}; only {ALLOWED_MEMBERS_HINT} are allowed")
+        size = _parse_octal(header[124:136], url, "size")
+        if size > limits.max_member_bytes:
+            raise ShardError(url, f"tar member {name_s!r} is {size} bytes, over Limits.max_member_bytes "
+                                  f"({limits.max_member_bytes})")
+        padded = -(-size // _BLOCK) * _BLOCK
+        data = _read_exact_raw(stream, padded)
+        if len(data) < padded:
+            raise ShardError(url, f"truncated tar stream (ended inside member {name_s!r})")
+        yield name_s, data[:size]
+
+
+def iter_raw(stream: BinaryIO, url: str, limits: Limits = Limits()) -> Iterator[dict]:
+    """Group members by key into raw samples {"__key__", "__url__", field: bytes}."""
+    current: dict | None = None
+    seen: set[str] = set()
+    count = 0
+    for name, data in iter_members(stream, url, limits):
+        key, field = name.split(".", 1)
+        if current is not None and key != current["__key__"]:
+            yield current
+            current = None
+        if current is None:
+            if key in seen:
+                raise ShardError(url, f"sample key {key!r} appears in two places (members must be grouped by key)")
+            count += 1
+            if count > limits.max_samples:
+                raise ShardError(url, f"more than Limits.max_samples={limits.max_samples} samples")
+            seen.add(key)
+            current = {"__key__": key, "__url__": url}
+        if field in current:
+            raise ShardError(url, f"tar member {name!r} appears twice")
+        current[field] = data
+    if current is not None:
+        yield current
+
+
+def open_shard(url: str, limits: Limits = Limits()) -> BoundedZstdReader:
+    """Decompressed, bounded stream of the shard at `url` (local path, file://, http(s)://, fsspec)."""
+    from .urls import open_url
+
+    raw = open_url(url)
+    try:
+        return BoundedZstdReader(raw, url, limits)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def iter_raw_samples(url: str, *, limits: Limits = Limits()) -> Iterator[dict]:
+    """Raw (undecoded) samples of one shard."""
+    with open_shard(url, limits) as zs:
+        yield from iter_raw(io.BufferedReader(zs, 1 << 16), url, limits)
+
+
+def iter_samples(url: str, *, limits: Limits = Limits()) -> Iterator[dict]:
+    """Decoded samples of one shard, streamed; raises ShardError(url, reason) naming the shard."""
+    for raw in iter_raw_samples(url, limits=limits):
+        sample = decode_sample(raw, limits)
+        sample.pop("__url__", None)
+        yield sample

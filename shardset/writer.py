@@ -1,0 +1,314 @@
+"""ShardSetWriter: write shards of a set atomically, record each one, keep the manifest current.
+
+Layout in `out_dir`:
+
+    NAME-000000.tar.zst ...      the shards (tar, one zstd frame, members sorted, fixed tar headers)
+    NAME.json                    the manifest, rebuilt from the records after every shard
+    .NAME.records/set.json       the set header (name, params, seed, encoding, created, tool)
+    .NAME.records/000123.json    one record per finished shard: the commit marker
+
+A shard is written as `NAME-000123.tar.zst.<pid>.tmp`, fsynced and renamed; its record is written
+after the rename, and only recorded shards appear in the manifest. So a killed writer leaves
+complete shards and a manifest listing exactly the recorded ones, and several processes may
+write disjoint shard indices into one folder (the manifest rebuild runs under a file lock).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import zstandard
+
+from . import codec
+from .format import (
+    DEFAULT_ENCODING,
+    KEY_RE,
+    SPLITS,
+    TAR_GID,
+    TAR_GNAME,
+    TAR_MODE,
+    TAR_MTIME,
+    TAR_UID,
+    TAR_UNAME,
+    ZSTD_LEVEL,
+    ShardSetExistsError,
+    check_encoding,
+    check_name,
+    manifest_filename,
+    shard_filename,
+)
+from .manifest import atomic_write_text, build_manifest, dumps, fsync_dir, tool_info, utc_now, write_manifest
+
+log = logging.getLogger(__name__)
+
+MODES = ("new", "resume", "overwrite")
+_TMP_RE = re.compile(r"\.(?P<pid>\d+)\.tmp$")
+
+
+def build_tar(members: dict[str, bytes]) -> bytes:
+    """POSIX (ustar) tar of `members`, sorted by name, with fixed headers: same input, same bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(members):
+            data = members[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = TAR_MTIME
+            info.uid, info.gid = TAR_UID, TAR_GID
+            info.uname, info.gname = TAR_UNAME, TAR_GNAME
+            info.mode = TAR_MODE
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def compress(tar_bytes: bytes) -> bytes:
+    # One frame with its content size and a checksum: readers can refuse an over-size frame from
+    # the header alone, and corruption is caught at the frame end. Single-threaded so the output
+    # is byte-identical on every machine with the same zstd version.
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0)
+    return cctx.compress(tar_bytes)
+
+
+def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ShardSetWriter:
+    """Writes the shards of set `name` into `out_dir` (see the module docstring for the layout).
+
+    mode: "new" refuses a folder that already holds the set; "resume" keeps every recorded shard
+    that re-hashes correctly (and refuses when params/seed/encoding/shard size differ);
+    "overwrite" deletes the set first. Parallel workers: the parent opens the set ("new" or
+    "overwrite"), each worker opens it with "resume" and writes its own shard indices.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, name: str, *, encoding: str = DEFAULT_ENCODING,
+                 shard_size: int = 1000, params: dict | None = None, seed: int = 0, mode: str = "new"):
+        self.out_dir = Path(out_dir)
+        self.name = check_name(name)
+        self.encoding = check_encoding(encoding)
+        if not isinstance(shard_size, int) or shard_size <= 0:
+            raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is unknown: choose one of {', '.join(MODES)}")
+        try:  # the params go into JSON; normalise numpy scalars now and fail now, not after a shard
+            params = json.loads(json.dumps(dict(params or {}), allow_nan=False, default=codec.json_default))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"params must be JSON-serialisable without NaN: {exc}") from None
+        self.shard_size = shard_size
+        self.seed = int(seed)
+        self.mode = mode
+        self.records_dir = self.out_dir / f".{name}.records"
+        self.manifest_path = self.out_dir / manifest_filename(name)
+        self._verified: dict[str, tuple] = {}  # file -> (size, mtime_ns) already re-hashed OK
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        header = {"name": name, "params": params, "seed": self.seed, "shard_size": shard_size,
+                  "encoding": encoding}
+        with self._lock():
+            if mode == "overwrite":
+                self._delete_set()
+            existing = self._existing()
+            if mode == "new" and existing:
+                raise ShardSetExistsError(
+                    f"{self.out_dir} already holds shard set {name!r} ({existing}); "
+                    f"use mode 'resume' to continue it or 'overwrite' to replace it"
+                )
+            header_path = self.records_dir / "set.json"
+            if header_path.exists():
+                self.header = json.loads(header_path.read_text())
+                for key in ("params", "seed", "shard_size", "encoding"):
+                    if json.loads(dumps(self.header[key])) != json.loads(dumps(header[key])):
+                        raise ValueError(
+                            f"cannot resume {self.manifest_path}: its {key} is {self.header[key]!r} but this run "
+                            f"has {header[key]!r}; use the same settings or mode 'overwrite'"
+                        )
+            else:
+                self.records_dir.mkdir(parents=True, exist_ok=True)
+                self.header = {**header, "created": utc_now(), "tool": tool_info()}
+                atomic_write_text(header_path, dumps(self.header))
+            self._remove_stray_tmp()
+        if mode == "resume":
+            done = self.completed()
+            log.info("resuming %s: %d shards already complete", self.manifest_path, len(done))
+        self._rebuild_manifest()
+
+    # -- folder state ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        lock_path = self.out_dir / f".{self.name}.lock"
+        with open(lock_path, "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _shard_files(self) -> list[Path]:
+        return sorted(self.out_dir.glob(f"{self.name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar.zst"))
+
+    def _existing(self) -> str:
+        parts = []
+        if self.manifest_path.exists():
+            parts.append(self.manifest_path.name)
+        n = len(self._shard_files())
+        if n:
+            parts.append(f"{n} shard files")
+        if self.records_dir.exists():
+            parts.append(self.records_dir.name)
+        return ", ".join(parts)
+
+    def _delete_set(self) -> None:
+        for p in self._shard_files() + list(self.out_dir.glob(f"{self.name}-*.tar.zst.*.tmp")):
+            p.unlink(missing_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        shutil.rmtree(self.records_dir, ignore_errors=True)
+
+    def _remove_stray_tmp(self) -> None:
+        # A tmp file whose writer process is gone is a crash leftover. A live pid may be a sibling
+        # worker in the middle of its shard, so its file stays.
+        for p in self.out_dir.glob(f"{self.name}-*.tar.zst.*.tmp"):
+            m = _TMP_RE.search(p.name)
+            if m and not _pid_alive(int(m["pid"])):
+                log.info("removing stray temporary file %s", p)
+                p.unlink(missing_ok=True)
+
+    def _records(self) -> list[dict]:
+        out = []
+        for p in sorted(self.records_dir.glob("[0-9]*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                log.warning("ignoring unreadable shard record %s", p)
+        return out
+
+    def _record_path(self, index: int) -> Path:
+        return self.records_dir / f"{index:06d}.json"
+
+    def completed(self) -> dict[int, dict]:
+        """Records of the shards on disk whose size and sha256 match; others are dropped."""
+        out, dropped = {}, False
+        for rec in self._records():
+            path = self.out_dir / rec.get("file", "")
+            try:
+                st = path.stat()
+            except OSError:
+                st = None
+            stamp = (st.st_size, st.st_mtime_ns) if st else None
+            ok = st is not None and st.st_size == rec.get("bytes")
+            if ok and self._verified.get(rec["file"]) != stamp:
+                ok = sha256_file(path) == rec.get("sha256")
+                if ok:
+                    self._verified[rec["file"]] = stamp
+            if ok:
+                out[rec["index"]] = rec
+            else:
+                log.warning("shard %s does not match its record; it will be rewritten", path)
+                self._record_path(rec["index"]).unlink(missing_ok=True)
+                dropped = True
+        if dropped:
+            self._rebuild_manifest()
+        return out
+
+    def _rebuild_manifest(self, *, planned: dict | None = None, finalized: bool = False) -> dict:
+        with self._lock():
+            manifest = build_manifest(self.header, self._records(), planned=planned, finalized=finalized)
+            write_manifest(self.manifest_path, manifest)
+        return manifest
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def encode_shard(self, index: int, samples: list[dict]) -> bytes:
+        """The compressed bytes of shard `index` (pure: no files touched)."""
+        prefix = f"{self.name}-{index:06d}-"
+        members: dict[str, bytes] = {}
+        for i, sample in enumerate(samples):
+            key = sample.get("__key__") or f"{prefix}{i:06d}"
+            if not KEY_RE.fullmatch(key) or not key.startswith(prefix):
+                raise ValueError(f"sample {i} of shard {index}: key {key!r} must match {prefix}[A-Za-z0-9_-]+")
+            try:
+                encoded = codec.encode_sample(sample, self.encoding)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"sample {key}: {exc}") from None
+            for field, data in encoded.items():
+                member = f"{key}.{field}"
+                if member in members:
+                    raise ValueError(f"sample key {key!r} appears twice in shard {index}")
+                members[member] = data
+        return compress(build_tar(members))
+
+    def write_shard(self, index: int, samples: list[dict], *, split: str = "train",
+                    stats: dict | None = None) -> dict:
+        """Write shard `index` atomically, record it, rewrite the manifest; return its record.
+
+        An empty `samples` list is allowed (a shard whose every draw was rejected): it keeps the
+        shard numbering and the rejection counts of a plan intact.
+        """
+        if not isinstance(index, int) or not 0 <= index <= 999_999:
+            raise ValueError(f"shard index must be an int in 0..999999, got {index!r}")
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is unknown: choose one of {', '.join(SPLITS)}")
+        if len(samples) > self.shard_size:
+            raise ValueError(f"shard {index} has {len(samples)} samples, over shard_size {self.shard_size}")
+        stats = dict(stats or {})
+        drawn = int(stats.pop("drawn", len(samples)))
+        rejected = {str(k): int(v) for k, v in sorted(dict(stats.pop("rejected", {})).items())}
+        data = self.encode_shard(index, samples)
+
+        fname = shard_filename(self.name, index)
+        final = self.out_dir / fname
+        tmp = self.out_dir / f"{fname}.{os.getpid()}.tmp"
+        self._record_path(index).unlink(missing_ok=True)  # a rewritten shard is uncommitted until recorded
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.out_dir)
+        record = {"index": index, "file": fname, "split": split, "samples": len(samples), "bytes": len(data),
+                  "sha256": hashlib.sha256(data).hexdigest(), "drawn": drawn, "rejected": rejected}
+        if stats:
+            record["stats"] = stats
+        st = final.stat()
+        self._verified[fname] = (st.st_size, st.st_mtime_ns)
+        # the record is the commit marker: written last, atomically
+        atomic_write_text(self._record_path(index), dumps(record))
+        self._rebuild_manifest()
+        log.debug("wrote %s (%d samples, %d bytes)", final, len(samples), len(data))
+        return record
+
+    def finalize(self, planned: dict | None = None) -> dict:
+        """Write the final manifest (`complete` true when every planned shard 0..N-1 is present)."""
+        manifest = self._rebuild_manifest(planned=planned, finalized=True)
+        if not manifest["complete"]:
+            log.warning("%s: %d shards written, planned %s", self.manifest_path, len(manifest["shards"]), planned)
+        return manifest

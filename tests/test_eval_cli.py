@@ -1,0 +1,371 @@
+"""eval-seg end to end: --pred-dir on real ECSSD pairs and hand-made sets, --ckpt on tiny U-Net
+checkpoints (cross-checked against a by-hand inference + metrics pipeline), mean ± std over
+several checkpoints, the WSOL sets, and the one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from evaluator import datasets as D
+from evaluator.cli import EvalConfig, EvalError, evaluate, main
+from evaluator.metrics import SegmentationMetrics
+
+
+def _run(args, env=None):
+    res = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    return res
+
+
+def _assert_one_line_error(res, *needles):
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    err = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(err) == 1, res.output
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def _rect_mask(h, w, y0, y1, x0, x1) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 255
+    return m
+
+
+def _folder(root: Path, shapes) -> Path:
+    """images/<id>.png + masks/<id>.png with a textured image and a rectangle mask each."""
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(shapes):
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "images" / f"im{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"im{i}.png"), _rect_mask(h, w, h // 4, 3 * h // 4, w // 5, w // 2))
+    return root
+
+
+# --------------------------------------------------------------------------- --pred-dir
+
+
+def test_pred_dir_gt_as_prediction_scores_one_and_writes_everything(ecssd_dir, tmp_path):
+    ids = sorted(p.stem for p in (ecssd_dir / "images").iterdir())[:4]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i in ids:
+        shutil.copy(ecssd_dir / "masks" / f"{i}.png", pred / f"{i}.png")
+    out = tmp_path / "R"
+    args = ["--pred-dir", pred, "--dataset", f"folder:{ecssd_dir}", "--limit", 4, "--out", out]
+    res = _run(args)
+    assert res.exit_code == 0, res.output
+    assert "maxFβ" in res.output
+    for name in ("results.json", "results.md", "pr_curve.png", "examples_ecssd.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    ds = results["datasets"]["ecssd"]
+    assert ds["n_images"] == 4 and ds["protocol"] == "short128"
+    for k in ("max_f", "iou", "accuracy"):
+        assert ds["summary"][k]["mean"] == 1.0, k
+    assert ds["summary"]["s_measure"]["mean"] == pytest.approx(1.0, abs=1e-9)  # eps in its formula
+    assert ds["summary"]["mae"]["mean"] == 0.0
+    assert ds["runs"][0]["per_image"]["ids"] == ids
+    assert len(ds["runs"][0]["curves"]["precision_curve"]) == 255
+    assert results["tool"]["version"]
+    fig = cv2.imread(str(out / "examples_ecssd.png"))
+    assert fig is not None and fig.shape[0] > 3 * 160
+    # a second run appends its row under the same header
+    assert _run(args + ["--method", "again"]).exit_code == 0
+    md = (out / "results.md").read_text().splitlines()
+    assert md[0] == "| Method | ecssd maxFβ | ecssd IoU | ecssd Acc |"
+    assert md[2] == "| pred | 1.000 | 1.000 | 1.000 |" and md[3] == "| again | 1.000 | 1.000 | 1.000 |"
+    assert len(md) == 4
+
+
+def test_missing_prediction_is_one_line_naming_the_id(tmp_path):
+    data = _folder(tmp_path / "data", [(20, 30), (20, 30)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(data / "masks" / "im0.png", pred / "im0.png")
+    res = _run(["--pred-dir", pred, "--dataset", f"folder:{data}"])
+    _assert_one_line_error(res, "'im1'", str(pred / "im1.png"))
+
+
+def test_prediction_of_another_size_is_resized_bilinearly(tmp_path):
+    data = _folder(tmp_path / "data", [(40, 60)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    cv2.imwrite(str(pred / "im0.png"), small)
+    results = evaluate(EvalConfig(datasets=(f"folder:{data}",), pred_dir=pred))
+    m = SegmentationMetrics()
+    m.update(cv2.resize(small, (60, 40), interpolation=cv2.INTER_LINEAR),
+             cv2.imread(str(data / "masks" / "im0.png"), cv2.IMREAD_GRAYSCALE) >= 128)
+    ref = m.compute()
+    got = results["datasets"]["data"]["summary"]
+    for k in ("max_f", "iou", "accuracy", "mae"):
+        assert got[k]["mean"] == ref[k], k
+
+
+def test_crop128_pred_dir_at_original_size_gets_the_gt_crop(tmp_path):
+    cub = tmp_path / "CUB_200_2011"
+    (cub / "images" / "001.A").mkdir(parents=True)
+    (cub / "segmentations" / "001.A").mkdir(parents=True)
+    (cub / "images.txt").write_text("1 001.A/a.jpg\n2 001.A/b.jpg\n")
+    (cub / "train_val_test_split.txt").write_text("1 0\n2 2\n")
+    for s in "ab":
+        cv2.imwrite(str(cub / "images" / "001.A" / f"{s}.jpg"), np.zeros((50, 80, 3), np.uint8))
+        cv2.imwrite(str(cub / "segmentations" / "001.A" / f"{s}.png"), _rect_mask(50, 80, 10, 40, 20, 50))
+    pred = tmp_path / "pred" / "001.A"
+    pred.mkdir(parents=True)
+    shutil.copy(cub / "segmentations" / "001.A" / "b.png", pred / "b.png")
+    results = evaluate(EvalConfig(datasets=("cub",), pred_dir=tmp_path / "pred", data_root=tmp_path))
+    ds = results["datasets"]["cub"]
+    assert ds["protocol"] == "crop128" and ds["n_images"] == 1
+    assert ds["summary"]["iou"]["mean"] == 1.0 and ds["summary"]["max_f"]["mean"] == 1.0
+
+
+# --------------------------------------------------------------------------- --ckpt
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread avoids oversubscription."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_ckpt(run_dir: Path, seed: int) -> Path:
+    torch = pytest.importorskip("torch")
+    unet = pytest.importorskip("trainer.unet")
+    checkpoint = pytest.importorskip("trainer.checkpoint")
+    torch.manual_seed(seed)
+    model = unet.UNet(width=4)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode matters
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    checkpoint.save_checkpoint(run_dir, 7, model, {"shardset": {"name": "toy", "fingerprint": "0" * 64},
+                                                   "config": {"seed": seed}})
+    return run_dir
+
+
+def _by_hand(run_dir: Path, data: Path) -> dict:
+    """The documented pipeline written out: short side 128, [-1, 1] NCHW, softmax[:, 1], bilinear
+    back to the gt's size, 8-bit, metrics."""
+    import torch
+    from trainer.checkpoint import load_for_inference
+
+    model, _ = load_for_inference(run_dir)
+    m = SegmentationMetrics()
+    for img_path in sorted((data / "images").iterdir()):
+        image = cv2.cvtColor(cv2.imread(str(img_path)), cv2.COLOR_BGR2RGB)
+        gt = cv2.imread(str(data / "masks" / img_path.name), cv2.IMREAD_GRAYSCALE) >= 128
+        h, w = image.shape[:2]
+        s = 128 / min(h, w)
+        size = (int(w * s + 0.5), int(h * s + 0.5))
+        x = cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        x = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.no_grad():
+            p = torch.softmax(model(x), dim=1)[0, 1].numpy()
+        p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+        m.update(np.clip(np.rint(p * 255), 0, 255).astype(np.uint8), gt)
+    return m.compute()
+
+
+def test_ckpt_matches_the_pipeline_by_hand(tmp_path):
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    data = _folder(tmp_path / "data", [(40, 60), (60, 40), (40, 60)])
+    results = evaluate(EvalConfig(datasets=(f"folder:{data}",), ckpts=(run,), batch_size=2, device="cpu"))
+    ref = _by_hand(run, data)
+    got = results["datasets"]["data"]
+    for k in ("max_f", "iou", "accuracy", "mae", "s_measure", "e_max"):
+        assert got["summary"][k]["mean"] == pytest.approx(ref[k], abs=1e-6), k
+    np.testing.assert_allclose(got["runs"][0]["curves"]["f_curve"], ref["f_curve"], atol=1e-6)
+    src = results["sources"][0]
+    weights = run / "checkpoints" / "step-000007.safetensors"
+    import hashlib
+    assert src["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert src["step"] == 7 and src["kind"] == "checkpoint"
+
+
+def test_ckpt_cli_on_a_run_folder_writes_outputs(tmp_path):
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    data = _folder(tmp_path / "data", [(40, 60), (60, 40)])
+    res = _run(["--ckpt", run, "--dataset", f"folder:{data}", "--out", tmp_path / "R", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "R" / "examples_data.png").is_file()
+    assert json.loads((tmp_path / "R" / "results.json").read_text())["sources"][0]["path"].endswith(
+        "step-000007.safetensors")
+
+
+def test_several_ckpts_give_mean_and_sample_std(tmp_path):
+    runs = [_tiny_ckpt(tmp_path / f"run{s}", seed=s) for s in (0, 1)]
+    data = _folder(tmp_path / "data", [(40, 60), (60, 40)])
+    singles = [evaluate(EvalConfig(datasets=(f"folder:{data}",), ckpts=(r,), device="cpu"))
+               for r in runs]
+    out = tmp_path / "R"
+    both = evaluate(EvalConfig(datasets=(f"folder:{data}",), ckpts=tuple(runs), device="cpu", out=out))
+    for k in ("max_f", "iou", "accuracy"):
+        vals = [s["datasets"]["data"]["summary"][k]["mean"] for s in singles]
+        agg = both["datasets"]["data"]["summary"][k]
+        assert agg["runs"] == vals
+        assert agg["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+        assert agg["std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+    assert len(both["sources"]) == 2
+    assert len({s["sha256"] for s in both["sources"]}) == 2
+    row = (out / "results.md").read_text().splitlines()[2]
+    assert row.count("±") == 3  # maxF, IoU, Acc
+
+
+def test_crop128_ckpt_predicts_at_128(tmp_path):
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    cub = tmp_path / "CUB_200_2011"
+    (cub / "images" / "001.A").mkdir(parents=True)
+    (cub / "segmentations" / "001.A").mkdir(parents=True)
+    (cub / "images.txt").write_text("1 001.A/a.jpg\n")
+    (cub / "train_val_test_split.txt").write_text("1 2\n")
+    cv2.imwrite(str(cub / "images" / "001.A" / "a.jpg"), np.full((50, 80, 3), 90, np.uint8))
+    cv2.imwrite(str(cub / "segmentations" / "001.A" / "a.png"), _rect_mask(50, 80, 10, 40, 20, 50))
+    from evaluator.predict import CheckpointSource, iter_predictions
+
+    ds = D.get_dataset("cub", tmp_path)
+    (p,) = list(iter_predictions(ds, ds.test_items(), CheckpointSource(run, device="cpu")))
+    assert p.pred.shape == (128, 128) and p.gt.shape == (128, 128) and p.pred.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- WSOL sets
+
+
+def test_box_and_pxap_sets_through_pred_dir(tmp_path):
+    pytest.importorskip("evaluator.wsol")
+    base = tmp_path / "wsolevaluation"
+    # cub-wsol: one image, one box; the prediction is that box filled
+    meta = base / "metadata" / "CUB" / "test"
+    meta.mkdir(parents=True)
+    (meta / "image_ids.txt").write_text("001.A/a.jpg\n")
+    (meta / "localization.txt").write_text("001.A/a.jpg,10,5,29,24\n")
+    (base / "dataset" / "CUB" / "001.A").mkdir(parents=True)
+    cv2.imwrite(str(base / "dataset" / "CUB" / "001.A" / "a.jpg"), np.zeros((40, 50, 3), np.uint8))
+    # openimages-wsol: mask = prediction
+    meta = base / "metadata" / "OpenImages" / "test"
+    meta.mkdir(parents=True)
+    (meta / "image_ids.txt").write_text("test/c/x.jpg\n")
+    (meta / "localization.txt").write_text("test/c/x.jpg,test/c/x_m.png,\n")
+    oi = base / "dataset" / "OpenImages" / "test" / "c"
+    oi.mkdir(parents=True)
+    cv2.imwrite(str(oi / "x.jpg"), np.zeros((30, 30, 3), np.uint8))
+    cv2.imwrite(str(oi / "x_m.png"), _rect_mask(30, 30, 5, 20, 5, 20))
+    pred = tmp_path / "pred"
+    (pred / "001.A").mkdir(parents=True)
+    (pred / "test" / "c").mkdir(parents=True)
+    cv2.imwrite(str(pred / "001.A" / "a.png"), _rect_mask(40, 50, 5, 25, 10, 30))
+    cv2.imwrite(str(pred / "test" / "c" / "x.png"), _rect_mask(30, 30, 5, 20, 5, 20))
+    results = evaluate(EvalConfig(datasets=("cub-wsol", "openimages-wsol"), pred_dir=pred, data_root=tmp_path,
+                                  out=tmp_path / "R"))
+    assert results["datasets"]["cub-wsol"]["summary"]["max_box_acc"]["mean"] == 1.0
+    assert results["datasets"]["cub-wsol"]["summary"]["max_box_acc_v2"]["mean"] == 1.0
+    # PxAP of the same map and mask fed to evaluator.wsol directly (its 224 resize blurs edges,
+    # so a perfect map scores just under 1)
+    from evaluator.wsol import PxAP
+
+    ref = PxAP()
+    ref.update(_rect_mask(30, 30, 5, 20, 5, 20).astype(np.float32) / 255, _rect_mask(30, 30, 5, 20, 5, 20) >= 128)
+    assert results["datasets"]["openimages-wsol"]["summary"]["pxap"]["mean"] == ref.compute()["pxap"] > 0.99
+    md = (tmp_path / "R" / "results.md").read_text().splitlines()
+    assert md[0] == "| Method | cub-wsol MaxBoxAcc | openimages-wsol PxAP |"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_data_root_is_one_line(monkeypatch, tmp_path):
+    res = _run(["--pred-dir", tmp_path, "--dataset", "ecssd"], env={D.ENV_ROOT: ""})
+    _assert_one_line_error(res, "--data-root", D.ENV_ROOT)
+
+
+def test_missing_named_dataset_is_one_line(tmp_path):
+    res = _run(["--pred-dir", tmp_path, "--dataset", "dut-omron", "--data-root", tmp_path])
+    _assert_one_line_error(res, "DUT-OMRON", "saliencydetection.net")
+
+
+def test_unknown_dataset_is_a_bad_parameter(tmp_path):
+    res = _run(["--pred-dir", tmp_path, "--dataset", "ecsd"])
+    assert res.exit_code == 2 and "unknown dataset 'ecsd'" in res.output and "Traceback" not in res.output
+
+
+def test_ckpt_and_pred_dir_are_exclusive(tmp_path):
+    data = _folder(tmp_path / "data", [(8, 8)])
+    with pytest.raises(EvalError, match="either --ckpt"):
+        evaluate(EvalConfig(datasets=(f"folder:{data}",)))
+    res = _run(["--dataset", f"folder:{data}"])
+    _assert_one_line_error(res, "either --ckpt")
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    data = _folder(tmp_path / "data", [(8, 8)])
+    (tmp_path / "empty_run").mkdir()
+    res = _run(["--ckpt", tmp_path / "empty_run", "--dataset", f"folder:{data}"])
+    _assert_one_line_error(res, "no checkpoint in")
+
+
+@pytest.mark.slow
+def test_ckpt_on_a_train_unet_run_scores_its_val_shards(tmp_path):
+    """The done-when check: a real (tiny) train-unet run, scored on its own val shards."""
+    pytest.importorskip("webdataset")
+    toy = pytest.importorskip("trainer.toy")
+    train_mod = pytest.importorskip("trainer.train")
+    from trainer.config import TrainConfig
+
+    manifest = toy.write_disc_set(tmp_path / "shards", n_train=16, n_val=4, size=32, shard_size=8)
+    cfg = TrainConfig(shards=(str(manifest),), size=32, num_workers=0, width=4, steps=1, batch=4, val_every=0,
+                      ckpt_every=1, out=str(tmp_path / "run"), device="cpu", shuffle_buffer=4, val_samples=4,
+                      precision="fp32", channels_last=False)
+    train_mod.train(cfg)
+    res = _run(["--ckpt", tmp_path / "run", "--dataset", f"shards:{tmp_path / 'shards'}", "--out", tmp_path / "R",
+                "--device", "cpu", "--batch-size", 3])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "R" / "results.json").read_text())
+    ds = results["datasets"]["shards:discs"]
+    assert ds["n_images"] == 4 and ds["info"]["fingerprint"] == json.loads(manifest.read_text())["fingerprint"]
+    assert results["sources"][0]["shardset"]["fingerprint"] == ds["info"]["fingerprint"]
+    assert 0.0 <= ds["summary"]["iou"]["mean"] <= 1.0
+    assert (tmp_path / "R" / "examples_shards_discs.png").is_file()
+
+
+def test_16_bit_predictions_are_scaled_to_8_bits(tmp_path):
+    data = _folder(tmp_path / "data", [(20, 30)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    gt = cv2.imread(str(data / "masks" / "im0.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(pred / "im0.png"), gt.astype(np.uint16) * 257)  # 255 -> 65535
+    results = evaluate(EvalConfig(datasets=(f"folder:{data}",), pred_dir=pred))
+    assert results["datasets"]["data"]["summary"]["iou"]["mean"] == 1.0
+    assert results["datasets"]["data"]["summary"]["mae"]["mean"] == 0.0
+
+
+def test_unreadable_prediction_and_missing_cuda_are_one_line(tmp_path):
+    data = _folder(tmp_path / "data", [(20, 30)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "im0.png").write_bytes(b"not a png")
+    _assert_one_line_error(_run(["--pred-dir", pred, "--dataset", f"folder:{data}"]), "'im0'", "not a readable PNG")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    res = _run(["--ckpt", run, "--dataset", f"folder:{data}", "--device", "cuda"])
+    _assert_one_line_error(res, "'cuda'", "--device cpu")

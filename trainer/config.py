@@ -1,0 +1,103 @@
+"""TrainConfig: every knob of a training run, with the paper's defaults (DESIGN.md, paper sec. 3.4).
+
+One frozen dataclass is the single source of defaults; the CLI builds it from flags, the run
+folder stores it as config.json, and checkpoints embed it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# Fields that decide what the run computes: a resumed run must keep them, or the loss
+# sequence would not continue the killed one's.
+RESULT_FIELDS = ("shards", "batch", "lr", "lr_milestones", "lr_gamma", "size", "width",
+                 "bilinear", "precision", "channels_last", "num_workers", "shuffle_buffer",
+                 "seed", "round_samples", "val_samples")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data ---
+    shards: tuple[str, ...] = ()          # shard-set specs (globs, brace ranges, manifests, folders, URLs)
+    size: int = 128                       # training resolution, pixels (square); samples of another size are resized
+    num_workers: int = 2                  # DataLoader worker processes per rank (0 = read in the main process)
+    shuffle_buffer: int = 1000            # sample shuffle buffer, samples per worker
+    round_samples: int = 0                # samples per (rank, worker) "round" of the stream; 0 = one pass over its shards
+    val_samples: int = 512                # at most this many held-out ("val") samples per validation, samples
+    # --- model ---
+    width: int = 64                       # U-Net base width, channels (64 = paper: 64-128-256-512-512)
+    bilinear: bool = True                 # bilinear x2 upsampling (paper/reference); False = transposed convs
+    # --- optimisation (paper: Adam 1e-3, x0.2 at 8000, 12000 steps, batch 95) ---
+    steps: int = 12000                    # optimizer steps, total
+    batch: int = 95                       # samples per optimizer step, summed over all ranks
+    lr: float = 1e-3                      # Adam learning rate at step 0
+    lr_milestones: tuple[int, ...] = (8000,)  # steps at which the learning rate is multiplied by lr_gamma
+    lr_gamma: float = 0.2                 # learning-rate factor at each milestone
+    seed: int = 0                         # seeds model init and the whole data order
+    # --- speed ---
+    precision: str = "bf16"               # fp32 | bf16 | fp16 autocast; bf16/fp16 apply on CUDA only (CPU runs fp32)
+    compile: bool = False                 # torch.compile the model (CUDA; minutes of warm-up)
+    channels_last: bool = True            # NHWC memory format on CUDA (tensor-core friendly)
+    device: str = "auto"                  # auto | cpu | cuda
+    cpu_threads: int = 0                  # torch intra-op threads (0 = torch's default); 1 helps on busy shared CPUs
+    # --- bookkeeping ---
+    out: str = "runs/unet"                # run folder: config.json, metrics.jsonl, tb/, checkpoints/
+    val_every: int = 500                  # validate every this many steps (0 = only at the end)
+    log_every: int = 10                   # log loss/lr/samples-per-s every this many steps
+    ckpt_every: int = 1000                # checkpoint every this many steps (and always at the end)
+    eval_dataset: str | None = None       # optional real benchmark (evaluator dataset name) validated at val_every
+    data_root: str | None = None          # folder of that benchmark (images/, masks/)
+    eval_samples: int = 200               # at most this many real-benchmark images per validation
+
+    def __post_init__(self):
+        # tuples, not lists: the dataclass is frozen and hashable, and JSON round-trips give lists
+        object.__setattr__(self, "shards", tuple(self.shards))
+        object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision={self.precision!r} (choose one of {', '.join(PRECISIONS)})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device={self.device!r} (choose auto, cpu or cuda)")
+        for name in ("steps", "batch", "size", "width", "log_every", "ckpt_every", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        for name in ("num_workers", "val_every", "round_samples", "val_samples", "eval_samples", "cpu_threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
+        if self.size % 16:
+            problems.append(f"size={self.size} (must be a multiple of 16: the U-Net halves it 4 times)")
+        if self.lr <= 0:
+            problems.append(f"lr={self.lr} (must be > 0)")
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            problems.append(f"lr_milestones={self.lr_milestones} (must be increasing)")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+__all__ = ["TrainConfig", "PRECISIONS", "RESULT_FIELDS", "config_fields"]

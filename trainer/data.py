@@ -1,0 +1,405 @@
+"""Shard-set stream for the trainer: small picklable webdataset-style stages, deterministic by step.
+
+Pipeline, per rank and DataLoader worker (each stage a plain generator function of an iterator):
+
+    train shard URLs ─► round_shards (resampled: a seeded permutation per round, split by rank,
+    then by worker) ─► cycle_raw (safe tar.zst read via shardset.wds.tar_samples, members stay
+    bytes) ─► shuffle (seeded buffer) ─► islice to the round's length ─► skip (resume) ─►
+    decode (shardset.decode_sample: known members only, no pickle) ─► fit_size ─► batched (uint8
+    numpy) ─► to torch (uint8; normalised on the device by trainer.unet.normalize_images)
+
+Determinism (how `--resume` continues exactly). The stream is endless and cut into *rounds* of
+`round_batches` batches per (rank, worker). Round r of worker w on rank k depends only on
+(seed, r, k, w): its shard subset comes from a permutation seeded by (seed, r) and its shuffle
+buffer from (seed, r, k, w). A DataLoader with W workers hands out batches round-robin, so after
+`step` optimizer steps worker w has delivered ceil((step - w) / W) batches. To resume at `step`
+each worker regenerates its current round and drops the raw (undecoded) samples it had already
+delivered: at most one round of tar reading, no decoding. The checkpoint stores the step, the
+world size and the worker count; a resume with other values is refused, since the order would
+differ. Rounds also bound memory and make every shard reachable (resampling) whatever the
+number of ranks and workers.
+
+The validation part (manifest split "val") is read by `load_val_samples` in the main process and
+never enters the training stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_SHARD_NAME = re.compile(r"(?P<name>[A-Za-z0-9_-]{1,64})-\d{6}\.tar\.zst")  # shardset's file naming
+DEFAULT_ROUND_SAMPLES = 4096  # samples per (rank, worker) round when the config leaves it at 0
+
+
+def _ss(name: str):
+    """A shardset API name (docs/ARCHITECTURE.md), from the package or, while its __init__ does not
+    re-export it yet, from the submodule that defines it."""
+    import importlib
+
+    import shardset
+
+    if hasattr(shardset, name):
+        return getattr(shardset, name)
+    home = {"resolve": "urls", "decode_sample": "codec", "Limits": "format", "ShardError": "format",
+            "manifest_fingerprint": "manifest", "ShardSetWriter": "writer", "iter_samples": "reader"}[name]
+    return getattr(importlib.import_module(f"shardset.{home}"), name)
+
+
+class DataError(ValueError):
+    """Bad training data: no shard matched, mixed sets, a corrupt shard (the message names it)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The last line of an error, without DataLoader's 'Caught X in worker' wrapping or class prefix.
+
+    DataLoader re-raises a worker's exception as `type(msg)` with the worker traceback in `msg`;
+    the meaningful line is the last one, 'trainer.data.DataError: corrupt shard ...'.
+    """
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    for prefix in ("trainer.data.DataError: ", "DataError: ", "shardset.format.ShardError: ", "ShardError: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving --shards specs
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """The resolved training data: train and val shard URLs plus what identifies the set(s)."""
+
+    train_urls: tuple[str, ...]
+    val_urls: tuple[str, ...]
+    name: str
+    fingerprint: str
+    image_size: tuple[int, int] | None  # (H, W) from the manifest, None when unknown
+    encoding: str | None
+    manifests: tuple[dict | None, ...] = ()
+
+
+def _manifest_facts(manifest: dict | None) -> dict:
+    """The manifest entries that must agree between sets trained on together."""
+    if not manifest:
+        return {}
+    facts = {}
+    if manifest.get("format") is not None:
+        facts["format"] = f"{manifest['format']} v{manifest.get('format_version', '?')}"
+    if manifest.get("encoding") is not None:
+        facts["encoding"] = manifest["encoding"]
+    return facts
+
+
+def peek_image_size(url: str) -> tuple[int, int]:
+    """(H, W) of the first sample of a shard; reading it also fails early on an unreadable shard."""
+    for sample in decode(itertools.islice(read_shard_raw(url), 1)):
+        return tuple(int(v) for v in sample["image"].shape[:2])
+    raise DataError(f"corrupt shard {url}: it holds no samples")
+
+
+def check_compatible(named_facts: list[tuple[str, dict]]) -> dict:
+    """Refuse sets of different formats, encodings or image sizes (one line naming both specs)."""
+    first_spec, first = None, None
+    for spec, facts in named_facts:
+        if first is None:
+            first_spec, first = spec, facts
+            continue
+        for key in ("format", "encoding", "image_size"):
+            if key in facts and key in first and facts[key] != first[key]:
+                raise DataError(f"--shards {spec!r} has {key} {facts[key]} but {first_spec!r} has {first[key]}: "
+                                "mixed shard sets; train on one kind at a time (or re-import one to match)")
+    return first or {}
+
+
+def resolve_shards(specs: Iterable[str]) -> ShardSource:
+    """Resolve one or more --shards specs through shardset.resolve; split train from val."""
+    specs = list(specs)
+    if not specs:
+        raise DataError("no --shards given: pass a glob, brace range, manifest, folder or URL of a shard set")
+    refs = []
+    for spec in specs:
+        try:
+            ref = _ss("resolve")(spec)
+        except (FileNotFoundError, ValueError) as e:
+            reason = one_line(e)
+            nothing = any(w in reason for w in ("matches no", "does not exist", "holds no shard set", "no such"))
+            raise DataError(f"{'no shard matched ' if nothing else ''}--shards {spec!r}: {reason}") from None
+        if not ref.urls:
+            raise DataError(f"no shard matched --shards {spec!r}; check the path or glob (e.g. shards/NAME-*.tar.zst)")
+        if ref.manifest is None:
+            sets = sorted({m["name"] for u in ref.urls if (m := _SHARD_NAME.fullmatch(u.rsplit("/", 1)[-1]))})
+            if len(sets) > 1:
+                # without one manifest the val split is unknown: refuse rather than train on it
+                raise DataError(f"--shards {spec!r} matches shards of several sets ({', '.join(sets)}); "
+                                "name each set on its own, e.g. --shards DIR/NAME.json, once per set")
+        refs.append((spec, ref))
+    named_facts = []
+    for spec, ref in refs:
+        facts = _manifest_facts(ref.manifest)
+        size = peek_image_size(ref.urls[0])
+        facts["image_size"] = f"{size[0]}x{size[1]}"
+        named_facts.append((spec, facts))
+    facts = check_compatible(named_facts)
+    train, val, names, prints = [], [], [], []
+    for spec, ref in refs:
+        if ref.manifest:
+            t, v = list(ref.split_urls("train")), list(ref.split_urls("val"))
+            names.append(str(ref.manifest.get("name", spec)))
+            prints.append(_ss("manifest_fingerprint")(ref.manifest))
+        else:
+            # bare shards: no split is known, so none is held out
+            log.warning("--shards %r has no manifest: all %d shards train, none validate", spec, len(ref.urls))
+            t, v = list(ref.urls), []
+            names.append(spec)
+            prints.append(hashlib.sha256("\n".join(sorted(ref.urls)).encode()).hexdigest())
+        vset = set(v)
+        train += [u for u in t if u not in vset]  # never train on the validation part
+        val += v
+    if not train:
+        raise DataError(f"--shards {' '.join(specs)} matched only validation shards; nothing to train on")
+    if len(set(train)) != len(train):
+        raise DataError(f"--shards {' '.join(specs)} name some shards twice; give each set once")
+    if len(refs) == 1:
+        name, fingerprint = names[0], prints[0]
+    else:
+        name = "+".join(names)
+        fingerprint = hashlib.sha256("\n".join(prints).encode()).hexdigest()
+    h, w = (int(v) for v in facts["image_size"].split("x"))
+    return ShardSource(tuple(train), tuple(val), name, fingerprint, (h, w), facts.get("encoding"),
+                       tuple(ref.manifest for _, ref in refs))
+
+
+# ---------------------------------------------------------------------------------------------
+# stages (top-level, picklable)
+
+
+def round_shards(urls: list[str], seed: int, rnd: int, rank: int, world: int,
+                 worker: int, num_workers: int) -> list[str]:
+    """The shards worker `worker` of rank `rank` reads in round `rnd`.
+
+    A permutation seeded by (seed, rnd), repeated until every (rank, worker) gets at least one
+    shard, split by node (rank) and then by worker; different ranks read different shards
+    whenever there are enough of them.
+    """
+    rng = np.random.default_rng([seed, rnd, 0x5EED])
+    perm = [urls[i] for i in rng.permutation(len(urls))]
+    need = world * num_workers
+    full = perm * math.ceil(need / len(perm))
+    by_node = full[rank::world]
+    return by_node[worker::num_workers]
+
+
+def cycle_raw(urls: list[str], read: Callable[[str], Iterator[dict]]) -> Iterator[dict]:
+    """Raw samples (member bytes) of `urls`, over and over; an empty pass is an error."""
+    while True:
+        n = 0
+        for url in urls:
+            for raw in read(url):
+                n += 1
+                yield raw
+        if n == 0:
+            raise DataError(f"shards {urls[:3]} hold no samples")
+
+
+def shuffle(src: Iterable, bufsize: int, rng: np.random.Generator, initial: int | None = None) -> Iterator:
+    """Seeded shuffle buffer: fill to `bufsize`, then emit a random element and refill its slot."""
+    buf = []
+    for item in src:
+        if len(buf) < bufsize:
+            buf.append(item)
+            continue
+        i = int(rng.integers(len(buf)))
+        out, buf[i] = buf[i], item
+        yield out
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode(src: Iterable[dict], limits=None) -> Iterator[dict]:
+    """Raw member bytes -> sample dict via shardset.decode_sample; failures name the shard."""
+    lim = limits if limits is not None else _ss("Limits")()
+    dec = _ss("decode_sample")
+    for raw in src:
+        try:
+            sample = dec(raw, lim)
+        except Exception as e:  # the per-shard boundary: say which shard and sample, then stop
+            raise DataError(f"corrupt shard {raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}: "
+                            f"{one_line(e)}") from None
+        yield sample
+
+
+def fit_size(src: Iterable[dict], size: int) -> Iterator[dict]:
+    """Resize samples to size x size when they differ (image: area/linear, mask: nearest)."""
+    import cv2
+
+    for s in src:
+        img, mask = s["image"], s["mask"]
+        if img.shape[:2] != (size, size):
+            interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+            img = cv2.resize(img, (size, size), interpolation=interp)
+            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        yield {"__key__": s.get("__key__"), "image": img, "mask": mask}
+
+
+def batched(src: Iterable[dict], batch: int) -> Iterator[dict]:
+    """Full batches only: {'image': uint8 [B,H,W,3], 'mask': uint8 [B,H,W]} numpy arrays."""
+    while True:
+        chunk = list(itertools.islice(src, batch))
+        if len(chunk) < batch:
+            return
+        yield {"image": np.stack([s["image"] for s in chunk]), "mask": np.stack([s["mask"] for s in chunk])}
+
+
+def to_torch(src: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 numpy batches -> uint8 torch tensors (pinned by the DataLoader when on CUDA)."""
+    for b in src:
+        yield torch.from_numpy(b["image"]), torch.from_numpy(b["mask"])
+
+
+def read_shard_raw(url: str, limits=None) -> Iterator[dict]:
+    """Raw samples of one shard through shardset's safe webdataset stage; errors name the shard."""
+    import shardset.wds
+
+    shardset.wds.register()
+    kwargs = {} if limits is None else {"limits": limits}
+    try:
+        for raw in shardset.wds.tar_samples(iter([{"url": url}]), **kwargs):
+            raw.setdefault("__url__", url)
+            yield raw
+    except DataError:
+        raise
+    except Exception as e:  # the per-shard boundary
+        raise DataError(f"corrupt shard {url}: {one_line(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the training stream
+
+
+def worker_batches_done(step: int, worker: int, num_workers: int) -> int:
+    """Batches worker `worker` delivered when `step` batches were consumed round-robin."""
+    return max(0, -(-(step - worker) // num_workers))
+
+
+def rank_batch(batch: int, rank: int, world: int) -> int:
+    """This rank's share of the global batch (the remainder goes to the low ranks)."""
+    return batch // world + (1 if rank < batch % world else 0)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    urls: tuple[str, ...]
+    seed: int
+    batch: int               # per-rank batch
+    size: int
+    shuffle_buffer: int
+    round_samples: int
+    rank: int = 0
+    world: int = 1
+    start_step: int = 0      # optimizer steps already done (resume)
+    limits: object = None    # shardset.Limits or None for its defaults
+
+
+def worker_stream(spec: StreamSpec, worker: int, num_workers: int,
+                  read: Callable[[str], Iterator[dict]] | None = None,
+                  decoder: Callable[[Iterable[dict]], Iterator[dict]] | None = None) -> Iterator[dict]:
+    """Endless numpy batches of one (rank, worker); `read`/`decoder` swap in test stand-ins."""
+    if read is None:
+        read = _Reader(spec.limits)
+    if decoder is None:
+        decoder = _Decoder(spec.limits)
+    per_round = max(1, (spec.round_samples or DEFAULT_ROUND_SAMPLES) // spec.batch)
+    done = worker_batches_done(spec.start_step, worker, num_workers)
+    rnd, skip = divmod(done, per_round)
+    while True:
+        shards = round_shards(list(spec.urls), spec.seed, rnd, spec.rank, spec.world, worker, num_workers)
+        rng = np.random.default_rng([spec.seed, rnd, spec.rank, worker])
+        raw = shuffle(cycle_raw(shards, read), spec.shuffle_buffer, rng)
+        raw = itertools.islice(raw, per_round * spec.batch)
+        # resume: drop what this worker already delivered, before decoding (cheap)
+        raw = itertools.islice(raw, skip * spec.batch, None)
+        yield from batched(fit_size(decoder(raw), spec.size), spec.batch)
+        rnd, skip = rnd + 1, 0
+
+
+class _Reader:
+    """Picklable `read` callable over shardset (limits travel with it)."""
+
+    def __init__(self, limits=None):
+        self.limits = limits
+
+    def __call__(self, url: str) -> Iterator[dict]:
+        return read_shard_raw(url, self.limits)
+
+
+class _Decoder:
+    def __init__(self, limits=None):
+        self.limits = limits
+
+    def __call__(self, src: Iterable[dict]) -> Iterator[dict]:
+        return decode(src, self.limits)
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """IterableDataset of (image uint8 [B,H,W,3], mask uint8 [B,H,W]) per-rank batches."""
+
+    def __init__(self, spec: StreamSpec, read=None, decoder=None):
+        super().__init__()
+        self.spec, self.read, self.decoder = spec, read, decoder
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return to_torch(worker_stream(self.spec, worker, num_workers, self.read, self.decoder))
+
+
+def make_loader(spec: StreamSpec, num_workers: int, pin_memory: bool, read=None, decoder=None):
+    """DataLoader over TrainStream; batches are formed in the workers (batch_size=None)."""
+    kwargs = {}
+    if num_workers > 0:
+        # a few batches in flight per worker keep the accelerator fed while it computes
+        kwargs = {"prefetch_factor": 4, "persistent_workers": False}
+    return torch.utils.data.DataLoader(TrainStream(spec, read, decoder), batch_size=None,
+                                       num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation samples
+
+
+def load_val_samples(urls: Iterable[str], size: int, limit: int, read=None, decoder=None) -> dict | None:
+    """The first `limit` held-out samples in shard order, decoded once: {'image', 'mask'} numpy."""
+    if limit <= 0:
+        return None
+    read = read or _Reader()
+    decoder = decoder or _Decoder()
+    samples = []
+    for url in urls:
+        for s in fit_size(decoder(read(url)), size):
+            samples.append(s)
+            if len(samples) >= limit:
+                break
+        if len(samples) >= limit:
+            break
+    if not samples:
+        return None
+    return {"image": np.stack([s["image"] for s in samples]), "mask": np.stack([s["mask"] for s in samples])}
+
+
+def describe(source: ShardSource) -> str:
+    return json.dumps({"name": source.name, "train_shards": len(source.train_urls),
+                       "val_shards": len(source.val_urls), "encoding": source.encoding,
+                       "image_size": source.image_size})
