@@ -23,9 +23,10 @@ from experiments.runner import SHARED_DATA, StageError, invoke
 OUT = Path(os.environ.get("BGW_DEMO_OUT", "demo-out"))
 # sized to finish in under 10 minutes on 2 CPU cores (see README, "make demo")
 N_SAMPLES = int(os.environ.get("BGW_DEMO_N", 3000))
-STEPS = int(os.environ.get("BGW_DEMO_STEPS", 400))
+STEPS = int(os.environ.get("BGW_DEMO_STEPS", 300))
 BATCH = int(os.environ.get("BGW_DEMO_BATCH", 16))
-WIDTH = int(os.environ.get("BGW_DEMO_WIDTH", 16))
+WIDTH = int(os.environ.get("BGW_DEMO_WIDTH", 8))
+SIZE = int(os.environ.get("BGW_DEMO_SIZE", 64))  # training resolution: 64 px keeps the CPU run short
 
 
 def _step(title: str, marker: Path, stage: str, args: list[str]) -> None:
@@ -63,7 +64,9 @@ def main() -> int:
         run = OUT / "run"
         _step("2/3 train the U-Net on the shards (CPU)", run / "DONE", "train", [
             "--shards", str(manifest), "--out", str(run), "--steps", str(STEPS), "--batch", str(BATCH),
-            "--width", str(WIDTH), "--val-every", str(max(STEPS // 4, 1)), "--seed", "0",
+            "--width", str(WIDTH), "--size", str(SIZE), "--lr", "3e-3", "--lr-milestones", str(STEPS * 3 // 4),
+            "--val-every", str(max(STEPS // 3, 1)), "--ckpt-every", str(max(STEPS // 3, 1)), "--num-workers", "1",
+            "--seed", "0",
         ] + (["--resume"] if run.exists() and not (run / "DONE").exists() else []))
         evaluation = OUT / "eval"
         datasets = ["--dataset", f"shards:{manifest}"]
@@ -74,7 +77,7 @@ def main() -> int:
     except StageError as exc:
         click.secho(f"demo failed: {exc}", fg="red", err=True)
         return 1
-    for src in [*shards.glob("*.png"), *(OUT / "run").glob("*.png"), *evaluation.glob("*.png")]:
+    for src in [*shards.glob("*.png"), *(OUT / "run").glob("val-grid.png"), *evaluation.glob("*.png")]:
         shutil.copy2(src, pictures / f"{src.parent.name}-{src.name}")
     results_md = evaluation / "results.md"
     if results_md.exists():

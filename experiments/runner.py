@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINTS = {
     "generate": "generator.cli:main",
-    "import": "shardset.cli:main",
+    "import": "shardset.cli:cli",
     "train": "trainer.cli:main",
     "evaluate": "evaluator.cli:main",
 }

@@ -43,7 +43,9 @@ def render(records: list[dict]) -> str:
     for table in sorted(by_table, key=lambda t: (len(t), t)):
         recs = by_table[table]
         summaries = [summarise(r) for r in recs]
-        datasets = sorted({ds for r in recs for ds in r.get("paper", {})} | {ds for s in summaries for ds in s})
+        # the paper's column order first (dicts keep the recipe's order), then anything else evaluated
+        datasets = list(dict.fromkeys([ds for r in recs for ds in r.get("paper", {})]
+                                      + sorted(ds for s in summaries for ds in s)))
         cols = [(ds, m) for ds in datasets for m in LABELS
                 if any(m in r.get("paper", {}).get(ds, {}) or m in s.get(ds, {}) for r, s in zip(recs, summaries))]
         lines += [f"## Table {table}", "", "| recipe | row | " + " | ".join(f"{ds} {LABELS[m]}" for ds, m in cols) + " |",

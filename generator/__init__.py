@@ -7,7 +7,9 @@ importing any module here (this file included) stays light.
     toy.py               the toy GAN, a procedural stand-in with BigBiGAN's signatures (a test fixture)
     directions.py        load and save segmenting directions (.npy, .pth) as unit vectors + sha256
     affine.py            the two-affine-operator model of a segmenting direction (pure numpy)
-    direction_search.py  find a segmenting direction without labels (paper, appendix B)
+    discover.py          learn K interpretable latent directions without labels (Voynov & Babenko 2020)
+    direction_search.py  pick the segmenting one among candidates (paper, appendix B)
+    directions_cli.py    the `find-direction` command (discover, rank)
     masks.py             mask rules, connected components, size and histogram filters (pure numpy)
     embed.py             E(I) for a dataset's train images, computed once and cached
     latents.py           per-shard reproducible latent streams: prior or embeddings + alpha noise

@@ -9,7 +9,8 @@ TensorFlow fit (`generator.direction_search`), the `find-direction rank` command
 - `two_operator_image` is S_{A1,A2} (eq. 4), `assign_classes` the pixel classes (eq. 7),
   `restoration_loss` L_h (eq. 5), `operator_distance` D_h, `class_balance` the share of A1;
 - `fit_least_squares` / `fit_em` refit the operators exactly (least squares per class, alternated
-  with eq. 7): the reference the gradient fit is tested against;
+  with eq. 7): the reference the gradient fit is tested against; `lighting_init` is the least
+  squares fit on the lighting rule's split, the gradient fit's default start;
 - `rank_candidates` is the appendix-B ranking rule.
 
 Conventions (fixed here, documented in the README):

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import click
 
+from shardset.format import DEFAULT_ENCODING, ENCODINGS
+
 from .masks import HISTOGRAM_RULES, MASK_RULES, PRESETS
 from .pipeline import NO_HISTOGRAM, GenConfig, GenerationError
 
 DATASET_HELP = "cub, flowers, imagenet, duts, ecssd, dut-omron, or folder:PATH (any folder of images)"
-ENCODINGS = ("png", "webp", "jpg", "npy")  # shardset.format.ENCODINGS (not imported: keep --help light)
 
 
 class Count(click.ParamType):
@@ -91,7 +92,8 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("--gan", default="bigbigan", show_default=True,
               help="bigbigan, toy (the built-in stand-in, a test fixture), a SavedModel folder or a TF-Hub handle.")
 @click.option("--direction", type=click.Path(dir_okay=False), default=None,
-              help="Segmenting direction h_bg, .npy or .pth [latent_dim]; default: the toy's shipped one.")
+              help="Segmenting direction h_bg, .npy or .pth [latent_dim]. Default: for bigbigan the paper's "
+                   "published h_bg (downloaded once into the cache), for toy its shipped one.")
 @click.option("--shift", type=float, default=5.0, show_default=True, help="r in x' = G(z + r h).")
 @click.option("--latents", type=click.Choice(["prior", "embeddings"]), default=None,
               help="prior: z ~ N(0,I); embeddings: z = E(I_i) + alpha xi. [default: embeddings with --dataset]")
@@ -113,14 +115,17 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
               help="Output folder of the set.")
 @click.option("--name", default=None, help="Set name. [default: the dataset's, or MODEL-prior]")
 @click.option("--preview", is_flag=True, help="Also write OUT/NAME-preview.png (masks and rejected samples).")
-@click.option("--encoding", type=click.Choice(ENCODINGS), default="png", show_default=True,
-              help="Image encoding inside the shards.")
+@click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
+              help="Image encoding inside the shards (npy: raw uint8 under zstd, lossless and the fastest to "
+                   "read; png/webp: smaller; jpg: lossy). See benchmarks/shard_io.py.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Filter preset. [default: flowers for --dataset flowers, else default]")
 @click.option("--mask-rule", type=click.Choice(sorted(MASK_RULES)), default=None,
               help="lighting: gray(x) < gray(x'); mean: gray(x') > its mean. [default: the preset's]")
 @click.option("--connectivity", type=click.Choice(["4", "8"]), default=None,
               help="Connected components: 4 (paper) or 8 (reference code). [default: 4]")
+@click.option("--components-filter/--no-components-filter", default=None,
+              help="Drop mask components smaller than 0.2 x the largest. [default: on]")
 @click.option("--size-filter/--no-size-filter", default=None,
               help="Reject masks over half the image. [default: the preset's]")
 @click.option("--histogram-rule", type=click.Choice(sorted(HISTOGRAM_RULES)), default=None,
@@ -139,7 +144,7 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
 @click.pass_context
 def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shard_size, val_fraction, val_shards,
-         seed, out, name, preview, encoding, preset, mask_rule, connectivity, size_filter, histogram_rule,
+         seed, out, name, preview, encoding, preset, mask_rule, connectivity, components_filter, size_filter, histogram_rule,
          no_histogram_filter, batch_size, num_workers, worker_index, ray_address, resume, cache_dir, verbose):
     """Generate synthetic (image, mask) pairs from a GAN into a shard set.
 
@@ -159,7 +164,8 @@ def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shar
         gan=gan, direction=direction, shift=shift, cache_dir=cache_dir, latents=latents, alpha=alpha,
         dataset=dataset, data_root=data_root, n=n, shard_size=shard_size, val_fraction=val_fraction,
         val_shards=val_shards, seed=seed, out=out, name=name, encoding=encoding, preset=preset,
-        mask_rule=mask_rule, connectivity=int(connectivity) if connectivity else None, size_filter=size_filter,
+        mask_rule=mask_rule, connectivity=int(connectivity) if connectivity else None,
+        components_filter=components_filter, size_filter=size_filter,
         histogram_rule=NO_HISTOGRAM if no_histogram_filter else histogram_rule, batch_size=batch_size,
         num_workers=num_workers, worker_index=worker_index, resume=resume,
     ).resolved()
@@ -196,9 +202,12 @@ def _run_with_bar(cfg: GenConfig):
     # disable=None: no bar when stderr is not a terminal (logs, CI), so output stays clean
     bar = tqdm(total=target, unit="sample", dynamic_ncols=True, disable=None, smoothing=0.1,
                desc=f"{cfg.name} (worker {cfg.worker_index}/{cfg.num_workers})" if cfg.num_workers > 1 else cfg.name)
-    counts = {"accepted": 0, "drawn": 0}
+    counts = {"accepted": 0, "drawn": 0, "started": False}
 
     def progress(accepted: int, drawn: int) -> None:
+        if not counts["started"]:  # the clock starts with the first batch, not with the model load
+            counts["started"] = True
+            bar.reset(total=target)
         counts["accepted"] += accepted
         counts["drawn"] += drawn
         if counts["drawn"]:

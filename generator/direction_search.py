@@ -15,6 +15,19 @@ Candidates are fitted together in chunks: Adam acts elementwise and the candidat
 summed, so a chunk's fit equals the candidates' separate fits.
 
 Images are mapped from the GAN's [-1, 1] to [0, 1] before fitting, as in the paper.
+
+Two choices the paper leaves open, each with the other behaviour as an option:
+
+- the start of the fit (``FitConfig.init``): ``lighting`` (default) = exact least squares on the
+  lighting rule's split (`affine.lighting_init`); ``identity`` = A1 = I + 0.1, A2 = I - 0.1, close
+  to the reference code's near-identity start. From the identity, 200 steps of lr 0.005 cannot
+  reach the operators of a saturating light (A1 close to "paint white"): measured on the toy GAN,
+  its shipped direction's L_h is 0.146 after 200 steps from the identity, 0.029 from ``lighting``;
+- signs (`rank_directions(both_signs=True)`): each candidate is scored as +h and -h, since
+  discovered directions have no sign and the numbers of -h differ from those of +h.
+
+The Adam loop runs as one XLA-compiled TensorFlow while-loop (measured ~2x faster than eager
+steps on CPU); set ``BGW_FIT_JIT=0`` to run it without XLA.
 """
 from __future__ import annotations
 

@@ -141,3 +141,69 @@ def save_direction(path: str | os.PathLike, vec) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------ the paper's published direction
+
+# The authors published BigBiGAN's h_bg beside their reference code (its download_all.sh). No copy
+# could be fetched where this tool was built, so no checksum is pinned: the first download's
+# sha256 is recorded in every manifest made with it, and BGW_BIGBIGAN_DIRECTION_SHA256 pins one.
+PUBLISHED_DIRECTIONS = {
+    "bigbigan": ("bg_direction.pth", "https://www.dropbox.com/s/np74kmkohkbx76t/bg_direction.pth?dl=1"),
+}
+
+
+def published_direction_path(gan: str, cache_dir: str | os.PathLike | None = None,
+                             *, download: bool = True, timeout_s: float = 60.0) -> Path:
+    """Local path of the paper's direction for `gan`, downloaded into the cache on first use.
+
+    Offline, raises DirectionError saying where to put the file or to pass --direction."""
+    if gan not in PUBLISHED_DIRECTIONS:
+        raise DirectionError(f"no published direction for model {gan!r}: pass --direction FILE "
+                             f"(find one with `find-direction`)")
+    name, url = PUBLISHED_DIRECTIONS[gan]
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("BGW_CACHE_DIR") or Path.home() / ".cache" / "bgw-seg")
+    dest = base / "directions" / f"{gan}-{name}"
+    if dest.is_file():
+        return dest
+    if not download:
+        raise DirectionError(f"{dest} is missing: download {url} there, or pass --direction FILE")
+    try:
+        download_with_checksum(url, dest, os.environ.get("BGW_BIGBIGAN_DIRECTION_SHA256"), timeout_s=timeout_s)
+    except OSError as exc:
+        raise DirectionError(
+            f"could not download the paper's {gan} direction ({_first_line(exc)}): fetch {url} to {dest} "
+            f"on a machine that is online, or pass --direction FILE") from None
+    return dest
+
+
+def download_with_checksum(url: str, dest: Path, sha256: str | None = None, *, timeout_s: float = 60.0,
+                           max_bytes: int = 64 << 20) -> str:
+    """Download `url` to `dest` atomically (temp file, then rename); check sha256 when given.
+
+    Returns the sha256 of the bytes. Nothing is left at `dest` unless the whole file arrived and
+    matched."""
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            total = 0
+            while chunk := resp.read(1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise OSError(f"{url} is larger than {max_bytes} bytes; a direction file is a few hundred bytes")
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        if sha256 and digest != sha256.lower():
+            raise OSError(f"sha256 of {url} is {digest}, expected {sha256}")
+        os.replace(tmp, dest)
+        return digest
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

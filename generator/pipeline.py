@@ -38,8 +38,9 @@ from typing import Callable
 
 import numpy as np
 
-from shardset.format import sample_key
+from shardset.format import DEFAULT_ENCODING, sample_key
 
+from .directions import PUBLISHED_DIRECTIONS
 from .latents import DRAW_BLOCK, LATENT_SOURCES, LatentStream
 from .masks import PRESETS, REASONS, FilterConfig, UnknownRuleError, process_batch
 from .preview import PreviewCollector, to_uint8, write_preview
@@ -81,12 +82,13 @@ class GenConfig:
     # -- output
     out: str = "shards"  # folder of the set
     name: str | None = None  # set name; None = from the dataset (or the model for the prior)
-    encoding: str = "png"  # image encoding in the shards: png | webp | jpg | npy
+    encoding: str = DEFAULT_ENCODING  # image encoding in the shards: png | webp | jpg | npy (default: raw npy)
     preview: str | None = None  # path of a preview PNG to write; None = no preview
     # -- masks and filters (None = the preset's value)
     preset: str | None = None  # key of generator.masks.PRESETS; None = the dataset's ("flowers") or "default"
     mask_rule: str | None = None  # "lighting" | "mean"
     connectivity: int | None = None  # 4 (paper) | 8 (reference code)
+    components_filter: bool | None = None  # drop components < 0.2 x the largest; False = keep every component
     size_filter: bool | None = None  # reject masks with foreground fraction > 0.5
     histogram_rule: str | None = None  # "paper" | "bimodal" | "none"
     # -- execution
@@ -119,6 +121,8 @@ class GenConfig:
             over["mask_rule"] = self.mask_rule
         if self.connectivity is not None:
             over["connectivity"] = self.connectivity
+        if self.components_filter is False:
+            over["min_component_ratio"] = 0.0
         if self.size_filter is not None:
             over["size_filter"] = self.size_filter
         if self.histogram_rule is not None:
@@ -204,7 +208,7 @@ def validate(cfg: GenConfig) -> None:
         bad(f"seed must be an integer >= 0, got {cfg.seed!r}")
     if not math.isfinite(cfg.shift):
         bad(f"shift must be a finite number, got {cfg.shift!r}")
-    if cfg.direction is None and cfg.gan != "toy":
+    if cfg.direction is None and cfg.gan not in ("toy", *PUBLISHED_DIRECTIONS):
         bad(f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, one float "
             f"per latent dimension; the paper's h_bg, or one from find-direction)")
     if cfg.latents not in LATENT_SOURCES:
@@ -274,8 +278,15 @@ def _one_line(exc: BaseException) -> str:
 
 def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
     """(unit direction, sha256, description) for the run."""
-    from .directions import DirectionError, as_unit_vector, load_direction
+    from .directions import DirectionError, as_unit_vector, load_direction, published_direction_path
 
+    if cfg.direction is None and cfg.gan in PUBLISHED_DIRECTIONS:
+        try:
+            path = published_direction_path(cfg.gan, cfg.cache_dir)
+            vec, digest = load_direction(path, dim=latent_dim)
+        except DirectionError as exc:
+            raise GenerationError(_one_line(exc)) from None
+        return vec, digest, f"{cfg.gan}:published:{path.name}"
     if cfg.direction is None:
         if cfg.gan != "toy":
             raise GenerationError(

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from generator.cli import COUNT, main
 
-# The toy passes the reference code's histogram rule; see tests/test_pipeline.py for why.
-FILTER = ["--histogram-rule", "bimodal"]
+# The toy passes the default (paper) filters; nothing to override.
+FILTER: list[str] = []
 
 
 def invoke(*args: str):
@@ -57,9 +57,9 @@ def test_bad_options_give_one_line(args, needles):
 
 def test_datasets_that_cannot_be_found(tmp_path, monkeypatch):
     monkeypatch.delenv("BGW_DATA_ROOT", raising=False)
-    # the verbatim command parses (1e6 included); BigBiGAN needs its direction file, said in one line
+    # the verbatim command parses (1e6 included); without a data root it says where CUB must be, in one line
     assert_one_line_error(invoke("--dataset", "cub", "--alpha", "0.2", "--n", "1e6", "--out", tmp_path),
-                          "bigbigan", "--direction")
+                          "cub", "--data-root")
     toy = ["--gan", "toy", "--out", tmp_path]
     assert_one_line_error(invoke(*toy, "--dataset", "cub", "--alpha", "0.2", "--n", "1e6"), "cub", "data root")
     assert_one_line_error(invoke(*toy, "--dataset", "cub", "--data-root", tmp_path), "cub")

@@ -81,6 +81,20 @@ def test_latest_checkpoint_wins(run):
     assert find_sidecar(out).name == "step-000009.json"
 
 
+def test_only_the_newest_resume_state_is_kept(run):
+    out, _, _, _ = run
+    save_checkpoint(out, 5, _model(seed=1), META, {"data": {"step": 5}})
+    ck = out / "checkpoints"
+    assert sorted(p.name for p in ck.glob("*.state.pt")) == ["step-000005.state.pt"]
+    old = json.loads((ck / "step-000003.json").read_text())
+    assert "state" not in old["files"] and "weights" in old["files"]
+    model, meta = load_for_inference(ck / "step-000003.safetensors")  # old weights still load
+    assert meta["step"] == 3
+    with pytest.raises(CheckpointError, match="no training state"):
+        load_checkpoint(ck / "step-000003.safetensors", with_state=True)
+    assert load_checkpoint(out, with_state=True)[2]["data"] == {"step": 5}
+
+
 def test_tampered_weights_refused(run):
     out, _, sidecar, _ = run
     w = sidecar.with_suffix(".safetensors")

@@ -51,6 +51,11 @@ def test_short_cpu_run_reaches_good_iou_on_the_val_part(discs, tmp_path):
     # run folder: config, tensorboard events, checkpoints that load for inference
     assert json.loads((out / "config.json").read_text())["width"] == 8
     assert list((out / "tb").glob("events.out.tfevents.*"))
+    # the newest image | mask | prediction grid as a picture: 4 rows of 3 tiles of the 32 px val images
+    import cv2
+
+    grid = cv2.imread(str(out / "val-grid.png"))
+    assert grid is not None and grid.shape == (4 * 32, 3 * 32, 3)
     model, meta = load_for_inference(out)
     assert meta["step"] == 70 and meta["model"]["width"] == 8 and meta["shardset"]["name"] == "discs"
     assert meta["val"]["val_iou"] == val[-1]["val_iou"]
@@ -68,12 +73,11 @@ def test_resume_continues_exactly(discs, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     kw = dict(num_workers=2, round_samples=12)  # rounds of 3 batches per worker: resume crosses one
     train(_cfg(discs, full, **kw))
-    # a run "killed" after step 6 whose newest checkpoint is step 4
-    train(_cfg(discs, cut, steps=6, **kw))
-    ck = cut / "checkpoints"
-    for p in ck.glob("step-000006.*"):
-        p.unlink()
-    (ck / "last.json").write_text(json.dumps({"step": 4, "sidecar": "step-000004.json"}))
+    # a run killed after step 6 whose newest checkpoint is step 4: its log runs past the checkpoint
+    train(_cfg(discs, cut, steps=4, **kw))
+    with open(cut / "metrics.jsonl", "a") as f:
+        for step in (5, 6):
+            f.write(json.dumps({"step": step, "kind": "train", "loss": -1.0, "lr": 0.0}) + "\n")
     train(_cfg(discs, cut, **kw), resume=True)
     a, b = _rows(full), _rows(cut)
     assert [r["step"] for r in b] == list(range(1, 9))
@@ -131,3 +135,18 @@ def test_checkpoint_scores_in_eval_seg(discs, tmp_path):
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "step-000002" in json.dumps(results) or "run@2" in json.dumps(results)
+
+
+def test_tensorboard_logging_never_imports_tensorflow(tmp_path):
+    # tensorboard imports TensorFlow whenever it is installed; the trainer must not pull it in
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom trainer.train import _summary_writer\n"
+            f"w = _summary_writer(__import__('pathlib').Path({str(tmp_path)!r}), None)\n"
+            "w.add_scalar('a', 1.0, 1)\nimport numpy as np\nw.add_image('g', np.zeros((3, 4, 4), np.uint8), 1)\n"
+            "w.close()\nprint('TF' if 'tensorflow' in sys.modules else 'noTF')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "noTF"
+    assert list(tmp_path.glob("events.out.tfevents.*"))

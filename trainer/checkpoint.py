@@ -97,8 +97,30 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta
     sidecar_path = ckpt_dir / f"{stem}.json"
     atomic_write_json(sidecar_path, sidecar)
     atomic_write_json(ckpt_dir / LAST, {"step": int(step), "sidecar": sidecar_path.name})
+    if train_state is not None:
+        _prune_states(ckpt_dir, keep=sidecar_path.name)
     log.info("saved checkpoint %s", sidecar_path)
     return sidecar_path
+
+
+def _prune_states(ckpt_dir: Path, keep: str) -> None:
+    """Drop the resume state of older checkpoints (2x the weights' size each, with Adam): only the
+    newest is ever resumed from. Their weights stay for evaluation; each sidecar is rewritten
+    without its `state` entry before the file goes, so no sidecar names a missing file."""
+    for sidecar in sorted(ckpt_dir.glob("step-*.json")):
+        if sidecar.name == keep:
+            continue
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        state = (meta.get("files") or {}).pop("state", None)
+        if state is None:
+            continue
+        atomic_write_json(sidecar, meta)
+        name = state.get("name", "")
+        if name and Path(name).name == name:
+            (ckpt_dir / name).unlink(missing_ok=True)
 
 
 def find_sidecar(path: str | Path) -> Path:

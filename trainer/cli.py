@@ -72,8 +72,10 @@ def _milestones(ctx, param, value):
 def main(shards, out, resume, config_file, lr_milestones, verbose, **flags):
     """Train the paper's U-Net on a shard set (defaults: 12000 steps, batch 95, Adam 1e-3, x0.2 at 8000).
 
-    Example: train-unet --shards 'shards/cub-*' --out runs/cub
-    Many GPUs: torchrun --nproc_per_node 2 -m trainer.cli --shards ... --out ...
+    \b
+    Example:    train-unet --shards 'shards/cub-*' --out runs/cub
+    Resume:     train-unet --out runs/cub --resume
+    Many GPUs:  torchrun --nproc_per_node 2 -m trainer.cli --shards ... --out ...
     """
     from .checkpoint import CheckpointError
     from .data import DataError, one_line
@@ -107,21 +109,19 @@ def main(shards, out, resume, config_file, lr_milestones, verbose, **flags):
         raise click.ClickException(f"{base_file or 'flags'}: {one_line(e)}" if base_file else one_line(e))
 
     bar = None
-    if rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, unit="step", dynamic_ncols=True, desc="train-unet")
 
     def on_step(step, loss, lr, sps):
-        if bar.n == 0 and step > 1:
-            bar.reset(total=config.steps)
-            bar.update(step - 1)  # resumed: start the bar where the run is
+        nonlocal bar
+        if bar is None:  # made at the first step, so that start-up errors print alone
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, initial=step - 1, unit="step", dynamic_ncols=True, desc="train-unet")
         bar.update(1)
         if loss is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
 
     try:
-        summary = train(config, resume=resume, on_step=on_step if bar is not None else None)
+        summary = train(config, resume=resume, on_step=on_step if rank == 0 else None)
     except (DataError, CheckpointError, RunExistsError, ResumeError, TrainingDiverged, ValueError, OSError) as e:
         if verbose:
             raise  # -v: the full traceback, for bug reports

@@ -26,7 +26,7 @@ class TrainConfig:
     size: int = 128                       # training resolution, pixels (square); samples of another size are resized
     num_workers: int = 2                  # DataLoader worker processes per rank (0 = read in the main process)
     shuffle_buffer: int = 1000            # sample shuffle buffer, samples per worker
-    round_samples: int = 0                # samples per (rank, worker) "round" of the stream; 0 = one pass over its shards
+    round_samples: int = 0                # samples per (rank, worker) stream round (0 = 4096); a resume re-reads at most one round
     val_samples: int = 512                # at most this many held-out ("val") samples per validation, samples
     # --- model ---
     width: int = 64                       # U-Net base width, channels (64 = paper: 64-128-256-512-512)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import re
@@ -43,17 +42,10 @@ DEFAULT_ROUND_SAMPLES = 4096  # samples per (rank, worker) round when the config
 
 
 def _ss(name: str):
-    """A shardset API name (docs/ARCHITECTURE.md), from the package or, while its __init__ does not
-    re-export it yet, from the submodule that defines it."""
-    import importlib
-
+    """A name of the shardset API (docs/ARCHITECTURE.md), imported when first needed."""
     import shardset
 
-    if hasattr(shardset, name):
-        return getattr(shardset, name)
-    home = {"resolve": "urls", "decode_sample": "codec", "Limits": "format", "ShardError": "format",
-            "manifest_fingerprint": "manifest", "ShardSetWriter": "writer", "iter_samples": "reader"}[name]
-    return getattr(importlib.import_module(f"shardset.{home}"), name)
+    return getattr(shardset, name)
 
 
 class DataError(ValueError):
@@ -397,9 +389,3 @@ def load_val_samples(urls: Iterable[str], size: int, limit: int, read=None, deco
     if not samples:
         return None
     return {"image": np.stack([s["image"] for s in samples]), "mask": np.stack([s["mask"] for s in samples])}
-
-
-def describe(source: ShardSource) -> str:
-    return json.dumps({"name": source.name, "train_shards": len(source.train_urls),
-                       "val_shards": len(source.val_urls), "encoding": source.encoding,
-                       "image_size": source.image_size})

@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +24,7 @@ from . import checkpoint as ckpt
 from .config import RESULT_FIELDS, TrainConfig
 from .data import (DataError, StreamSpec, load_val_samples, make_loader, rank_batch, resolve_shards)
 from .unet import UNet, normalize_images
-from .validate import grid_image, validate, validate_real
+from .validate import grid_image, validate, validate_real, write_grid_png
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +220,10 @@ def train(config: TrainConfig, *, resume: bool = False,
             if val is not None:
                 v, prob = validate(raw_model, val, device, autocast, channels_last=channels_last)
                 res.update({f"val_{k}": v[k] for k in ("loss", "iou", "max_f", "accuracy")})
-                writer.add_image("val/image|mask|prediction", grid_image(val, prob), step)
+                grid = grid_image(val, prob)
+                writer.add_image("val/image|mask|prediction", grid, step)
+                # the newest grid also as a plain picture, for people who do not run TensorBoard
+                write_grid_png(out / "val-grid.png", grid)
             if config.eval_dataset:
                 r = validate_real(raw_model, config.eval_dataset, config.data_root, device, autocast,
                                   config.eval_samples)

@@ -9,7 +9,9 @@ cross-check. Optionally a real benchmark is scored through `evaluator.datasets`.
 from __future__ import annotations
 
 import logging
+import os
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -177,6 +179,17 @@ def grid_image(val: dict, prob: np.ndarray, n: int = 4) -> np.ndarray:
         q = np.repeat(to_u8(p)[..., None], 3, axis=2)
         rows.append(np.concatenate([img, m, q], axis=1))
     return np.concatenate(rows, axis=0).transpose(2, 0, 1).copy()
+
+
+def write_grid_png(path, grid: np.ndarray) -> None:
+    """Write a grid_image() result ([3, H, W] RGB) as a PNG, atomically (temp name, then rename)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(grid.transpose(1, 2, 0)[..., ::-1]))
+    if not ok:
+        raise RuntimeError(f"could not encode {path}")
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(buf.tobytes())
+    os.replace(tmp, path)
 
 
 class _ModelSource:
