@@ -25,8 +25,9 @@ test: install
 demo: install
 	$(BIN)/python -m experiments.demo
 
+# every benchmark in its quick form; each prints a table (drop --quick for the full sizes)
 bench: install
-	$(BIN)/python benchmarks/shard_io.py
+	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -472,6 +472,18 @@ def _duts_te(root: Path) -> Dataset:
     return _paired("duts-te", images, masks, _DUTS_SOURCE, "short128")
 
 
+_DUTS_TR_SOURCE = "get DUTS-TR.zip from http://saliencydetection.net/duts/ and unpack it under the data root"
+
+
+@_register("duts", "DUTS-TR/{DUTS-TR-Image/, DUTS-TR-Mask/}", _DUTS_TR_SOURCE)
+def _duts_tr(root: Path) -> Dataset:
+    # DUTS-TR: the train part, whose images gen-synth embeds (the paper scores on DUTS-TE: duts-te)
+    base = _find_dir(root, ["DUTS-TR", "duts-tr", "duts", "duts-tr-3000"], "duts", _DUTS_TR_SOURCE)
+    images = _find_dir(base, ["DUTS-TR-Image", "images"], "duts", _DUTS_TR_SOURCE)
+    masks = _find_dir(base, ["DUTS-TR-Mask", "masks"], "duts", _DUTS_TR_SOURCE)
+    return _paired("duts", images, masks, _DUTS_TR_SOURCE, "short128")
+
+
 @_register("dut-omron", "DUT-OMRON/{DUT-OMRON-image/, pixelwiseGT-new-PNG/}", _OMRON_SOURCE)
 def _dut_omron(root: Path) -> Dataset:
     base = _find_dir(root, ["DUT-OMRON", "dut-omron"], "dut-omron", _OMRON_SOURCE)

@@ -134,6 +134,7 @@ def test_missing_dataset_folder_says_where_to_get_it(tmp_path):
     ("ecssd", "ecssd", "images", "ground_truth_mask"),
     ("ecssd", "ecssd", "images", "masks"),
     ("duts-te", "DUTS-TE", "DUTS-TE-Image", "DUTS-TE-Mask"),
+    ("duts", "DUTS-TR", "DUTS-TR-Image", "DUTS-TR-Mask"),
     ("dut-omron", "DUT-OMRON", "DUT-OMRON-image", "pixelwiseGT-new-PNG"),
 ])
 def test_saliency_layouts(tmp_path, name, base, images, masks):
