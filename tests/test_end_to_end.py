@@ -1,0 +1,42 @@
+"""The issue's whole chain on the toy GAN: gen-synth shards -> train-unet on the CPU -> the U-Net
+segments the held-out toy shards (IoU >= 0.8), and eval-seg scores the same checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("tensorflow_hub")
+pytest.importorskip("torch")
+
+from generator.pipeline import GenConfig, run  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.train import train  # noqa: E402
+
+
+@pytest.mark.slow
+def test_toy_shards_train_a_unet_that_segments_the_val_part(tmp_path):
+    shards = tmp_path / "shards"
+    run(GenConfig(gan="toy", latents="prior", n=600, shard_size=100, val_shards=1, seed=3, name="toy",
+                  out=str(shards), batch_size=50).resolved())
+    manifest = json.loads((shards / "toy.json").read_text())
+    assert manifest["totals"]["samples"] == 600
+
+    out = tmp_path / "run"
+    summary = train(TrainConfig(shards=(str(shards / "toy.json"),), out=str(out), size=64, width=8, batch=16,
+                                steps=240, lr=3e-3, lr_milestones=(180,), val_every=120, val_samples=100,
+                                ckpt_every=240, num_workers=0, shuffle_buffer=200, device="cpu", cpu_threads=1))
+    assert summary["val"]["val_iou"] >= 0.8, summary["val"]
+
+    from click.testing import CliRunner
+
+    from evaluator.cli import main as eval_seg
+
+    res = CliRunner().invoke(eval_seg, ["--ckpt", str(out), "--dataset", f"shards:{shards / 'toy.json'}",
+                                        "--out", str(tmp_path / "eval"), "--limit", "50"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (entry,) = results["datasets"].values()
+    # eval-seg scores at short side 128 (the paper's protocol) a U-Net trained at 64 px to keep this
+    # test short, so the bar is lower than the trainer's own 64 px validation (measured 0.68 here)
+    assert entry["summary"]["iou"]["mean"] >= 0.6
