@@ -42,7 +42,8 @@ def _from_torch(path: Path, data: bytes) -> np.ndarray:
         raise DirectionError(f"{path}: reading a .pth direction needs torch; install torch "
                              f"(pip install torch) or convert the file to .npy") from None
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        buf = io.BytesIO(data)
+        obj = torch.load(buf, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for corrupt or unsafe files
         raise DirectionError(f"{path}: not a readable tensor file ({_first_line(e)}); save the "
                              f"direction with torch.save(tensor) or as .npy") from None

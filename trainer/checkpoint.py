@@ -226,7 +226,8 @@ def load_checkpoint(path: str | Path, *, with_state: bool = False):
         data = _read_verified(sidecar_path.parent, files["state"], "state")
         # weights_only: tensors and plain containers only; never unpickle arbitrary objects
         try:
-            train_state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            buf = io.BytesIO(data)
+            train_state = torch.load(buf, weights_only=True, map_location="cpu")
         except Exception as e:  # UnpicklingError for anything but tensors and plain containers
             raise CheckpointError(f"{sidecar_path.parent / files['state']['name']} holds more than tensors and "
                                   f"plain values; refusing to unpickle it ({str(e).splitlines()[0][:120]})")
