@@ -17,3 +17,10 @@ importing any module here (this file included) stays light.
     preview.py           the preview picture: accepted pairs and masks, rejected samples per filter
     cli.py               the `gen-synth` command (and `gen-synth embed`)
 """
+
+import os as _os
+
+# TensorFlow's C++ layer prints INFO lines to stderr, which bury gen-synth's own output; keep its
+# warnings and errors unless the user set the level. (TF 2.21 still prints the few lines it logs
+# before absl initialises, e.g. CUDA probing on a machine without a GPU.)
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
