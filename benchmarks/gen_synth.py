@@ -14,6 +14,8 @@ Prints a table, then one JSON line.
     python benchmarks/gen_synth.py            # 2048 host samples, 512 toy samples
     python benchmarks/gen_synth.py --quick    # 512 / 128
     python benchmarks/gen_synth.py --no-toy   # host rows only (no TensorFlow)
+    python benchmarks/gen_synth.py --no-toy --zstd-levels   # also: shard bytes and speed per zstd
+                                                            # level, mask PNG bytes per zlib level
 """
 from __future__ import annotations
 
@@ -100,6 +102,53 @@ def bench_host(x: np.ndarray, xs: np.ndarray, encoding: str) -> tuple[float, flo
     return n / c.cpu, n / c.wall, nbytes / n
 
 
+def _best_cpu(fn, reps: int = 3) -> float:
+    """Fewest CPU seconds of `reps` calls of fn() (the least disturbed run on a shared machine)."""
+    best = float("inf")
+    for _ in range(reps):
+        c = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c)
+    return best
+
+
+def bench_levels(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float, float, float]]:
+    """(setting, bytes per sample, encode us per sample, decode us per sample) of the shard's zstd
+    level and of the mask PNG's zlib level, on npy shards of the synthetic samples."""
+    import zlib
+
+    import zstandard
+
+    from shardset import codec
+    from shardset.format import ZSTD_LEVEL
+    from shardset.writer import build_tar
+
+    res = process_batch(x, xs, FilterConfig(histogram_rule=None, size_filter=False))
+    members = {}
+    for i in range(len(x)):
+        sample = {"image": np.clip(np.rint((x[i] + 1) * 127.5), 0, 255).astype(np.uint8), "mask": res.masks[i],
+                  "z": np.zeros(120, np.float32), "meta": {"i": i, "fg_fraction": float(res.fg_fraction[i])}}
+        for field, data in codec.encode_sample(sample, "npy").items():
+            members[f"s-{i:06d}.{field}"] = data
+    tar = build_tar(members)
+    n, rows = len(x), []
+    for level in (-1, 1, 3):
+        cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True, threads=0)
+        frame = cctx.compress(tar)
+        enc = _best_cpu(lambda: cctx.compress(tar))
+        dec = _best_cpu(lambda: zstandard.ZstdDecompressor().decompress(frame))
+        mark = " (used)" if level == ZSTD_LEVEL else ""
+        rows.append((f"shard zstd level {level}{mark}", len(frame) / n, 1e6 * enc / n, 1e6 * dec / n))
+    packed = [np.concatenate([np.zeros((m.shape[0], 1), np.uint8), np.packbits(m, axis=1)], axis=1).tobytes()
+              for m in res.masks]
+    for level in (1, 6, 9):
+        mark = " (used)" if level == codec.MASK_ZLIB_LEVEL else ""
+        size = sum(len(zlib.compress(p, level)) for p in packed) / n
+        enc = _best_cpu(lambda: [zlib.compress(p, level) for p in packed])
+        rows.append((f"mask PNG zlib level {level}{mark}", size, 1e6 * enc / n, float("nan")))
+    return rows
+
+
 def bench_toy(n: int) -> dict:
     from generator.pipeline import cached_gan, run
     from generator.toy import toy_direction
@@ -127,7 +176,8 @@ def bench_toy(n: int) -> dict:
 @click.option("--toy-n", type=int, default=512, show_default=True, help="Samples for the toy end-to-end row.")
 @click.option("--quick", is_flag=True, help="--n 512 --toy-n 128.")
 @click.option("--no-toy", is_flag=True, help="Skip the toy rows (no TensorFlow).")
-def main(n: int, toy_n: int, quick: bool, no_toy: bool) -> None:
+@click.option("--zstd-levels", is_flag=True, help="Also compare zstd levels (shards) and zlib levels (mask PNG).")
+def main(n: int, toy_n: int, quick: bool, no_toy: bool, zstd_levels: bool) -> None:
     if quick:
         n, toy_n = 512, 128
     cv2.setNumThreads(1)
@@ -157,6 +207,14 @@ def main(n: int, toy_n: int, quick: bool, no_toy: bool) -> None:
     print(f"{'measure':<{width}}  {'/CPU-s':>8}  {'/wall-s':>8}  {'target':<15} note")
     for name, cpu, wall, target, note in rows:
         print(f"{name:<{width}}  {cpu:>8.0f}  {wall:>8.0f}  {target:<15} {note}")
+    if zstd_levels:
+        levels = bench_levels(x, xs)
+        result["levels"] = {r[0]: {"bytes_per_sample": round(r[1], 1), "encode_us": round(r[2], 1),
+                                   "decode_us": None if r[3] != r[3] else round(r[3], 1)} for r in levels}
+        print(f"\n{'setting':<{width}}  {'B/sample':>8}  {'enc us':>8}  {'dec us':>8}   (per sample, CPU)")
+        for name, size, enc, dec in levels:
+            dec_text = "-" if dec != dec else f"{dec:.1f}"  # NaN: not measured (masks decode in cv2)
+            print(f"{name:<{width}}  {size:>8.0f}  {enc:>8.1f}  {dec_text:>8}")
     print(json.dumps(result))
 
 

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tarfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -55,8 +56,68 @@ MODES = ("new", "resume", "overwrite")
 _TMP_RE = re.compile(r"\.(?P<pid>\d+)\.tmp$")
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tarfile pads the archive to whole records of 20 blocks
+_NAME_OK = re.compile(r"[\x21-\x7e]{1,100}")  # printable ASCII without space: one ustar name field
+
+
+def _ustar_template() -> tuple[bytes, int]:
+    """The ustar header of the fixed fields (mode, ids, owner names, mtime, type) with name, size
+    and checksum left blank, laid out as tarfile writes it, and its byte sum for the checksum."""
+    def num(n: int, digits: int) -> bytes:  # tarfile's itn() for ustar
+        return b"%0*o\0" % (digits - 1, n)
+
+    def text(t: str, length: int) -> bytes:  # tarfile's stn()
+        return t.encode("ascii").ljust(length, b"\0")
+
+    head = b"".join((
+        b"\0" * 100,  # name
+        num(TAR_MODE & 0o7777, 8), num(TAR_UID, 8), num(TAR_GID, 8),
+        b"\0" * 12,  # size
+        num(TAR_MTIME, 12),
+        b" " * 8,  # checksum, counted as spaces
+        tarfile.REGTYPE, b"\0" * 100, tarfile.POSIX_MAGIC,
+        text(TAR_UNAME, 32), text(TAR_GNAME, 32),
+        b"\0" * 16,  # devmajor, devminor: empty for regular files
+        b"\0" * 155,  # prefix
+    )).ljust(_BLOCK, b"\0")
+    return head, sum(head)
+
+
+_USTAR_HEAD, _USTAR_SUM = _ustar_template()
+
+
 def build_tar(members: dict[str, bytes]) -> bytes:
-    """POSIX (ustar) tar of `members`, sorted by name, with fixed headers: same input, same bytes."""
+    """POSIX (ustar) tar of `members`, sorted by name, with fixed headers: same input, same bytes.
+
+    The bytes are exactly those of `tarfile` (USTAR_FORMAT, the TAR_* fields of format.py); the
+    headers are filled into a template here because tarfile's per-member header building and
+    stream writes cost as much as compressing the shard. Names that do not fit one ustar name
+    field go through tarfile itself, which raises its usual error."""
+    names = sorted(members)
+    if not all(_NAME_OK.fullmatch(n) for n in names):
+        return _build_tar_tarfile(members)
+    parts: list[bytes] = []
+    total = 0
+    for name in names:
+        data = members[name]
+        size = len(data)
+        if size >= 8 ** 11:  # over ustar's 11 octal digits: tarfile's error
+            return _build_tar_tarfile(members)
+        bname, bsize = name.encode("ascii"), b"%011o\0" % size
+        head = bytearray(_USTAR_HEAD)
+        head[:len(bname)] = bname
+        head[124:136] = bsize
+        head[148:155] = b"%06o\0" % (_USTAR_SUM + sum(bname) + sum(bsize))
+        parts += (head, data, b"\0" * (-size % _BLOCK))
+        total += _BLOCK + size + (-size % _BLOCK)
+    total += 2 * _BLOCK  # end-of-archive marker
+    parts.append(b"\0" * (2 * _BLOCK + (-total % _RECORD)))
+    return b"".join(parts)
+
+
+def _build_tar_tarfile(members: dict[str, bytes]) -> bytes:
+    """build_tar through the tarfile module (the reference its fast path reproduces)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(members):
@@ -75,8 +136,18 @@ def compress(tar_bytes: bytes) -> bytes:
     # One frame with its content size and a checksum: readers can refuse an over-size frame from
     # the header alone, and corruption is caught at the frame end. Single-threaded so the output
     # is byte-identical on every machine with the same zstd version.
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True, threads=0)
-    return cctx.compress(tar_bytes)
+    return _compressor().compress(tar_bytes)
+
+
+_CCTX = threading.local()  # a ZstdCompressor is not thread-safe; one per writer thread, reused
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    cctx = getattr(_CCTX, "cctx", None)
+    if cctx is None:
+        cctx = _CCTX.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
+                                                     write_content_size=True, threads=0)
+    return cctx
 
 
 def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
@@ -295,7 +366,8 @@ class ShardSetWriter:
             raise
         fsync_dir(self.out_dir)
         record = {"index": index, "file": fname, "split": split, "samples": len(samples), "bytes": len(data),
-                  "sha256": hashlib.sha256(data).hexdigest(), "drawn": drawn, "rejected": rejected}
+                  "sha256": hashlib.sha256(data).hexdigest(), "drawn": drawn, "rejected": rejected,
+                  "zstd_level": ZSTD_LEVEL}
         if stats:
             record["stats"] = stats
         st = final.stat()

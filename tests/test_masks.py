@@ -421,3 +421,13 @@ def test_bimodal_matches_the_reference_code():
     ref = _reference_maxes_filter(torch.from_numpy(xs).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(M.HISTOGRAM_RULES["bimodal"](xs), ref)
     assert 0 < ref.sum() < len(ref)  # both outcomes occur
+
+
+def test_fast_gray_equals_the_plain_numpy_weighted_sum():
+    """gray() sums through cv2 for speed; it must equal numpy's left-to-right float32 sum exactly."""
+    assert M._cv2_sums_in_order()
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, size=(3, 17, 23, 3)).astype(np.float32)
+    w = np.float32([0.2989, 0.5870, 0.1140])
+    ref = (x[..., 0] * w[0] + x[..., 1] * w[1]) + x[..., 2] * w[2]
+    np.testing.assert_array_equal(M.gray(x), ref)
