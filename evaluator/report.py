@@ -11,11 +11,12 @@ import io
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from shardset.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +65,6 @@ def to_jsonable(obj):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a unique temporary name beside `path`, then os.replace (readers never see half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 honours the umask (mkstemp would make the result 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: Path, results: dict) -> None:

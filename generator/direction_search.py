@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,6 +41,7 @@ from typing import Callable
 import numpy as np
 
 from generator import affine
+from shardset.atomic import atomic_write_bytes as write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -275,20 +275,6 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if not ok:
         raise RuntimeError(f"could not encode {path} as PNG")
     write_bytes(path, buf.tobytes())
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shardset.atomic import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -130,17 +132,7 @@ def save_direction(path: str | os.PathLike, vec) -> str:
     buf = io.BytesIO()
     np.save(buf, unit, allow_pickle=False)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

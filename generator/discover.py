@@ -230,6 +230,10 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
         return {"loss": loss, "ce": ce, "shift_loss": shift_loss, "accuracy": acc}
 
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    # tf.summary.write is TensorFlow's own op; tf.summary.scalar goes through TensorBoard's Python
+    # layer, which a train-unet run earlier in the same process switches to its TF-free stub
+    scalar_meta = tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
     start = int(step_var.numpy())
     metrics: dict = {}
     window: list[dict] = []
@@ -241,7 +245,8 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             with writer.as_default(step=step + 1):
                 for key in metrics:
-                    tf.summary.scalar(key, float(np.mean([m[key] for m in window])))
+                    tf.summary.write(key, tf.constant(float(np.mean([m[key] for m in window]))),
+                                     metadata=scalar_meta)
             window = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             manager.save(checkpoint_number=step + 1)

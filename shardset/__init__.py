@@ -4,6 +4,7 @@ Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset
 
     format.py    member names, encodings, keys, Limits, FORMAT_VERSION, ShardError
     codec.py     encode/decode one sample's members; image headers checked before decoding
+    atomic.py    atomic file writes (temporary name, fsync, rename) used by every package
     manifest.py  manifest schema v1: build, validate, load, atomic write, fingerprint
     writer.py    ShardSetWriter: atomic shards + per-shard records + manifest; resume; parallel workers
     reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported: writer imports them here)
 from .format import FORMAT_NAME, FORMAT_VERSION, ENCODINGS, SPLITS, SHARD_FILE_RE, NAME_RE
 
 log = logging.getLogger(__name__)
@@ -61,31 +62,6 @@ def utc_now() -> str:
 def dumps(obj: Any) -> str:
     """The one JSON spelling used for manifests and records: sorted keys, no NaN."""
     return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False, ensure_ascii=False) + "\n"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary name in the same folder, fsync, rename, fsync the folder."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: str | os.PathLike) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
 
 
 def _sum_rejected(records: Iterable[dict]) -> dict[str, int]:

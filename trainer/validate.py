@@ -9,12 +9,13 @@ cross-check. Optionally a real benchmark is scored through `evaluator.datasets`.
 from __future__ import annotations
 
 import logging
-import os
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from shardset.atomic import atomic_write_bytes
 
 from .unet import foreground_proba, normalize_images
 
@@ -186,10 +187,7 @@ def write_grid_png(path, grid: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(grid.transpose(1, 2, 0)[..., ::-1]))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.tobytes(), fsync=False)
 
 
 class _ModelSource:
