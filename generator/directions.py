@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -155,8 +154,9 @@ def published_direction_path(gan: str, cache_dir: str | os.PathLike | None = Non
         raise DirectionError(f"no published direction for model {gan!r}: pass --direction FILE "
                              f"(find one with `find-direction`)")
     name, url = PUBLISHED_DIRECTIONS[gan]
-    base = Path(cache_dir) if cache_dir else Path(os.environ.get("BGW_CACHE_DIR") or Path.home() / ".cache" / "bgw-seg")
-    dest = base / "directions" / f"{gan}-{name}"
+    from .toy import default_cache_dir  # the one place that knows $BGW_CACHE_DIR's default
+
+    dest = (Path(cache_dir) if cache_dir else default_cache_dir()) / "directions" / f"{gan}-{name}"
     if dest.is_file():
         return dest
     if not download:
@@ -172,31 +172,18 @@ def published_direction_path(gan: str, cache_dir: str | os.PathLike | None = Non
 
 def download_with_checksum(url: str, dest: Path, sha256: str | None = None, *, timeout_s: float = 60.0,
                            max_bytes: int = 64 << 20) -> str:
-    """Download `url` to `dest` atomically (temp file, then rename); check sha256 when given.
+    """Download `url` to `dest` atomically; check sha256 when given. Returns the sha256 of the bytes.
 
-    Returns the sha256 of the bytes. Nothing is left at `dest` unless the whole file arrived and
-    matched."""
+    Nothing is written at `dest` unless the whole file arrived and matched. The file is held in
+    memory (bounded by `max_bytes`): a direction file is a few hundred bytes."""
     import urllib.request
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            total = 0
-            while chunk := resp.read(1 << 20):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise OSError(f"{url} is larger than {max_bytes} bytes; a direction file is a few hundred bytes")
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        digest = h.hexdigest()
-        if sha256 and digest != sha256.lower():
-            raise OSError(f"sha256 of {url} is {digest}, expected {sha256}")
-        os.replace(tmp, dest)
-        return digest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        data = resp.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"{url} is larger than {max_bytes} bytes; a direction file is a few hundred bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 and digest != sha256.lower():
+        raise OSError(f"sha256 of {url} is {digest}, expected {sha256}")
+    atomic_write_bytes(dest, data)
+    return digest

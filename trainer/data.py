@@ -35,17 +35,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+import shardset
+
 log = logging.getLogger(__name__)
 
 _SHARD_NAME = re.compile(r"(?P<name>[A-Za-z0-9_-]{1,64})-\d{6}\.tar\.zst")  # shardset's file naming
 DEFAULT_ROUND_SAMPLES = 4096  # samples per (rank, worker) round when the config leaves it at 0
-
-
-def _ss(name: str):
-    """A name of the shardset API (docs/ARCHITECTURE.md), imported when first needed."""
-    import shardset
-
-    return getattr(shardset, name)
 
 
 class DataError(ValueError):
@@ -124,7 +119,7 @@ def resolve_shards(specs: Iterable[str]) -> ShardSource:
     refs = []
     for spec in specs:
         try:
-            ref = _ss("resolve")(spec)
+            ref = shardset.resolve(spec)
         except (FileNotFoundError, ValueError) as e:
             reason = one_line(e)
             nothing = any(w in reason for w in ("matches no", "does not exist", "holds no shard set", "no such"))
@@ -150,7 +145,7 @@ def resolve_shards(specs: Iterable[str]) -> ShardSource:
         if ref.manifest:
             t, v = list(ref.split_urls("train")), list(ref.split_urls("val"))
             names.append(str(ref.manifest.get("name", spec)))
-            prints.append(_ss("manifest_fingerprint")(ref.manifest))
+            prints.append(shardset.manifest_fingerprint(ref.manifest))
         else:
             # bare shards: no split is known, so none is held out
             log.warning("--shards %r has no manifest: all %d shards train, none validate", spec, len(ref.urls))
@@ -222,8 +217,8 @@ def shuffle(src: Iterable, bufsize: int, rng: np.random.Generator, initial: int 
 
 def decode(src: Iterable[dict], limits=None) -> Iterator[dict]:
     """Raw member bytes -> sample dict via shardset.decode_sample; failures name the shard."""
-    lim = limits if limits is not None else _ss("Limits")()
-    dec = _ss("decode_sample")
+    lim = limits if limits is not None else shardset.Limits()
+    dec = shardset.decode_sample
     for raw in src:
         try:
             sample = dec(raw, lim)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shardset import ShardSetWriter
+
 
 def disc_samples(n: int, size: int, seed: int) -> list[dict]:
     """`n` samples: uint8 RGB noise in [0, 110], one disc of a bright colour (mask 1 inside)."""
@@ -26,16 +28,10 @@ def disc_samples(n: int, size: int, seed: int) -> list[dict]:
     return out
 
 
-def _writer():
-    from .data import _ss
-
-    return _ss("ShardSetWriter")
-
-
 def write_disc_set(out_dir: str | Path, name: str = "discs", *, n_train: int = 256, n_val: int = 64,
                    size: int = 32, shard_size: int = 64, seed: int = 0, encoding: str = "png") -> Path:
     """Write a disc set; returns the manifest path. Val shards come after the train shards."""
-    writer = _writer()(out_dir, name, encoding=encoding, shard_size=shard_size,
+    writer = ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
                        params={"toy": "discs", "size": size}, seed=seed, mode="new")
     index = 0
     for split, n in (("train", n_train), ("val", n_val)):
