@@ -305,6 +305,20 @@ def test_ray_path_runs_the_shards_as_tasks(reference, tmp_path, monkeypatch):
     assert _manifest(tmp_path) == _manifest(reference)
 
 
+def test_ray_path_on_a_real_local_ray_cluster(reference, tmp_path):
+    """With Ray installed (`pip install bgw-seg[dist]`; not in the CI install), a local cluster
+    of 2 CPUs runs the shards as real Ray tasks: the same shards and manifest as one worker."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        res = pipeline.run_ray(dataclasses.replace(BASE, out=str(tmp_path)))
+    finally:
+        ray.shutdown()
+    assert res.complete and res.written == [0, 1, 2, 3]
+    assert _shards(tmp_path) == _shards(reference)
+    assert _manifest(tmp_path) == _manifest(reference)
+
+
 def test_preview_picture_has_labelled_strips():
     from generator.preview import LABEL_H, TILE, PreviewCollector, render_preview
 

@@ -1,0 +1,137 @@
+"""How long must `find-direction discover` run on the toy GAN before `rank` finds a segmenting direction?
+
+Trains Voynov & Babenko's directions on `--gan toy` (generator.discover, the code behind
+`find-direction discover`), stopping at each of `--steps` (one run, resumed from its checkpoint
+at each stop), and after each stop prints one row:
+
+- time: wall seconds of training so far (this machine, all cores);
+- accuracy: the reconstructor's direction accuracy over the last 100 steps;
+- |cos| saliency: the largest |cos| between a learned direction and the toy's saliency light
+  (the shipped segmenting direction, which discovery knows nothing of), and that direction's
+  position in `rank`'s order (with `--rank`);
+- the IoU with the toy's true object masks of the masks that rank's top three give
+  (lighting rule + connected components, shift 5, `--iou-samples` prior latents): a direction
+  "segments" when this mean IoU is >= 0.9, the bar of the issue's rank criterion.
+
+The toy's factors are known (generator/toy.py), so the table also gives the best |cos| with a few
+other factors. Ends with one JSON line. Slow on a CPU (about 0.25 s per step on 2 cores, and
+about 100 s per ranking of 120 directions x 2 signs); a GPU is the place for long runs.
+
+    python benchmarks/discover_toy.py --steps 500,1000,2000 --rank             # K = 120
+    python benchmarks/discover_toy.py --quick                                  # smoke run (make bench)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import click
+import numpy as np
+
+FACTORS_SHOWN = ("saliency_light", "light", "size", "center_y", "object_color", "background_color")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = (a & b).sum(axis=(1, 2))
+    union = (a | b).sum(axis=(1, 2))
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
+    """Best |cos| of any learned direction with each toy factor (multi-coordinate factors: any
+    of their coordinates)."""
+    from generator import toy
+
+    c = np.abs(dirs @ toy._params()["q"])
+    out = {}
+    for name, idx in toy.TOY_FACTORS.items():
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        out[name] = float(max(c[:, i].max() for i in idx))
+    return out
+
+
+def mask_iou(gan, z: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
+    from generator.masks import gray, keep_large_components
+
+    x = gan.generate(z)
+    xs = gan.generate(z + shift * h[None])
+    return float(_iou(keep_large_components(gray(x) < gray(xs)).astype(bool), truth).mean())
+
+
+@click.command()
+@click.option("--steps", default="500,1000,2000", show_default=True,
+              help="Comma-separated step counts at which to stop and measure (one run, resumed).")
+@click.option("--directions", default=120, show_default=True, type=int, help="K (120 = the latent size).")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="Adam lr of the reconstructor.")
+@click.option("--lr-directions", default=1e-3, show_default=True, type=float, help="Adam lr of the directions.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--rank/--no-rank", default=True, show_default=True, help="Rank the directions at every stop.")
+@click.option("--iou-samples", default=200, show_default=True, type=int)
+@click.option("--out", type=click.Path(), default=None, help="Keep the run here (default: a temp folder).")
+@click.option("--quick", is_flag=True, help="Smoke run for `make bench`: --steps 10,20 --directions 8 --iou-samples 20.")
+def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int, rank: bool,
+         iou_samples: int, out: str | None, quick: bool) -> None:
+    from generator import direction_search as ds
+    from generator import toy
+    from generator.discover import DiscoverConfig, discover
+    from generator.pipeline import cached_gan
+
+    if quick:
+        steps, directions, iou_samples = "10,20", 8, 20
+    stops = sorted({int(s) for s in steps.split(",") if s.strip()})
+    if not stops or stops[0] < 1:
+        raise click.BadParameter("give positive step counts, e.g. 500,1000", param_hint="--steps")
+    gan = cached_gan("toy")
+    q = toy._params()["q"]
+    z = ds.draw_latents(iou_samples, gan.latent_dim, seed=99)
+    truth = toy.toy_true_mask(z)
+    run_dir = out or tempfile.mkdtemp(prefix="bgw-discover-toy-")
+    if out is None:
+        shutil.rmtree(run_dir)
+    rows, t_train = [], 0.0
+    print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'its rank':>8}  top-3 mask IoU   "
+          + " ".join(f"{f[:10]:>10}" for f in FACTORS_SHOWN[1:]))
+    for stop in stops:
+        cfg = DiscoverConfig(directions=directions, steps=stop, lr=lr, lr_directions=lr_directions, seed=seed,
+                             checkpoint_every=10**9, picture_samples=1)
+        accs: list[float] = []
+        t = time.perf_counter()
+        discover(gan, run_dir, cfg, resume=os.path.exists(os.path.join(run_dir, "config.json")),
+                 progress=lambda s, m: accs.append(m["accuracy"]))
+        t_train += time.perf_counter() - t
+        dirs = ds.unit_rows(np.load(os.path.join(run_dir, "directions.npy")))
+        align = factor_alignment(dirs)
+        sal = dirs @ q[:, toy.TOY_FACTORS["saliency_light"]]
+        best = int(np.argmax(np.abs(sal)))
+        row = {"steps": stop, "train_s": round(t_train, 1), "accuracy": float(np.mean(accs[-100:])),
+               "saliency_cos": float(abs(sal[best])), "alignment": align}
+        if rank:
+            with tempfile.TemporaryDirectory() as rank_dir:
+                t = time.perf_counter()
+                report = ds.rank_directions(gan, dirs, rank_dir, ds.FitConfig())
+                row["rank_s"] = round(time.perf_counter() - t, 1)
+            n = len(dirs)
+            order = report["order"]
+            entry = best if sal[best] > 0 else best + n  # the sign that lights the object
+            row["saliency_rank"] = order.index(entry) + 1 if entry in order else None
+            row["top3"] = [{"candidate": e % n, "sign": 1 if e < n else -1,
+                            "iou": mask_iou(gan, z, truth, (1 if e < n else -1) * dirs[e % n])} for e in order[:3]]
+        rows.append(row)
+        top = " ".join(f"{r['iou']:.2f}" for r in row.get("top3", [])) or "-"
+        print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} "
+              f"{str(row.get('saliency_rank', '-')):>8}  {top:<15} "
+              + " ".join(f"{align[f]:>10.2f}" for f in FACTORS_SHOWN[1:]), flush=True)
+    segmenting = any(t["iou"] >= 0.9 for t in rows[-1].get("top3", []))
+    print(f"last stop: a segmenting direction (mask IoU >= 0.9) among rank's top three: "
+          f"{'yes' if segmenting else 'no' if rank else 'not ranked'}")
+    print(json.dumps({"bench": "discover_toy", "directions": directions, "lr": lr, "lr_directions": lr_directions,
+                      "seed": seed, "device": gan.device, "rows": rows}))
+    if out is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
