@@ -89,8 +89,6 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
     z = ds.draw_latents(iou_samples, gan.latent_dim, seed=99)
     truth = toy.toy_true_mask(z)
     run_dir = out or tempfile.mkdtemp(prefix="bgw-discover-toy-")
-    if out is None:
-        shutil.rmtree(run_dir)
     rows, t_train = [], 0.0
     print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'its rank':>8}  top-3 mask IoU   "
           + " ".join(f"{f[:10]:>10}" for f in FACTORS_SHOWN[1:]))
