@@ -30,14 +30,9 @@ import time
 
 import click
 import numpy as np
+from toy_gan import _iou  # per-image IoU of boolean masks (benchmarks/ is on sys.path when run as a script)
 
 FACTORS_SHOWN = ("saliency_light", "light", "size", "center_y", "object_color", "background_color")
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).sum(axis=(1, 2))
-    union = (a | b).sum(axis=(1, 2))
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 
 
 def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
@@ -53,10 +48,10 @@ def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
     return out
 
 
-def mask_iou(gan, z: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
+def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
+    """Mean IoU with `truth` of the lighting-rule masks of x = G(z) and G(z + shift h)."""
     from generator.masks import gray, keep_large_components
 
-    x = gan.generate(z)
     xs = gan.generate(z + shift * h[None])
     return float(_iou(keep_large_components(gray(x) < gray(xs)).astype(bool), truth).mean())
 
@@ -88,6 +83,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
     q = toy._params()["q"]
     z = ds.draw_latents(iou_samples, gan.latent_dim, seed=99)
     truth = toy.toy_true_mask(z)
+    x = gan.generate(z)
     run_dir = out or tempfile.mkdtemp(prefix="bgw-discover-toy-")
     rows, t_train = [], 0.0
     print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'its rank':>8}  top-3 mask IoU   "
@@ -116,7 +112,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
             entry = best if sal[best] > 0 else best + n  # the sign that lights the object
             row["saliency_rank"] = order.index(entry) + 1 if entry in order else None
             row["top3"] = [{"candidate": e % n, "sign": 1 if e < n else -1,
-                            "iou": mask_iou(gan, z, truth, (1 if e < n else -1) * dirs[e % n])} for e in order[:3]]
+                            "iou": mask_iou(gan, z, x, truth, (1 if e < n else -1) * dirs[e % n])} for e in order[:3]]
         rows.append(row)
         top = " ".join(f"{r['iou']:.2f}" for r in row.get("top3", [])) or "-"
         print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} "
