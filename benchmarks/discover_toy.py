@@ -9,7 +9,8 @@ at each stop), and after each stop prints one row:
 - |cos| saliency: the largest |cos| between a learned direction and the toy's saliency light
   (the shipped segmenting direction, which discovery knows nothing of), and that direction's
   position in `rank`'s order (with `--rank`);
-- the IoU with the toy's true object masks of the masks that rank's top three give
+- the IoU with the toy's true object masks of the masks that rank's top three give, each
+  oriented as `rank` orients its winner
   (lighting rule + connected components, shift 5, `--iou-samples` prior latents): a direction
   "segments" when this mean IoU is >= 0.9, the bar of the issue's rank criterion.
 
@@ -62,12 +63,14 @@ def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray
 @click.option("--directions", default=120, show_default=True, type=int, help="K (120 = the latent size).")
 @click.option("--lr", default=1e-4, show_default=True, type=float, help="Adam lr of the reconstructor.")
 @click.option("--lr-directions", default=1e-3, show_default=True, type=float, help="Adam lr of the directions.")
+@click.option("--lr-directions-milestones", "milestones", default="",
+              help="Steps (comma-separated) at which the directions' lr is multiplied by 0.1.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--rank/--no-rank", default=True, show_default=True, help="Rank the directions at every stop.")
 @click.option("--iou-samples", default=200, show_default=True, type=int)
 @click.option("--out", type=click.Path(), default=None, help="Keep the run here (default: a temp folder).")
 @click.option("--quick", is_flag=True, help="Smoke run for `make bench`: --steps 10,20 --directions 8 --iou-samples 20.")
-def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int, rank: bool,
+def main(steps: str, directions: int, lr: float, lr_directions: float, milestones: str, seed: int, rank: bool,
          iou_samples: int, out: str | None, quick: bool) -> None:
     from generator import direction_search as ds
     from generator import toy
@@ -90,6 +93,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
           + " ".join(f"{f[:10]:>10}" for f in FACTORS_SHOWN[1:]))
     for stop in stops:
         cfg = DiscoverConfig(directions=directions, steps=stop, lr=lr, lr_directions=lr_directions, seed=seed,
+                             lr_directions_milestones=tuple(int(m) for m in milestones.split(",") if m.strip()),
                              checkpoint_every=10**9, picture_samples=1)
         accs: list[float] = []
         t = time.perf_counter()
@@ -111,8 +115,11 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
             order = report["order"]
             entry = best if sal[best] > 0 else best + n  # the sign that lights the object
             row["saliency_rank"] = order.index(entry) + 1 if entry in order else None
-            row["top3"] = [{"candidate": e % n, "sign": 1 if e < n else -1,
-                            "iou": mask_iou(gan, z, x, truth, (1 if e < n else -1) * dirs[e % n])} for e in order[:3]]
+            row["top3"] = []
+            for e in order[:3]:  # each oriented as `rank` orients its winner
+                h, o_sign, _ = ds.orient(gan, z, (1 if e < n else -1) * dirs[e % n], 5.0)
+                row["top3"].append({"candidate": e % n, "sign": (1 if e < n else -1) * o_sign,
+                                    "iou": mask_iou(gan, z, x, truth, h)})
         rows.append(row)
         top = " ".join(f"{r['iou']:.2f}" for r in row.get("top3", [])) or "-"
         print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} "
@@ -122,6 +129,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, seed: int
     print(f"last stop: a segmenting direction (mask IoU >= 0.9) among rank's top three: "
           f"{'yes' if segmenting else 'no' if rank else 'not ranked'}")
     print(json.dumps({"bench": "discover_toy", "directions": directions, "lr": lr, "lr_directions": lr_directions,
+                      "lr_directions_milestones": milestones,
                       "seed": seed, "device": gan.device, "rows": rows}))
     if out is None:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -56,7 +56,8 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume: bool, seed: int,
-                  batch: int, lr: float, lr_directions: float | None, init: str) -> Path:
+                  batch: int, lr: float, lr_directions: float | None, init: str,
+                  milestones: tuple[int, ...] = (), gamma: float = 0.1) -> Path:
     from tqdm import tqdm
 
     from generator import discover as dc
@@ -66,7 +67,8 @@ def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume:
         raise click.BadParameter(f"{directions} is not in 1..{gan.latent_dim} (the latent size)",
                                  param_hint="--directions")
     cfg = dc.DiscoverConfig(directions=directions, steps=steps, batch=batch, lr=lr,
-                            lr_directions=lr if lr_directions is None else lr_directions, init=init, seed=seed)
+                            lr_directions=lr if lr_directions is None else lr_directions, init=init, seed=seed,
+                            lr_directions_milestones=milestones, lr_directions_gamma=gamma)
     bar = tqdm(total=steps, desc="discover", unit="step")
 
     def progress(step: int, metrics: dict) -> None:
@@ -113,6 +115,19 @@ _seed_opt = click.option("--seed", default=0, show_default=True, type=int, help=
 _verbose_opt = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 
 
+def _steps_list(ctx, param, value):
+    """'8000,16000' -> (8000, 16000); '' -> ()."""
+    if not value:
+        return ()
+    try:
+        steps = tuple(sorted(int(v) for v in value.split(",") if v.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of steps, e.g. 8000,16000") from None
+    if any(v < 1 for v in steps):
+        raise click.BadParameter(f"{value!r}: steps must be >= 1")
+    return steps
+
+
 def _positive(ctx, param, value):
     if value is not None and value <= 0:
         raise click.BadParameter(f"{value} must be > 0")
@@ -151,14 +166,19 @@ def main(ctx, gan_spec, out, directions, discover_steps, rank_steps, samples, re
 @click.option("--lr", default=1e-4, show_default=True, type=float, callback=_positive, help="Adam lr.")
 @click.option("--lr-directions", default=None, type=float, callback=_positive,
               help="Adam lr of the directions (default: --lr).")
+@click.option("--lr-directions-milestones", "milestones", default="", callback=_steps_list,
+              help="Steps (comma-separated) at which the directions' lr is multiplied by --lr-directions-gamma.")
+@click.option("--lr-directions-gamma", "gamma", default=0.1, show_default=True, type=float, callback=_positive,
+              help="Factor of the directions' lr at each milestone.")
 @click.option("--init", type=click.Choice(["identity", "random"]), default="identity", show_default=True,
               help="Start next to the coordinate axes, or at a random rotation.")
 @_seed_opt
 @_verbose_opt
-def discover(gan_spec, directions, steps, out, resume, batch, lr, lr_directions, init, seed, verbose):
+def discover(gan_spec, directions, steps, out, resume, batch, lr, lr_directions, milestones, gamma, init, seed,
+             verbose):
     """Learn K interpretable directions (Voynov & Babenko 2020); writes OUT/directions.npy [K, D]."""
     _setup_logging(verbose)
-    _run_discover(gan_spec, directions, steps, out, resume, seed, batch, lr, lr_directions, init)
+    _run_discover(gan_spec, directions, steps, out, resume, seed, batch, lr, lr_directions, init, milestones, gamma)
 
 
 @main.command()

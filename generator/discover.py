@@ -50,6 +50,10 @@ class DiscoverConfig:
     batch: int = 32  # latents per step
     lr: float = 1e-4  # Adam learning rate of the reconstructor
     lr_directions: float = 1e-4  # Adam learning rate of the directions' matrix S
+    # the directions' lr is multiplied by lr_directions_gamma at each of these steps (not in the
+    # authors' code: on the toy, alignment levels off at lr 1e-3 and moves on after a drop)
+    lr_directions_milestones: tuple[int, ...] = ()
+    lr_directions_gamma: float = 0.1
     shift_scale: float = 6.0  # eps ~ U[-shift_scale, shift_scale]
     min_shift: float = 0.5  # |eps| below this is pushed out to +-min_shift
     shift_weight: float = 0.25  # weight of the mean absolute error on eps
@@ -67,6 +71,14 @@ class DiscoverConfig:
 _RESUME_KEYS = ("directions", "batch", "init", "recon_size", "width", "seed")
 
 
+def directions_lr(cfg: DiscoverConfig, step: int) -> float:
+    """The directions' Adam lr at 0-based ``step``: lr_directions x gamma^(milestones passed).
+
+    A function of the step alone, so a resumed run uses the lr an uninterrupted one would."""
+    passed = sum(1 for m in cfg.lr_directions_milestones if step >= m)
+    return float(cfg.lr_directions * cfg.lr_directions_gamma ** passed)
+
+
 class _Adam:
     """Adam (Kingma & Ba; torch's defaults) whose state is tf.Variables, so it checkpoints."""
 
@@ -78,8 +90,10 @@ class _Adam:
         self.t = tf.Variable(0.0, trainable=False)
         self._tf = tf
 
-    def apply(self, grads):
+    def apply(self, grads, lr=None):
+        """One update; ``lr`` (a tensor, for schedules) overrides the constructor's."""
         tf = self._tf
+        lr = self.lr if lr is None else lr
         self.t.assign_add(1.0)
         b1, b2, eps = 0.9, 0.999, 1e-8
         for var, g, m, v in zip(self.vars, grads, self.m, self.v):
@@ -87,7 +101,7 @@ class _Adam:
             v.assign(b2 * v + (1 - b2) * tf.square(g))
             mhat = m / (1 - tf.pow(b1, self.t))
             vhat = v / (1 - tf.pow(b2, self.t))
-            var.assign_sub(self.lr * mhat / (tf.sqrt(vhat) + eps))
+            var.assign_sub(lr * mhat / (tf.sqrt(vhat) + eps))
 
     def state(self) -> dict:
         return {"m": self.m, "v": self.v, "t": self.t}
@@ -183,6 +197,9 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
         raise ValueError(f"directions must be in 1..{d} (the latent size); got {cfg.directions}")
     if cfg.init not in INITS:
         raise ValueError(f"unknown init {cfg.init!r}; choose from {INITS}")
+    if any(int(m) != m or m < 1 for m in cfg.lr_directions_milestones) or cfg.lr_directions_gamma <= 0:
+        raise ValueError(f"lr_directions_milestones must be steps >= 1 and lr_directions_gamma > 0; got "
+                         f"{list(cfg.lr_directions_milestones)} and {cfg.lr_directions_gamma}")
     cfg_path = out / "config.json"
     ckpt_dir = out / "checkpoints"
     has_run = cfg_path.exists() or (ckpt_dir / "checkpoint").exists()
@@ -213,7 +230,7 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     k = cfg.directions
 
     @tf.function
-    def train_step(z, idx, eps):
+    def train_step(z, idx, eps, lr_s):
         x = tf.stop_gradient(generate(z))
         with tf.GradientTape() as tape:
             dirs = _directions(s, k)
@@ -224,7 +241,7 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
             shift_loss = cfg.shift_weight * tf.reduce_mean(tf.abs(eps_pred - eps))
             loss = ce + shift_loss
         grads = tape.gradient(loss, [s] + rec_vars)
-        opt_s.apply(grads[:1])
+        opt_s.apply(grads[:1], lr_s)
         opt_r.apply(grads[1:])
         acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), idx), tf.float32))
         return {"loss": loss, "ce": ce, "shift_loss": shift_loss, "accuracy": acc}
@@ -239,7 +256,10 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     window: list[dict] = []
     for step in range(start, cfg.steps):
         z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
-        metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps)).items()}
+        lr_s = tf.constant(directions_lr(cfg, step), tf.float32)
+        metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps),
+                                                          lr_s).items()}
+        metrics["lr_directions"] = float(lr_s)
         step_var.assign(step + 1)
         window.append(metrics)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:

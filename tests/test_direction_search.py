@@ -244,6 +244,32 @@ def test_discover_writes_orthonormal_directions_and_resumes_exactly(tmp_path):
         dc.discover(gan, tmp_path / "a", dc.DiscoverConfig(**{**more.__dict__, "directions": 2}), resume=True)
 
 
+def test_directions_lr_drops_by_gamma_at_each_milestone():
+    from generator import discover as dc
+
+    cfg = dc.DiscoverConfig(lr_directions=1e-3, lr_directions_milestones=(3, 5), lr_directions_gamma=0.5)
+    assert [dc.directions_lr(cfg, s) for s in range(7)] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+    assert dc.directions_lr(dc.DiscoverConfig(lr_directions=2e-4), 10**6) == 2e-4
+
+
+def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
+    from generator import discover as dc
+
+    gan = TinyTfGan()
+    base = dict(directions=3, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2, checkpoint_every=1,
+                picture_samples=1)
+    sched = dc.DiscoverConfig(steps=4, lr_directions_milestones=(2,), lr_directions_gamma=0.01, **base)
+    dc.discover(gan, tmp_path / "a", dc.DiscoverConfig(**{**sched.__dict__, "steps": 3}))
+    dc.discover(gan, tmp_path / "a", sched, resume=True)
+    dc.discover(gan, tmp_path / "b", sched)
+    dc.discover(gan, tmp_path / "c", dc.DiscoverConfig(steps=4, **base))
+    a, b, c = (np.load(tmp_path / r / "directions.npy", allow_pickle=False) for r in "abc")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(b, c, atol=1e-4)  # the milestone did change the run
+    with pytest.raises(ValueError, match="milestones"):
+        dc.discover(gan, tmp_path / "d", dc.DiscoverConfig(steps=1, lr_directions_milestones=(0,), **base))
+
+
 def test_draw_step_pushes_small_shifts_out_and_is_seeded():
     from generator import discover as dc
 
@@ -312,3 +338,6 @@ def test_cli_discover_refuses_an_existing_run_without_resume(cli_env, tmp_path):
     assert res.exit_code == 1 and "pass --resume" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli_env, ["discover", "--gan", "nosuchgan", "--steps", "1", "--out", str(out)])
     assert res.exit_code == 2 and "--gan" in res.output
+    res = CliRunner().invoke(cli_env, ["discover", "--gan", "toy", "--steps", "1", "--out", str(tmp_path / "e"),
+                                       "--lr-directions-milestones", "8000,soon"])
+    assert res.exit_code == 2 and "comma-separated list of steps" in res.output and "Traceback" not in res.output
