@@ -12,13 +12,16 @@ at each stop), and after each stop prints one row:
 - the IoU with the toy's true object masks of the masks that rank's top three give, each
   oriented as `rank` orients its winner
   (lighting rule + connected components, shift 5, `--iou-samples` prior latents): a direction
-  "segments" when this mean IoU is >= 0.9, the bar of the issue's rank criterion.
+  "segments" when this mean IoU is >= 0.9, the bar of the issue's rank criterion;
+- geo leak: the weight of the best-aligned direction on the toy's geometric coordinates (centre,
+  size, aspect, rotation, roundness, wobble): at shift 5 even 0.1 moves the object a few pixels.
 
 The toy's factors are known (generator/toy.py), so the table also gives the best |cos| with a few
-other factors. Ends with one JSON line. Slow on a CPU (about 0.25 s per step on 2 cores, and
+other factors. Ends with one JSON line. Slow on a CPU (about 0.16 s per step on 2 cores, and
 about 100 s per ranking of 120 directions x 2 signs); a GPU is the place for long runs.
 
     python benchmarks/discover_toy.py --steps 500,1000,2000 --rank             # K = 120
+    python benchmarks/discover_toy.py --out RUN --steps 16000 --picture p.png  # picture of a finished run
     python benchmarks/discover_toy.py --quick                                  # smoke run (make bench)
 """
 from __future__ import annotations
@@ -34,6 +37,19 @@ import numpy as np
 from toy_gan import _iou  # per-image IoU of boolean masks (benchmarks/ is on sys.path when run as a script)
 
 FACTORS_SHOWN = ("saliency_light", "light", "size", "center_y", "object_color", "background_color")
+# coordinates of u = z @ Q that move or reshape the object: a direction's weight on these, times
+# the shift, is what spoils its masks (the light alone leaves the object where it is)
+GEOMETRIC = ("center_x", "center_y", "size", "aspect", "rotation", "roundness", "wobble")
+
+
+def geometric_leak(h: np.ndarray) -> float:
+    """Norm of the unit direction h's components on the toy's geometric coordinates."""
+    from generator import toy
+
+    u = np.asarray(h, np.float64) @ toy._params()["q"].astype(np.float64)
+    idx = [i for f in GEOMETRIC for i in (toy.TOY_FACTORS[f] if isinstance(toy.TOY_FACTORS[f], tuple)
+                                         else (toy.TOY_FACTORS[f],))]
+    return float(np.linalg.norm(u[idx]) / np.linalg.norm(u))
 
 
 def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
@@ -49,12 +65,33 @@ def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
     return out
 
 
-def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
-    """Mean IoU with `truth` of the lighting-rule masks of x = G(z) and G(z + shift h)."""
+def lighting_masks(gan, z: np.ndarray, x: np.ndarray, h: np.ndarray, shift: float = 5.0):
+    """G(z + shift h) and the lighting-rule masks (gray brightens, large components) of x = G(z)."""
     from generator.masks import gray, keep_large_components
 
     xs = gan.generate(z + shift * h[None])
-    return float(_iou(keep_large_components(gray(x) < gray(xs)).astype(bool), truth).mean())
+    return xs, keep_large_components(gray(x) < gray(xs)).astype(bool)
+
+
+def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
+    """Mean IoU with `truth` of the lighting-rule masks of x = G(z) and G(z + shift h)."""
+    return float(_iou(lighting_masks(gan, z, x, h, shift)[1], truth).mean())
+
+
+def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray) -> None:
+    """Rows = samples; columns: G(z), G(z + 5h) and its mask for the discovered direction h, the
+    same for the toy's shipped direction, and the true object mask."""
+    from generator import direction_search as ds
+    from generator import toy
+
+    def tile(img):
+        return ds.to_uint8(ds.to_unit_range(img))
+
+    xs_d, m_d = lighting_masks(gan, z, x, h)
+    xs_s, m_s = lighting_masks(gan, z, x, toy.toy_direction())
+    rows = [[tile(x[i]), tile(xs_d[i]), ds.to_uint8(m_d[i]), tile(xs_s[i]), ds.to_uint8(m_s[i]),
+             ds.to_uint8(truth[i])] for i in range(len(z))]
+    ds.write_png(path, ds.image_grid(rows))
 
 
 @click.command()
@@ -69,9 +106,11 @@ def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray
 @click.option("--rank/--no-rank", default=True, show_default=True, help="Rank the directions at every stop.")
 @click.option("--iou-samples", default=200, show_default=True, type=int)
 @click.option("--out", type=click.Path(), default=None, help="Keep the run here (default: a temp folder).")
+@click.option("--picture", type=click.Path(dir_okay=False), default=None,
+              help="PNG of rank's first direction at the last stop against the shipped one (6 samples).")
 @click.option("--quick", is_flag=True, help="Smoke run for `make bench`: --steps 10,20 --directions 8 --iou-samples 20.")
 def main(steps: str, directions: int, lr: float, lr_directions: float, milestones: str, seed: int, rank: bool,
-         iou_samples: int, out: str | None, quick: bool) -> None:
+         iou_samples: int, out: str | None, picture: str | None, quick: bool) -> None:
     from generator import direction_search as ds
     from generator import toy
     from generator.discover import DiscoverConfig, discover
@@ -89,7 +128,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
     x = gan.generate(z)
     run_dir = out or tempfile.mkdtemp(prefix="bgw-discover-toy-")
     rows, t_train = [], 0.0
-    print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'its rank':>8}  top-3 mask IoU   "
+    print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'geo leak':>8} {'its rank':>8}  top-3 mask IoU   "
           + " ".join(f"{f[:10]:>10}" for f in FACTORS_SHOWN[1:]))
     for stop in stops:
         cfg = DiscoverConfig(directions=directions, steps=stop, lr=lr, lr_directions=lr_directions, seed=seed,
@@ -105,7 +144,8 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
         sal = dirs @ q[:, toy.TOY_FACTORS["saliency_light"]]
         best = int(np.argmax(np.abs(sal)))
         row = {"steps": stop, "train_s": round(t_train, 1), "accuracy": float(np.mean(accs[-100:])),
-               "saliency_cos": float(abs(sal[best])), "alignment": align}
+               "saliency_cos": float(abs(sal[best])), "geometric_leak": geometric_leak(dirs[best]),
+               "alignment": align}
         if rank:
             with tempfile.TemporaryDirectory() as rank_dir:
                 t = time.perf_counter()
@@ -120,11 +160,17 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
                 h, o_sign, _ = ds.orient(gan, z, (1 if e < n else -1) * dirs[e % n], 5.0)
                 row["top3"].append({"candidate": e % n, "sign": (1 if e < n else -1) * o_sign,
                                     "iou": mask_iou(gan, z, x, truth, h)})
+                shown = h if len(row["top3"]) == 1 else shown
+        else:
+            shown = np.sign(sal[best]) * dirs[best]
         rows.append(row)
         top = " ".join(f"{r['iou']:.2f}" for r in row.get("top3", [])) or "-"
-        print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} "
+        print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} {row['geometric_leak']:>8.2f} "
               f"{str(row.get('saliency_rank', '-')):>8}  {top:<15} "
               + " ".join(f"{align[f]:>10.2f}" for f in FACTORS_SHOWN[1:]), flush=True)
+    if picture:
+        write_picture(picture, gan, z[:6], x[:6], truth[:6], shown)
+        print(f"wrote {picture}: G(z), G(z + 5h), mask for rank's first direction, the same for the shipped one, truth")
     segmenting = any(t["iou"] >= 0.9 for t in rows[-1].get("top3", []))
     print(f"last stop: a segmenting direction (mask IoU >= 0.9) among rank's top three: "
           f"{'yes' if segmenting else 'no' if rank else 'not ranked'}")
