@@ -22,6 +22,7 @@ about 100 s per ranking of 120 directions x 2 signs); a GPU is the place for lon
 
     python benchmarks/discover_toy.py --steps 500,1000,2000 --rank             # K = 120
     python benchmarks/discover_toy.py --out RUN --steps 16000 --picture p.png  # picture of a finished run
+    python benchmarks/discover_toy.py --leak-table                             # IoU of hand-made directions
     python benchmarks/discover_toy.py --quick                                  # smoke run (make bench)
 """
 from __future__ import annotations
@@ -78,6 +79,24 @@ def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray
     return float(_iou(lighting_masks(gan, z, x, h, shift)[1], truth).mean())
 
 
+def print_leak_table(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, seed: int = 5) -> None:
+    """How much leak the IoU bar allows: directions c * light + sqrt(1 - c^2) * (a random unit
+    vector orthogonal to it), three per c; prints each one's geometric leak and mask IoU."""
+    from generator import toy
+
+    light = toy.toy_direction().astype(np.float64)
+    rng = np.random.default_rng(seed)
+    print(f"{'|cos|':>6}  (geometric leak, mask IoU) of three hand-made directions")
+    for c in (0.97, 0.98, 0.99, 0.995):
+        cells = []
+        for _ in range(3):
+            r = rng.standard_normal(light.shape)
+            r -= (r @ light) * light
+            h = (c * light + np.sqrt(1 - c * c) * r / np.linalg.norm(r)).astype(np.float32)
+            cells.append(f"({geometric_leak(h):.3f}, {mask_iou(gan, z, x, truth, h):.3f})")
+        print(f"{c:>6}  " + "  ".join(cells), flush=True)
+
+
 def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray) -> None:
     """Rows = samples; columns: G(z), G(z + 5h) and its mask for the discovered direction h, the
     same for the toy's shipped direction, and the true object mask."""
@@ -102,15 +121,19 @@ def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarra
 @click.option("--lr-directions", default=1e-3, show_default=True, type=float, help="Adam lr of the directions.")
 @click.option("--lr-directions-milestones", "milestones", default="",
               help="Steps (comma-separated) at which the directions' lr is multiplied by 0.1.")
+@click.option("--init", type=click.Choice(["identity", "random"]), default="identity", show_default=True,
+              help="Start of the directions (identity: the runs in the README's table).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--rank/--no-rank", default=True, show_default=True, help="Rank the directions at every stop.")
 @click.option("--iou-samples", default=200, show_default=True, type=int)
 @click.option("--out", type=click.Path(), default=None, help="Keep the run here (default: a temp folder).")
 @click.option("--picture", type=click.Path(dir_okay=False), default=None,
               help="PNG of rank's first direction at the last stop against the shipped one (6 samples).")
+@click.option("--leak-table", is_flag=True,
+              help="Only print the mask IoU of hand-made directions with a known leak (no training).")
 @click.option("--quick", is_flag=True, help="Smoke run for `make bench`: --steps 10,20 --directions 8 --iou-samples 20.")
-def main(steps: str, directions: int, lr: float, lr_directions: float, milestones: str, seed: int, rank: bool,
-         iou_samples: int, out: str | None, picture: str | None, quick: bool) -> None:
+def main(steps: str, directions: int, lr: float, lr_directions: float, milestones: str, init: str, seed: int,
+         rank: bool, iou_samples: int, out: str | None, picture: str | None, leak_table: bool, quick: bool) -> None:
     from generator import direction_search as ds
     from generator import toy
     from generator.discover import DiscoverConfig, discover
@@ -126,12 +149,15 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
     z = ds.draw_latents(iou_samples, gan.latent_dim, seed=99)
     truth = toy.toy_true_mask(z)
     x = gan.generate(z)
+    if leak_table:
+        print_leak_table(gan, z, x, truth)
+        return
     run_dir = out or tempfile.mkdtemp(prefix="bgw-discover-toy-")
     rows, t_train = [], 0.0
     print(f"{'steps':>6} {'time s':>7} {'acc':>5} {'|cos| sal':>9} {'geo leak':>8} {'its rank':>8}  top-3 mask IoU   "
           + " ".join(f"{f[:10]:>10}" for f in FACTORS_SHOWN[1:]))
     for stop in stops:
-        cfg = DiscoverConfig(directions=directions, steps=stop, lr=lr, lr_directions=lr_directions, seed=seed,
+        cfg = DiscoverConfig(directions=directions, steps=stop, lr=lr, lr_directions=lr_directions, seed=seed, init=init,
                              lr_directions_milestones=tuple(int(m) for m in milestones.split(",") if m.strip()),
                              checkpoint_every=10**9, picture_samples=1)
         accs: list[float] = []
@@ -175,7 +201,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
     print(f"last stop: a segmenting direction (mask IoU >= 0.9) among rank's top three: "
           f"{'yes' if segmenting else 'no' if rank else 'not ranked'}")
     print(json.dumps({"bench": "discover_toy", "directions": directions, "lr": lr, "lr_directions": lr_directions,
-                      "lr_directions_milestones": milestones,
+                      "lr_directions_milestones": milestones, "init": init,
                       "seed": seed, "device": gan.device, "rows": rows}))
     if out is None:
         shutil.rmtree(run_dir, ignore_errors=True)

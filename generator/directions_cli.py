@@ -152,7 +152,7 @@ def main(ctx, gan_spec, out, directions, discover_steps, rank_steps, samples, re
     if ctx.invoked_subcommand is not None:
         return
     _setup_logging(verbose)
-    path = _run_discover(gan_spec, directions, discover_steps, out, resume, seed, 32, 1e-4, None, "identity")
+    path = _run_discover(gan_spec, directions, discover_steps, out, resume, seed, 32, 1e-4, None, "random")
     _run_rank(gan_spec, str(path), out / "rank", samples, rank_steps, seed, 5.0, "lighting", 3, True)
 
 
@@ -170,8 +170,8 @@ def main(ctx, gan_spec, out, directions, discover_steps, rank_steps, samples, re
               help="Steps (comma-separated) at which the directions' lr is multiplied by --lr-directions-gamma.")
 @click.option("--lr-directions-gamma", "gamma", default=0.1, show_default=True, type=float, callback=_positive,
               help="Factor of the directions' lr at each milestone.")
-@click.option("--init", type=click.Choice(["identity", "random"]), default="identity", show_default=True,
-              help="Start next to the coordinate axes, or at a random rotation.")
+@click.option("--init", type=click.Choice(["random", "identity"]), default="random", show_default=True,
+              help="Start at a random rotation (the authors' runs) or next to the coordinate axes.")
 @_seed_opt
 @_verbose_opt
 def discover(gan_spec, directions, steps, out, resume, batch, lr, lr_directions, milestones, gamma, init, seed,

@@ -9,8 +9,9 @@ directions through it.
 
 Directions: the first K columns of the orthogonal matrix ``expm(S - S^T)`` for a learned square
 matrix S (the authors' "ortho" deformator), so they are orthonormal by construction. S starts at
-``0.001 * N(0, 1)`` (init ``identity``: the directions start next to the coordinate axes, as the
-authors' default) or ``N(0, 1)`` (init ``random``, their ``random_init``).
+``N(0, 1)`` (init ``random``: a random rotation, the authors' ``random_init``, which their
+run_train.py always sets) or ``0.001 * N(0, 1)`` (init ``identity``: the directions start next to
+the coordinate axes, their class default when ``random_init`` is off).
 
 Reconstructor: a small CNN (four stride-2 3x3 convolutions, global mean, two heads) on the pair
 average-pooled to ``recon_size``, fed as ``[G(z), G(z + eps h) - G(z)]``: the same information as
@@ -57,7 +58,7 @@ class DiscoverConfig:
     shift_scale: float = 6.0  # eps ~ U[-shift_scale, shift_scale]
     min_shift: float = 0.5  # |eps| below this is pushed out to +-min_shift
     shift_weight: float = 0.25  # weight of the mean absolute error on eps
-    init: str = "identity"  # "identity": S ~ 0.001 N(0,1); "random": S ~ N(0,1)
+    init: str = "random"  # "random": S ~ N(0,1) (the authors' runs); "identity": S ~ 0.001 N(0,1)
     recon_size: int = 64  # reconstructor input side (pairs are average-pooled to it)
     width: int = 32  # reconstructor base width
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end)
