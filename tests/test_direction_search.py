@@ -258,8 +258,9 @@ def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
     gan = TinyTfGan()
     base = dict(directions=3, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2, checkpoint_every=1,
                 picture_samples=1)
-    sched = dc.DiscoverConfig(steps=4, lr_directions_milestones=(2,), lr_directions_gamma=0.01, **base)
-    dc.discover(gan, tmp_path / "a", dc.DiscoverConfig(**{**sched.__dict__, "steps": 3}))
+    # one milestone before the interruption at step 2, one after it
+    sched = dc.DiscoverConfig(steps=4, lr_directions_milestones=(1, 3), lr_directions_gamma=0.1, **base)
+    dc.discover(gan, tmp_path / "a", dc.DiscoverConfig(**{**sched.__dict__, "steps": 2}))
     dc.discover(gan, tmp_path / "a", sched, resume=True)
     dc.discover(gan, tmp_path / "b", sched)
     dc.discover(gan, tmp_path / "c", dc.DiscoverConfig(steps=4, **base))
