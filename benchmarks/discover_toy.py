@@ -43,13 +43,20 @@ FACTORS_SHOWN = ("saliency_light", "light", "size", "center_y", "object_color", 
 GEOMETRIC = ("center_x", "center_y", "size", "aspect", "rotation", "roundness", "wobble")
 
 
+def _coords(name: str) -> tuple[int, ...]:
+    """The coordinates of u = z @ Q that a toy factor owns (TOY_FACTORS holds an int or a tuple)."""
+    from generator import toy
+
+    idx = toy.TOY_FACTORS[name]
+    return idx if isinstance(idx, tuple) else (idx,)
+
+
 def geometric_leak(h: np.ndarray) -> float:
     """Norm of the unit direction h's components on the toy's geometric coordinates."""
     from generator import toy
 
     u = np.asarray(h, np.float64) @ toy._params()["q"].astype(np.float64)
-    idx = [i for f in GEOMETRIC for i in (toy.TOY_FACTORS[f] if isinstance(toy.TOY_FACTORS[f], tuple)
-                                         else (toy.TOY_FACTORS[f],))]
+    idx = [i for f in GEOMETRIC for i in _coords(f)]
     return float(np.linalg.norm(u[idx]) / np.linalg.norm(u))
 
 
@@ -60,18 +67,17 @@ def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
 
     c = np.abs(dirs @ toy._params()["q"])
     out = {}
-    for name, idx in toy.TOY_FACTORS.items():
-        idx = idx if isinstance(idx, tuple) else (idx,)
-        out[name] = float(max(c[:, i].max() for i in idx))
+    for name in toy.TOY_FACTORS:
+        out[name] = float(max(c[:, i].max() for i in _coords(name)))
     return out
 
 
 def lighting_masks(gan, z: np.ndarray, x: np.ndarray, h: np.ndarray, shift: float = 5.0):
     """G(z + shift h) and the lighting-rule masks (gray brightens, large components) of x = G(z)."""
-    from generator.masks import gray, keep_large_components
+    from generator.masks import keep_large_components, lighting_mask
 
     xs = gan.generate(z + shift * h[None])
-    return xs, keep_large_components(gray(x) < gray(xs)).astype(bool)
+    return xs, keep_large_components(lighting_mask(x, xs)).astype(bool)
 
 
 def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:

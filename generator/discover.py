@@ -257,10 +257,10 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     window: list[dict] = []
     for step in range(start, cfg.steps):
         z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
-        lr_s = tf.constant(directions_lr(cfg, step), tf.float32)
+        lr_s = directions_lr(cfg, step)
         metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps),
-                                                          lr_s).items()}
-        metrics["lr_directions"] = float(lr_s)
+                                                          tf.constant(lr_s, tf.float32)).items()}
+        metrics["lr_directions"] = lr_s
         step_var.assign(step + 1)
         window.append(metrics)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
