@@ -17,7 +17,8 @@ Reconstructor: a small CNN (four stride-2 3x3 convolutions, global mean, two hea
 average-pooled to ``recon_size``, fed as ``[G(z), G(z + eps h) - G(z)]``: the same information as
 the raw pair (the first convolution is linear), conditioned so short runs learn faster.
 
-Run folder: ``config.json``, ``checkpoints/`` (TF checkpoints of S, R, both optimisers and the step;
+Run folder: ``config.json`` (the latest settings, and ``segments``: the settings each stretch of
+steps ran with, so a run resumed with a new lr schedule keeps its history), ``checkpoints/`` (TF checkpoints of S, R, both optimisers and the step;
 never pickle), ``tensorboard/`` (loss, ce, shift_loss, accuracy), and at the end
 ``directions.npy`` (float32 [K, D], unit rows) and ``effects/direction-KKK.png`` (each direction's
 effect on a few samples: rows = samples, columns = shifts -2r, -r, 0, r, 2r with r = 5).
@@ -70,6 +71,10 @@ class DiscoverConfig:
 
 # Fields that must match when a run is resumed (the rest may change, e.g. `steps`).
 _RESUME_KEYS = ("directions", "batch", "init", "recon_size", "width", "seed")
+# Fields that shape training and may change on resume: config.json's `segments` records them
+# per stretch of steps.
+_SEGMENT_KEYS = ("steps", "lr", "lr_directions", "lr_directions_milestones", "lr_directions_gamma",
+                 "shift_scale", "min_shift", "shift_weight")
 
 
 def directions_lr(cfg: DiscoverConfig, step: int) -> float:
@@ -212,10 +217,8 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
         if diff:
             raise ValueError(f"cannot resume {out}: settings differ from the run's config.json: "
                              + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+    old_segments = json.loads(cfg_path.read_text()).get("segments", []) if resume and cfg_path.exists() else []
     out.mkdir(parents=True, exist_ok=True)
-    record = {**asdict(cfg), "gan": {"handle": getattr(gan, "handle", None),
-                                     "fingerprint": getattr(gan, "fingerprint", None)}, "latent_dim": d}
-    ds.write_bytes(cfg_path, (json.dumps(record, indent=1) + "\n").encode())
 
     s, rec = _build(d, cfg)
     opt_s = _Adam([s], cfg.lr_directions, tf)
@@ -227,6 +230,14 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     if resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.info("resumed %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
+    start = int(step_var.numpy())
+    # config.json holds the latest settings; `segments` keeps the ones each stretch of steps ran
+    # with, so a run resumed with a new lr schedule still says how it was trained
+    segment = {"from_step": start, **{key: getattr(cfg, key) for key in _SEGMENT_KEYS}}
+    record = {**asdict(cfg), "gan": {"handle": getattr(gan, "handle", None),
+                                     "fingerprint": getattr(gan, "fingerprint", None)}, "latent_dim": d,
+              "segments": [g for g in old_segments if g["from_step"] < start] + [segment]}
+    ds.write_bytes(cfg_path, (json.dumps(record, indent=1) + "\n").encode())
     generate = differentiable_generator(gan)
     k = cfg.directions
 
@@ -252,7 +263,6 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     # layer, which a train-unet run earlier in the same process switches to its TF-free stub
     scalar_meta = tf.compat.v1.SummaryMetadata(
         plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
-    start = int(step_var.numpy())
     metrics: dict = {}
     window: list[dict] = []
     for step in range(start, cfg.steps):

@@ -271,6 +271,27 @@ def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
         dc.discover(gan, tmp_path / "d", dc.DiscoverConfig(steps=1, lr_directions_milestones=(0,), **base))
 
 
+def test_config_json_records_the_settings_of_each_resumed_stretch(tmp_path):
+    import json
+
+    from generator import discover as dc
+
+    gan = TinyTfGan()
+    base = dict(directions=3, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2, checkpoint_every=1,
+                picture_samples=1)
+    dc.discover(gan, tmp_path, dc.DiscoverConfig(steps=2, **base))
+    dc.discover(gan, tmp_path, dc.DiscoverConfig(steps=3, lr_directions_milestones=(1,), **base), resume=True)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert [(g["from_step"], g["steps"], g["lr_directions_milestones"]) for g in record["segments"]] == [
+        (0, 2, []), (2, 3, [1])]
+    assert record["lr_directions_milestones"] == [1]  # the top level keeps the latest settings
+    # a resume from an older checkpoint drops the stretches it replays
+    (tmp_path / "checkpoints" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    dc.discover(gan, tmp_path, dc.DiscoverConfig(steps=2, **{**base, "lr": 5e-3}), resume=True)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert [(g["from_step"], g["lr"]) for g in record["segments"]] == [(0, 1e-2), (1, 5e-3)]
+
+
 def test_draw_step_pushes_small_shifts_out_and_is_seeded():
     from generator import discover as dc
 
