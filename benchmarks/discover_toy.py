@@ -175,7 +175,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
         align = factor_alignment(dirs)
         sal = dirs @ q[:, toy.TOY_FACTORS["saliency_light"]]
         best = int(np.argmax(np.abs(sal)))
-        row = {"steps": stop, "train_s": round(t_train, 1), "accuracy": float(np.mean(accs[-100:])),
+        row = {"steps": stop, "train_s": round(t_train, 1), "accuracy": float(np.mean(accs[-100:])) if accs else None,
                "saliency_cos": float(abs(sal[best])), "geometric_leak": geometric_leak(dirs[best]),
                "alignment": align}
         if rank:
@@ -197,7 +197,8 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
             shown = np.sign(sal[best]) * dirs[best]
         rows.append(row)
         top = " ".join(f"{r['iou']:.2f}" for r in row.get("top3", [])) or "-"
-        print(f"{stop:>6} {t_train:>7.0f} {row['accuracy']:>5.2f} {row['saliency_cos']:>9.2f} {row['geometric_leak']:>8.2f} "
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.2f}"  # None: the stop trained no step
+        print(f"{stop:>6} {t_train:>7.0f} {acc:>5} {row['saliency_cos']:>9.2f} {row['geometric_leak']:>8.2f} "
               f"{str(row.get('saliency_rank', '-')):>8}  {top:<15} "
               + " ".join(f"{align[f]:>10.2f}" for f in FACTORS_SHOWN[1:]), flush=True)
     if picture:
