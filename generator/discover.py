@@ -211,13 +211,12 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     has_run = cfg_path.exists() or (ckpt_dir / "checkpoint").exists()
     if has_run and not resume:
         raise RunExists(f"{out} already holds a discovery run; pass --resume to continue it or choose another --out")
-    if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+    old = json.loads(cfg_path.read_text()) if resume and cfg_path.exists() else None
+    if old is not None:
         diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
         if diff:
             raise ValueError(f"cannot resume {out}: settings differ from the run's config.json: "
                              + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
-    old_segments = json.loads(cfg_path.read_text()).get("segments", []) if resume and cfg_path.exists() else []
     out.mkdir(parents=True, exist_ok=True)
 
     s, rec = _build(d, cfg)
@@ -236,7 +235,7 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     segment = {"from_step": start, **{key: getattr(cfg, key) for key in _SEGMENT_KEYS}}
     record = {**asdict(cfg), "gan": {"handle": getattr(gan, "handle", None),
                                      "fingerprint": getattr(gan, "fingerprint", None)}, "latent_dim": d,
-              "segments": [g for g in old_segments if g["from_step"] < start] + [segment]}
+              "segments": [g for g in (old or {}).get("segments", []) if g["from_step"] < start] + [segment]}
     ds.write_bytes(cfg_path, (json.dumps(record, indent=1) + "\n").encode())
     generate = differentiable_generator(gan)
     k = cfg.directions
