@@ -175,7 +175,8 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
         align = factor_alignment(dirs)
         sal = dirs @ q[:, toy.TOY_FACTORS["saliency_light"]]
         best = int(np.argmax(np.abs(sal)))
-        row = {"steps": stop, "train_s": round(t_train, 1), "accuracy": float(np.mean(accs[-100:])) if accs else None,
+        row = {"steps": stop, "train_s": round(t_train, 1),
+               "accuracy": float(np.mean(accs[-100:])) if accs else None,
                "saliency_cos": float(abs(sal[best])), "geometric_leak": geometric_leak(dirs[best]),
                "alignment": align}
         if rank:
@@ -190,9 +191,10 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
             row["top3"] = []
             for e in order[:3]:  # each oriented as `rank` orients its winner
                 h, o_sign, _ = ds.orient(gan, z, (1 if e < n else -1) * dirs[e % n], 5.0)
+                if not row["top3"]:
+                    shown = h  # the picture shows rank's first direction
                 row["top3"].append({"candidate": e % n, "sign": (1 if e < n else -1) * o_sign,
                                     "iou": mask_iou(gan, z, x, truth, h)})
-                shown = h if len(row["top3"]) == 1 else shown
         else:
             shown = np.sign(sal[best]) * dirs[best]
         rows.append(row)

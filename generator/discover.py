@@ -18,8 +18,9 @@ average-pooled to ``recon_size``, fed as ``[G(z), G(z + eps h) - G(z)]``: the sa
 the raw pair (the first convolution is linear), conditioned so short runs learn faster.
 
 Run folder: ``config.json`` (the latest settings, and ``segments``: the settings each stretch of
-steps ran with, so a run resumed with a new lr schedule keeps its history), ``checkpoints/`` (TF checkpoints of S, R, both optimisers and the step;
-never pickle), ``tensorboard/`` (loss, ce, shift_loss, accuracy), and at the end
+steps ran with, so a run resumed with a new lr schedule keeps its history), ``checkpoints/`` (TF
+checkpoints of S, R, both optimisers and the step; never pickle), ``tensorboard/`` (loss, ce,
+shift_loss, accuracy), and at the end
 ``directions.npy`` (float32 [K, D], unit rows) and ``effects/direction-KKK.png`` (each direction's
 effect on a few samples: rows = samples, columns = shifts -2r, -r, 0, r, 2r with r = 5).
 Each step's random draws come from ``(seed, step)``, so a resumed run continues exactly the
