@@ -1,8 +1,10 @@
 """Saliency / segmentation metrics as streaming accumulators (pure numpy).
 
 Every metric has ``update(pred, gt)`` (one image) and ``compute() -> dict`` (the dataset).
-``SegmentationMetrics`` bundles several of them and computes the per-image confusion
-histograms ONCE per image for all of them.
+``SegmentationMetrics`` bundles several of them, prepares each pair with an evaluation protocol
+(``evaluator.protocols``: ``paper`` or ``sod-toolkit``) and computes the per-image confusion
+histograms ONCE per image for all of them. The classes here are the only implementation of each
+metric; a protocol only prepares the inputs and picks the thresholds' conventions.
 
 Inputs (validated, never normalised silently; a mismatch raises a one-line ``ValueError``):
 
@@ -10,36 +12,47 @@ Inputs (validated, never normalised silently; a mismatch raises a one-line ``Val
   canonical path: 8-bit PNG predictions are exactly this), or a float ``[H, W]`` array in
   [0, 1], which is first quantised to 8 bits with ``np.round(p * 255)`` (round half to even),
   i.e. exactly what saving it as an 8-bit PNG would store, so ``--ckpt`` and ``--pred-dir``
-  evaluations of the same maps give the same numbers.
+  evaluations of the same maps give the same numbers. Or a ``ScoreMap(levels, prob)``: a map
+  a protocol prepared (``sod-toolkit``'s min-max normalised map), whose thresholds compare the
+  8-bit ``levels`` and whose pixel-wise metrics (MAE, S-measure, weighted F, adaptive
+  thresholds) use the exact float ``prob``. At least one pixel.
 - ``gt``: ``bool [H, W]`` of the same shape; 8-bit or float masks go through ``binarize_gt``
-  first (>= 128, or >= 0.5 for floats).
+  first (>= 128, or >= 0.5 for floats; ``strict=True``: > 128, > 0.5).
 
 Conventions (docs: ../shared/DESIGN.md, "Metrics"):
 
-- maxF (``MaxFMeasure``, beta2 = 0.3): thresholds ``k = 0..254`` (prob > k/255 is the exact
-  integer test ``v > k``). Per image and threshold: precision (1 when the prediction is empty),
-  recall (1 when the ground truth is empty), F (0 where P + R = 0). F is averaged over images
-  per threshold (per-image aggregation), then maximised over thresholds. Curves are returned
-  ascending in threshold: index ``k`` is the threshold ``v > k``.
-  Versus pysodmetrics (``Fmeasure``/``FmeasureV2``): their curves run over 256 thresholds
-  ``v >= m`` (m = 255 .. 0, descending); our ``k`` equals their ``m = k + 1``, and their extra
-  ``m = 0`` (everything foreground) is not a threshold here. They set precision to 0 (not 1) for
-  an empty prediction and recall to 0 for an empty ground truth, so F differs only where both
-  are empty (ours 1, theirs 0); precision curves differ where predictions are empty.
+- maxF (``MaxFMeasure``, beta2 = 0.3): curve over thresholds ``v >= m``, m = 1..255 (the
+  paper's ``prob > k/255`` for k = 0..254 is the exact integer test ``v > k``, k = m - 1).
+  Per image and threshold: precision (1 when the prediction is empty), recall (1 when the
+  ground truth is empty), F (0 where P + R = 0). F is averaged over images per threshold
+  (per-image aggregation), then maximised over thresholds. Curves are returned ascending in
+  threshold. ``lowest_level=0, empty_score=0`` give pysodmetrics' ``Fmeasure`` exactly: 256
+  thresholds (m = 0 marks every pixel) and precision 0 for an empty prediction, recall 0 for
+  an empty ground truth (so F differs only where both are empty: paper 1, toolkit 0).
+  ``adaptive_f``: F at ``prob >= min(2 * mean(prob), 1)`` per image, averaged.
 - ``IoU`` and ``Accuracy`` at prob >= 0.5, i.e. ``v >= 128``, per image, averaged over images;
   IoU is 1 when prediction and ground truth are both empty (pysodmetrics: 0).
-- ``MAE``: mean |v/255 - gt| per image, averaged over images (exact integer sums).
+- ``MAE``: mean |prob - gt| per image, averaged over images (exact integer sums for 8-bit maps).
 - ``SMeasure`` (alpha 0.5) and ``EMeasure`` follow pysodmetrics' ``Smeasure``/``Emeasure``.
   The E-measure curve uses pysodmetrics' 256 thresholds ``v >= m``, m = 0..255 (ascending here),
-  so ``e_max``/``e_mean`` are the field's numbers; its adaptive threshold ``2 * mean`` is applied
-  with exact integer arithmetic (pysodmetrics compares floats; they can differ at exact ties).
+  so ``e_max``/``e_mean`` are the field's numbers. Adaptive thresholds ``2 * mean`` are applied
+  with exact integer arithmetic on 8-bit maps (pysodmetrics compares floats; they can differ at
+  exact ties) and as pysodmetrics' float comparison on a ``ScoreMap``.
+  One deliberate difference, so the measure stays in [0, 1] on any input: the field divides the
+  alignment sum of N pixels by N - 1, so a perfect map scores N / (N - 1) (1.00006 on 128 x 128)
+  and a 1 x 1 image 4.5e15; each image's value is capped at 1 here.
+- ``WeightedFMeasure`` (beta2 = 1): Margolin et al. 2014 as pysodmetrics' ``WeightedFmeasure``
+  (0 for an empty ground truth); needs scipy.
+
+Every metric stays in [0, 1] on any input of at least one pixel (tests/test_metrics.py checks it
+with hypothesis on tiny, constant, empty and full maps and masks).
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -80,8 +93,9 @@ def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
     return np.round(pred.astype(np.float64) * 255.0).astype(np.uint8)
 
 
-def binarize_gt(mask: np.ndarray) -> np.ndarray:
-    """Binarise a ground-truth mask: bool passes, uint8 is ``>= 128``, float is ``>= 0.5``.
+def binarize_gt(mask: np.ndarray, *, strict: bool = False) -> np.ndarray:
+    """Binarise a ground-truth mask: bool passes, uint8 is ``>= 128``, float is ``>= 0.5``;
+    ``strict=True`` (the SOD toolkits' rule) makes them ``> 128`` and ``> 0.5``.
 
     A uint8 mask holding only 0 and 1 is ambiguous (a {0, 1} label map would binarise to
     empty), so it raises; pass ``mask.astype(bool)`` for those.
@@ -93,31 +107,49 @@ def binarize_gt(mask: np.ndarray) -> np.ndarray:
         if mask.size and mask.max() == 1:
             raise ValueError(
                 f"uint8 ground truth {_describe(mask)} holds only 0/1; pass mask.astype(bool) "
-                "(binarize_gt thresholds 8-bit masks at >= 128)"
+                "(binarize_gt thresholds 8-bit masks at 128)"
             )
-        return mask >= HALF_LEVEL
+        return mask > HALF_LEVEL if strict else mask >= HALF_LEVEL
     if np.issubdtype(mask.dtype, np.floating):
         lo, hi = (float(mask.min()), float(mask.max())) if mask.size else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):
             raise ValueError(f"float ground truth must lie in [0, 1], got range [{lo}, {hi}]")
-        return mask >= 0.5
+        return mask > 0.5 if strict else mask >= 0.5
     raise ValueError(f"ground truth must be bool, uint8 or float, got {_describe(mask)}")
 
 
-def check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one (prediction, ground truth) pair; return ``(v uint8, gt bool)``."""
+class ScoreMap(NamedTuple):
+    """A prediction a protocol prepared with its exact float values kept (see the module doc)."""
+
+    levels: np.ndarray  # uint8 [H, W]: what the threshold curves compare
+    prob: np.ndarray  # float64 [H, W] in [0, 1]: what the pixel-wise metrics use
+
+
+def check_pair(pred: np.ndarray | ScoreMap, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate one (prediction, ground truth) pair; return ``(v uint8, gt bool, prob)`` where
+    ``prob`` is a ``ScoreMap``'s float map and None for a plain map (its prob is v / 255)."""
     gt = np.asarray(gt)
     if gt.dtype != bool:
         raise ValueError(
             f"ground truth must be bool, got {_describe(gt)}; use evaluator.metrics.binarize_gt"
         )
+    prob = None
+    if isinstance(pred, ScoreMap):
+        pred, prob = np.asarray(pred.levels), np.asarray(pred.prob, dtype=np.float64)
+        if pred.dtype != np.uint8 or prob.shape != pred.shape:
+            raise ValueError(f"a ScoreMap holds uint8 levels and a float map of one shape, got "
+                             f"{_describe(pred)} and {_describe(prob)}")
+        if prob.size and not (0.0 <= prob.min() and prob.max() <= 1.0):
+            raise ValueError(f"a ScoreMap's prob must lie in [0, 1], got [{prob.min()}, {prob.max()}]")
     pred_shape = np.shape(pred)
     if pred_shape != gt.shape:
         raise ValueError(
             f"prediction {getattr(pred, 'dtype', type(pred).__name__)}{list(pred_shape)} and ground "
             f"truth {_describe(gt)} differ in shape; resize the prediction to the ground truth first"
         )
-    return prediction_to_uint8(pred), gt
+    if gt.size == 0:
+        raise ValueError(f"prediction and ground truth {_describe(gt)} have no pixels; nothing to score")
+    return prediction_to_uint8(pred), gt, prob
 
 
 # --------------------------------------------------------------------------- per-image counts
@@ -132,6 +164,7 @@ class ImageStats:
     gt: np.ndarray  # bool [H, W]
     hist_fg: np.ndarray  # int64 [256]
     hist_bg: np.ndarray  # int64 [256]
+    exact: np.ndarray | None = None  # a ScoreMap's float map; None: the map is v / 255 exactly
 
     @property
     def n_fg(self) -> int:
@@ -147,8 +180,9 @@ class ImageStats:
 
     @cached_property
     def prob(self) -> np.ndarray:
-        """float64 probability map v / 255 (only the pixel-wise metrics need it)."""
-        return self.v / 255.0
+        """float64 probability map (only the pixel-wise metrics need it): v / 255, or the
+        ScoreMap's float map."""
+        return self.v / 255.0 if self.exact is None else self.exact
 
     def positives_above(self) -> tuple[np.ndarray, np.ndarray]:
         """``(tp, fp)`` int64 [256]: pixels with ``v > k`` for k = 0..255 (k = 255 gives 0)."""
@@ -156,15 +190,32 @@ class ImageStats:
         fp = self.n_bg - np.cumsum(self.hist_bg)
         return tp, fp
 
+    def positives_at_least(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(tp, fp)`` int64 [256]: pixels with ``v >= m`` for m = 0..255 (m = 0 takes all)."""
+        tp, fp = self.positives_above()
+        return np.concatenate(([self.n_fg], tp[:-1])), np.concatenate(([self.n_bg], fp[:-1]))
 
-def image_stats(pred: np.ndarray, gt: np.ndarray) -> ImageStats:
+    def adaptive_positives(self) -> tuple[int, int]:
+        """``(tp, fp)`` at the adaptive threshold ``prob >= min(2 * mean(prob), 1)``."""
+        if self.exact is not None:  # pysodmetrics' own float comparison, bit for bit
+            above = self.exact >= min(2 * self.exact.mean(), 1)
+            tp = int(np.count_nonzero(above & self.gt))
+            return tp, int(np.count_nonzero(above)) - tp
+        # v/255 >= 2 * S / (255 N)  <=>  v * N >= 2 S (exact integers), capped at v >= 255
+        s = int(self.hist_fg @ _LEVELS + self.hist_bg @ _LEVELS)
+        m = min(-(-2 * s // self.n), N_LEVELS - 1)
+        tp, fp = self.positives_at_least()
+        return int(tp[m]), int(fp[m])
+
+
+def image_stats(pred: np.ndarray | ScoreMap, gt: np.ndarray) -> ImageStats:
     """Validate a pair and build its histograms with one ``bincount`` over (gt, v) codes."""
-    v, gt = check_pair(pred, gt)
+    v, gt, exact = check_pair(pred, gt)
     # code = 256 * gt + v in uint16, one bincount: the cheapest pass found (measured on a
     # 300x400 map: 0.18 ms, vs 0.60 ms for boolean indexing + bincount, 5.0 ms for np.histogram).
     code = v.astype(np.uint16) | (gt.view(np.uint8).astype(np.uint16) << 8)
     hist = np.bincount(code.ravel(), minlength=2 * N_LEVELS).astype(np.int64)
-    return ImageStats(v=v, gt=gt, hist_fg=hist[N_LEVELS:], hist_bg=hist[:N_LEVELS])
+    return ImageStats(v=v, gt=gt, hist_fg=hist[N_LEVELS:], hist_bg=hist[:N_LEVELS], exact=exact)
 
 
 def _divide(num, den, *, where_zero: float) -> np.ndarray:
@@ -176,10 +227,12 @@ def _divide(num, den, *, where_zero: float) -> np.ndarray:
     return out
 
 
-def precision_recall_f(tp, fp, n_fg: int, beta2: float):
-    """Per-threshold precision, recall and F with the DESIGN.md empty-mask conventions."""
-    precision = _divide(tp, tp + fp, where_zero=1.0)  # empty prediction: precision 1
-    recall = _divide(tp, np.full_like(tp, n_fg), where_zero=1.0)  # empty gt: recall 1
+def precision_recall_f(tp, fp, n_fg: int, beta2: float, empty_score: float = 1.0):
+    """Per-threshold precision, recall and F. ``empty_score`` is the precision of an empty
+    prediction and the recall of an empty ground truth: 1 in DESIGN.md, 0 in pysodmetrics."""
+    tp = np.asarray(tp)
+    precision = _divide(tp, tp + fp, where_zero=empty_score)
+    recall = _divide(tp, np.full_like(tp, n_fg), where_zero=empty_score)
     f = _divide((1.0 + beta2) * precision * recall, beta2 * precision + recall, where_zero=0.0)
     return precision, recall, f
 
@@ -262,36 +315,51 @@ class _PerImageScalar(Metric):
 
 @register_metric("max_f")
 class MaxFMeasure(Metric):
-    """maxF_beta: per-image F at thresholds v > k (k = 0..254), averaged over images, maximised.
+    """maxF_beta: per-image F at thresholds v >= m, averaged over images, maximised; and the
+    adaptive F (per image at ``prob >= min(2 * mean, 1)``, averaged).
 
-    ``compute()`` returns ``max_f``, ``mean_f`` (mean of the curve), ``best_threshold`` (the
-    ``k`` of the maximum: foreground is ``v > k``, i.e. prob > k/255), ``thresholds``
-    (``arange(255)``), and the ascending curves ``f_curve``, ``precision_curve``,
-    ``recall_curve`` (per-threshold means over images).
+    ``lowest_level`` is the lowest m: 1 for the paper (255 thresholds, k = m - 1 in ``v > k``),
+    0 for the SOD toolkits (m = 0 marks every pixel). ``empty_score``: see
+    ``precision_recall_f``. ``compute()`` returns ``max_f``, ``mean_f`` (mean of the curve),
+    ``adaptive_f``, ``best_threshold`` (the ``k`` of the maximum: foreground is ``v > k``, i.e.
+    prob > k/255), ``thresholds`` (every such ``k``: ``arange(255)`` for the paper), and the
+    ascending curves ``f_curve``, ``precision_curve``, ``recall_curve`` (per-threshold means
+    over images).
     """
 
-    def __init__(self, beta2: float = 0.3) -> None:
+    def __init__(self, beta2: float = 0.3, lowest_level: int = 1, empty_score: float = 1.0) -> None:
         super().__init__()
+        if lowest_level not in (0, 1):
+            raise ValueError(f"lowest_level must be 0 (256 thresholds) or 1 (255), got {lowest_level}")
         self.beta2 = float(beta2)
-        self._sum_p = np.zeros(N_F_THRESHOLDS)
-        self._sum_r = np.zeros(N_F_THRESHOLDS)
-        self._sum_f = np.zeros(N_F_THRESHOLDS)
+        self.lowest_level = int(lowest_level)
+        self.empty_score = float(empty_score)
+        n = N_LEVELS - self.lowest_level
+        self._sum_p = np.zeros(n)
+        self._sum_r = np.zeros(n)
+        self._sum_f = np.zeros(n)
+        self._sum_adaptive = 0.0
 
     def _update(self, stats: ImageStats) -> None:
-        tp, fp = stats.positives_above()
-        p, r, f = precision_recall_f(tp[:N_F_THRESHOLDS], fp[:N_F_THRESHOLDS], stats.n_fg, self.beta2)
+        tp, fp = stats.positives_at_least()
+        lo = self.lowest_level
+        p, r, f = precision_recall_f(tp[lo:], fp[lo:], stats.n_fg, self.beta2, self.empty_score)
         self._sum_p += p
         self._sum_r += r
         self._sum_f += f
+        tp, fp = stats.adaptive_positives()
+        self._sum_adaptive += float(precision_recall_f(tp, fp, stats.n_fg, self.beta2, self.empty_score)[2])
 
     def _compute(self) -> dict:
         f = self._sum_f / self.n_images
         best = int(np.argmax(f))
+        thresholds = np.arange(self.lowest_level - 1, N_F_THRESHOLDS)
         return {
             "max_f": float(f[best]),
             "mean_f": float(f.mean()),
-            "best_threshold": best,
-            "thresholds": np.arange(N_F_THRESHOLDS),
+            "adaptive_f": self._sum_adaptive / self.n_images,
+            "best_threshold": int(thresholds[best]),
+            "thresholds": thresholds,
             "f_curve": f,
             "precision_curve": self._sum_p / self.n_images,
             "recall_curve": self._sum_r / self.n_images,
@@ -326,9 +394,12 @@ class Accuracy(_PerImageScalar):
 
 @register_metric("mae")
 class MAE(_PerImageScalar):
-    """Per-image mean |v/255 - gt|, averaged over images; integer sums from the histograms."""
+    """Per-image mean |prob - gt|, averaged over images; integer sums from the histograms for
+    8-bit maps, pysodmetrics' float mean for a ScoreMap."""
 
     def _score(self, stats: ImageStats) -> float:
+        if stats.exact is not None:
+            return float(np.mean(np.abs(stats.exact - stats.gt)))
         # sum over fg of (255 - v) plus sum over bg of v, all exact in int64.
         err = 255 * stats.n_fg - int(stats.hist_fg @ _LEVELS) + int(stats.hist_bg @ _LEVELS)
         return err / (255.0 * stats.n)
@@ -418,16 +489,10 @@ class EMeasure(Metric):
         self._adaptive: list[float] = []
 
     def _update(self, stats: ImageStats) -> None:
-        # pixels with v >= m = pixels with v > m - 1; m = 0 takes every pixel.
-        tp, fp = stats.positives_above()
-        tp = np.concatenate(([stats.n_fg], tp[:-1]))
-        fp = np.concatenate(([stats.n_bg], fp[:-1]))
+        tp, fp = stats.positives_at_least()
         self._sum_curve += _enhanced_alignment(tp, fp, stats.n_fg, stats.n)
-        # adaptive threshold: v/255 >= 2 * S / (255 N)  <=>  v * N >= 2 S (exact integers),
-        # capped at prob 1 (v >= 255) as pysodmetrics' min(2 * mean, 1).
-        s = int(stats.hist_fg @ _LEVELS + stats.hist_bg @ _LEVELS)
-        m = min(-(-2 * s // stats.n), N_LEVELS - 1)
-        self._adaptive.append(float(_enhanced_alignment(tp[m], fp[m], stats.n_fg, stats.n)))
+        tp, fp = stats.adaptive_positives()
+        self._adaptive.append(float(_enhanced_alignment(tp, fp, stats.n_fg, stats.n)))
 
     def _compute(self) -> dict:
         curve = self._sum_curve / self.n_images
@@ -441,7 +506,8 @@ class EMeasure(Metric):
 
 
 def _enhanced_alignment(tp, fp, n_fg: int, n: int):
-    """Sum of the enhanced alignment matrix / (N - 1), from counts (vectorised over thresholds)."""
+    """Sum of the enhanced alignment matrix / (N - 1), capped at 1 (see the module doc), from
+    counts (vectorised over thresholds)."""
     tp = np.asarray(tp, dtype=np.float64)
     fp = np.asarray(fp, dtype=np.float64)
     pred_fg = tp + fp
@@ -465,30 +531,86 @@ def _enhanced_alignment(tp, fp, n_fg: int, n: int):
         ):
             align = 2.0 * (a * b) / (a * a + b * b + EPS)
             total = total + (align + 1.0) ** 2 / 4.0 * count
-    return total / (n - 1 + EPS)
+    return np.minimum(total / (n - 1 + EPS), 1.0)
+
+
+@register_metric("weighted_f")
+class WeightedFMeasure(_PerImageScalar):
+    """Weighted F (Margolin et al. 2014) as pysodmetrics' ``WeightedFmeasure`` (the MATLAB
+    original line by line): errors at background pixels are taken at their nearest foreground
+    pixel, smoothed by a 7 x 7 Gaussian (sigma 5) and weighted by the distance to the object.
+    beta2 = 1 as there; 0 for an empty ground truth. Needs scipy (distance transform)."""
+
+    def __init__(self, beta2: float = 1.0) -> None:
+        super().__init__()
+        try:
+            from scipy import ndimage
+        except ImportError as e:
+            raise ValueError(f"weighted_f needs scipy ({e}); pip install 'bgw-seg[eval]'") from e
+        self._ndimage = ndimage
+        self.beta2 = float(beta2)
+        self._kernel = _gaussian_kernel(7, 5.0)
+
+    def _score(self, stats: ImageStats) -> float:
+        gt = stats.gt
+        if not stats.n_fg:
+            return 0.0
+        ndi = self._ndimage
+        dist, idx = ndi.distance_transform_edt(~gt, return_indices=True)
+        err = np.abs(stats.prob - gt)
+        err_t = err.copy()
+        err_t[~gt] = err_t[idx[0][~gt], idx[1][~gt]]  # background: the error at the nearest object pixel
+        err_a = ndi.convolve(err_t, weights=self._kernel, mode="constant", cval=0)
+        min_e = np.where(gt & (err_a < err), err_a, err)
+        weight = np.where(~gt, 2 - np.exp(np.log(0.5) / 5 * dist), 1.0)
+        err_w = min_e * weight
+        tp_w = stats.n_fg - np.sum(err_w[gt])
+        fp_w = np.sum(err_w[~gt])
+        recall = 1 - np.mean(err_w[gt])
+        precision = tp_w / (tp_w + fp_w + EPS)
+        return float((1 + self.beta2) * recall * precision / (recall + self.beta2 * precision + EPS))
+
+
+def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    """MATLAB's fspecial('gaussian', size, sigma)."""
+    r = (size - 1) / 2
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    h = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    h[h < np.finfo(h.dtype).eps * h.max()] = 0
+    return h / h.sum()
 
 
 # --------------------------------------------------------------------------- bundle
 
-DEFAULT_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "e_measure")
+DEFAULT_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "e_measure")  # the paper protocol's
 
 
 class SegmentationMetrics:
-    """Several metrics fed from ONE validation + histogram pass per image.
+    """Several metrics under one evaluation protocol, fed from ONE validation + histogram pass
+    per image.
 
-    ``compute()`` merges the metrics' dicts (their keys are distinct) and adds ``n_images``.
+    ``protocol`` names an ``evaluator.protocols`` entry (``paper``, ``sod-toolkit``): it
+    prepares each (map, ground truth) pair, picks the metrics (``names=None``) and their
+    threshold conventions (``kwargs_by_name`` override them per metric). ``update`` takes the
+    map (uint8 or float in [0, 1]) and the ground truth as bool or as the 8-bit mask, which the
+    protocol binarises. ``compute()`` merges the metrics' dicts (their keys are distinct) and
+    adds ``n_images``.
     """
 
-    def __init__(self, names: Iterable[str] = DEFAULT_METRICS, **kwargs_by_name: dict) -> None:
-        names = list(names)
+    def __init__(self, names: Iterable[str] | None = None, protocol: str = "paper", **kwargs_by_name: dict) -> None:
+        from .protocols import get_protocol  # protocols builds on this module's inputs
+
+        self.protocol = get_protocol(protocol)
+        names = list(self.protocol.metrics if names is None else names)
         if not names:
             raise ValueError(f"no metrics selected; choose from {sorted(METRICS)}")
-        self.metrics = {name: get_metric(name, **kwargs_by_name.get(name, {})) for name in names}
+        self.metrics = {name: get_metric(name, **{**self.protocol.options.get(name, {}),
+                                                  **kwargs_by_name.get(name, {})}) for name in names}
         self.n_images = 0
 
     def update(self, pred: np.ndarray, gt: np.ndarray) -> ImageStats:
         """Score one image; returns its ``ImageStats`` for callers that want more."""
-        stats = image_stats(pred, gt)
+        stats = image_stats(*self.protocol.prepare(pred, gt))
         for metric in self.metrics.values():
             metric.update_stats(stats)
         self.n_images += 1
