@@ -580,7 +580,8 @@ def _openimages_wsol(root: Path) -> Dataset:
     return _wsol(root, "openimages-wsol", "OpenImages", "pxap")
 
 
-# ---- shards:SET, the validation part of a synthetic shard set
+# ---- shards:SET, the validation part of a synthetic shard set (each shard is checked against its
+# manifest record while it streams: a changed shard is a DatasetError naming it)
 
 
 def _shards(set_spec: str) -> Dataset:
@@ -600,7 +601,8 @@ def _shards(set_spec: str) -> Dataset:
         items = []
         for url in urls:
             try:  # keys only: listing needs no image decoding
-                items += [Item(raw["__key__"], url, key=raw["__key__"]) for raw in shardset.iter_raw_samples(url)]
+                items += [Item(raw["__key__"], url, key=raw["__key__"])
+                          for raw in shardset.iter_raw_samples(url, expect=ref.record(url))]
             except shardset.ShardError as e:
                 raise DatasetError(f"{name}: {str(e).splitlines()[0]}") from e
         return items
@@ -617,7 +619,7 @@ def _shards(set_spec: str) -> Dataset:
             if it.key not in cache and url not in done_urls:
                 keys = {w.key for w in wanted[url]}
                 try:
-                    for s in shardset.iter_samples(url):
+                    for s in shardset.iter_samples(url, expect=ref.record(url)):
                         if s["__key__"] in keys:
                             cache[s["__key__"]] = (s["image"], s["mask"].astype(bool))
                 except shardset.ShardError as e:

@@ -7,7 +7,9 @@ Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset
     atomic.py    atomic file writes (temporary name, fsync, rename) used by every package
     manifest.py  manifest schema v1: build, validate, load, atomic write, fingerprint
     writer.py    ShardSetWriter: atomic shards + per-shard records + manifest; resume; parallel workers
-    reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples
+    lock.py      flock on a lock file naming its holder (one writer per set, one trainer per run folder)
+    reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples; shards
+                 hashed while they stream and checked against their manifest record
     urls.py      resolve(spec) of globs, brace ranges, manifests, folders, file/http(s)/fsspec URLs
     wds.py       webdataset `zstd:` URL scheme and safe pipeline stages
     verify.py    re-hash shards against the manifest and decode every sample
@@ -30,6 +32,7 @@ from .format import (
     sample_key,
     shard_filename,
 )
+from .lock import LockHeldError
 from .manifest import ManifestError, canonical_manifest, load_manifest, manifest_fingerprint, validate_manifest
 from .reader import iter_raw_samples, iter_samples
 from .urls import ShardSetRef, expand_braces, open_url, resolve
@@ -42,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LOSSLESS_ENCODINGS",
     "Limits",
+    "LockHeldError",
     "ManifestError",
     "ShardError",
     "ShardSetExistsError",

@@ -67,7 +67,8 @@ def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols
 def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
     """Re-hash every shard of SET against the manifest and decode every sample.
 
-    Exits 0 when all hold; otherwise 1, naming each bad shard.
+    Exits 0 when all hold; otherwise 1, naming each bad shard. A set whose manifest says it is
+    incomplete, or whose listed shards are missing or not selected by SET, also fails.
     """
     from tqdm import tqdm
 
@@ -81,8 +82,11 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
         click.echo(f"note: {note}", err=True)
     for bad in report.bad:
         click.echo(f"BAD {bad.url}: {bad.reason}")
+    for problem in report.problems:
+        click.echo(f"SET {ref.manifest_url}: {problem}")
     if not report.ok:
-        click.echo(f"FAILED: {len(report.bad)} of {len(report.shards)} shards bad", err=True)
+        extra = f"; {len(report.problems)} set-level problem(s)" if report.problems else ""
+        click.echo(f"FAILED: {len(report.bad)} of {len(report.shards)} shards bad{extra}", err=True)
         sys.exit(1)
     click.echo(f"OK: {len(report.shards)} shards, {report.samples} samples")
 

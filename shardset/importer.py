@@ -102,8 +102,9 @@ def plan_shards(n: int, shard_size: int, val_fraction: float, seed: int) -> list
 _WORKER: dict = {}
 
 
-def _init_worker(writer_kwargs: dict, pairs: list, size: int) -> None:
-    _WORKER.update(writer=ShardSetWriter(**writer_kwargs, mode="resume"), pairs=pairs, size=size)
+def _init_worker(writer_kwargs: dict, pairs: list, size: int, writer: ShardSetWriter | None = None) -> None:
+    # a pool worker joins the set (a shared lock, same params); in-process, the parent's writer serves
+    _WORKER.update(writer=writer or ShardSetWriter(**writer_kwargs, mode="resume"), pairs=pairs, size=size)
 
 
 def _import_shard(index: int, split: str, idx: list[int]) -> int:
@@ -157,25 +158,29 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
         "dataset_fingerprint": folder_fingerprint(pairs),
     }
     writer_kwargs = dict(out_dir=out, name=name, encoding=encoding, shard_size=shard_size, params=params, seed=seed)
-    writer = ShardSetWriter(**writer_kwargs, mode=mode)
-    plan = plan_shards(len(pairs), shard_size, val_fraction, seed)
-    done = writer.completed()
-    todo = [(k, split, idx) for k, (split, idx) in enumerate(plan) if k not in done]
-    if progress:
-        progress(sum(r["samples"] for r in done.values()))
-    log.info("importing %d pairs into %d shards (%d already done)", len(pairs), len(plan), len(plan) - len(todo))
-    if num_workers <= 1:
-        _init_worker(writer_kwargs, pairs, size)
-        for k, split, idx in todo:
-            n = _import_shard(k, split, idx)
-            if progress:
-                progress(n)
-    else:
-        with ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=(writer_kwargs, pairs, size)) as ex:
-            futures = [ex.submit(_import_shard, k, split, idx) for k, split, idx in todo]
-            for fut in futures:
-                n = fut.result()
-                if progress:
-                    progress(n)
-    _WORKER.clear()
-    return writer.finalize(planned={"shards": len(plan), "pairs": len(pairs)})
+    with ShardSetWriter(**writer_kwargs, mode=mode) as writer:
+        plan = plan_shards(len(pairs), shard_size, val_fraction, seed)
+        done = writer.completed()
+        todo = [(k, split, idx) for k, (split, idx) in enumerate(plan) if k not in done]
+        if progress:
+            progress(sum(r["samples"] for r in done.values()))
+        log.info("importing %d pairs into %d shards (%d already done)", len(pairs), len(plan), len(plan) - len(todo))
+        try:
+            if num_workers <= 1:
+                _init_worker(writer_kwargs, pairs, size, writer)
+                for k, split, idx in todo:
+                    n = _import_shard(k, split, idx)
+                    if progress:
+                        progress(n)
+            else:
+                writer.share()  # the pool's workers join with shared locks; other writers stay out
+                with ProcessPoolExecutor(num_workers, initializer=_init_worker,
+                                         initargs=(writer_kwargs, pairs, size)) as ex:
+                    futures = [ex.submit(_import_shard, k, split, idx) for k, split, idx in todo]
+                    for fut in futures:
+                        n = fut.result()
+                        if progress:
+                            progress(n)
+        finally:
+            _WORKER.clear()
+        return writer.finalize(planned={"shards": len(plan), "pairs": len(pairs)})

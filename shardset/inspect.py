@@ -86,7 +86,8 @@ def write_preview(spec: str | list[str] | ShardSetRef, out_png: str | Path, *, n
                   limits: Limits = Limits()) -> int:
     """Write a contact sheet of the first `n` samples to `out_png` (atomically); returns the count."""
     ref = spec if isinstance(spec, ShardSetRef) else resolve(spec)
-    samples = list(itertools.islice((s for url in ref.urls for s in iter_samples(url, limits=limits)), n))
+    samples = list(itertools.islice((s for url in ref.urls
+                                     for s in iter_samples(url, limits=limits, expect=ref.record(url))), n))
     sheet = contact_sheet(samples, cols)
     ok, enc = cv2.imencode(".png", sheet[:, :, ::-1])
     if not ok:

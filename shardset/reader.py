@@ -4,9 +4,15 @@ Built for shards from strangers. The zstd frame header is checked before inflati
 and window), the inflated byte count is bounded while streaming, every tar header is checked
 (checksum, regular files only, known member names only, bounded sizes), and each sample is
 decoded by `codec.decode_sample`. Every failure is a `ShardError` naming the shard.
+
+Integrity: `open_shard(url, expect=record)` (a manifest shard record, `ShardSetRef.record(url)`)
+hashes the compressed bytes as the decoder pulls them, so no extra pass over the file; when the
+stream reaches its end, a size or sha256 that differs from the record is a `ShardError`. A shard
+read only in part (a reader that stops early) is not checked; one without a record never is.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import BinaryIO, Iterator
 
@@ -36,6 +42,67 @@ class _Prefixed(io.RawIOBase):
         data = self._raw.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+class HashingReader(io.RawIOBase):
+    """The compressed bytes of one shard, hashed as they are read and checked against the
+    manifest's record (`sha256`, `bytes`) at the end of the stream.
+
+    This is the one place shard bytes are checked while streaming: every reader (iter_samples,
+    the webdataset stages, the trainer, eval-seg's shards:SET, export) opens shards through
+    `open_shard`. The check runs when a read returns end-of-file, and again (a no-op by then)
+    from `check()`, which iter_raw_samples calls after the last tar member.
+    """
+
+    def __init__(self, raw: BinaryIO, url: str, expect: dict):
+        self._raw, self.url = raw, url
+        self._sha256, self._bytes = str(expect["sha256"]), int(expect["bytes"])
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _take(self, data: bytes) -> bytes:
+        if data:
+            self._hash.update(data)
+            self.count += len(data)
+            if self.count > self._bytes:
+                raise ShardError(self.url, f"is longer than the {self._bytes} bytes its manifest record says: "
+                                           "changed since it was written; run `shardset verify`")
+        else:
+            self.check()
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._take(self._raw.read(size))
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def check(self) -> None:
+        """Hash what is left unread (nothing, normally) and compare with the record, once."""
+        if self._checked:
+            return
+        self._checked = True
+        while chunk := self._raw.read(1 << 16):
+            self._hash.update(chunk)
+            self.count += len(chunk)
+        if self.count != self._bytes:
+            raise ShardError(self.url, f"is {self.count} bytes, its manifest record says {self._bytes}: "
+                                       "changed since it was written; run `shardset verify`")
+        if self._hash.hexdigest() != self._sha256:
+            raise ShardError(self.url, "sha256 differs from its manifest record: the shard changed (corrupt or "
+                                       "tampered) since it was written; run `shardset verify`")
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
 
 
 class BoundedZstdReader(io.RawIOBase):
@@ -71,6 +138,8 @@ class BoundedZstdReader(io.RawIOBase):
         except zstandard.ZstdError as exc:
             raise ShardError(self.url, f"corrupt zstd data ({exc})") from None
         self.count += n
+        if n == 0:
+            self.check()
         if self.count > self.limits.max_shard_bytes:
             raise ShardError(
                 self.url,
@@ -78,6 +147,11 @@ class BoundedZstdReader(io.RawIOBase):
                 "a zip bomb or an over-size shard; refused",
             )
         return n
+
+    def check(self) -> None:
+        """At the end of the stream: the manifest check of the compressed bytes, when asked for."""
+        if isinstance(self._raw, HashingReader):
+            self._raw.check()
 
     def close(self) -> None:
         try:
@@ -173,27 +247,40 @@ def iter_raw(stream: BinaryIO, url: str, limits: Limits = Limits()) -> Iterator[
         yield current
 
 
-def open_shard(url: str, limits: Limits = Limits()) -> BoundedZstdReader:
-    """Decompressed, bounded stream of the shard at `url` (local path, file://, http(s)://, fsspec)."""
+def open_shard(url: str, limits: Limits = Limits(), expect: dict | None = None) -> BoundedZstdReader:
+    """Decompressed, bounded stream of the shard at `url` (local path, file://, http(s)://, fsspec).
+
+    With `expect` (the shard's manifest record: "sha256" and "bytes") the compressed bytes are
+    hashed while they stream and checked at the end of the stream (see HashingReader)."""
     from .urls import open_url
 
     raw = open_url(url)
     try:
+        if expect is not None:
+            raw = HashingReader(raw, url, expect)
         return BoundedZstdReader(raw, url, limits)
     except BaseException:
         raw.close()
         raise
 
 
-def iter_raw_samples(url: str, *, limits: Limits = Limits()) -> Iterator[dict]:
-    """Raw (undecoded) samples of one shard."""
-    with open_shard(url, limits) as zs:
-        yield from iter_raw(io.BufferedReader(zs, 1 << 16), url, limits)
+def iter_raw_samples(url: str, *, limits: Limits = Limits(), expect: dict | None = None) -> Iterator[dict]:
+    """Raw (undecoded) samples of one shard; with `expect`, checked against its manifest record
+    once the last member is read (before the last sample is handed out)."""
+    with open_shard(url, limits, expect) as zs:
+        last = None
+        for raw in iter_raw(io.BufferedReader(zs, 1 << 16), url, limits):
+            if last is not None:
+                yield last
+            last = raw
+        zs.check()
+        if last is not None:
+            yield last
 
 
-def iter_samples(url: str, *, limits: Limits = Limits()) -> Iterator[dict]:
+def iter_samples(url: str, *, limits: Limits = Limits(), expect: dict | None = None) -> Iterator[dict]:
     """Decoded samples of one shard, streamed; raises ShardError(url, reason) naming the shard."""
-    for raw in iter_raw_samples(url, limits=limits):
+    for raw in iter_raw_samples(url, limits=limits, expect=expect):
         sample = decode_sample(raw, limits)
         sample.pop("__url__", None)
         yield sample

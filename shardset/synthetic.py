@@ -35,10 +35,10 @@ def write_synthetic_set(out_dir: str | os.PathLike, name: str = "synth", *, shar
                         size: int = 32, val_shards: int = 0, encoding: str = DEFAULT_ENCODING, seed: int = 0,
                         order: list[int] | None = None) -> dict:
     """Write a complete synthetic set (the last `val_shards` shards are val); returns its manifest."""
-    w = ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
-                       params={"generator": "synthetic", "size": size}, seed=seed)
-    for k in order if order is not None else range(shards):
-        samples = make_samples(shard_size, size, seed=seed * 1_000_003 + k)
-        w.write_shard(k, samples, split="val" if k >= shards - val_shards else "train",
-                      stats={"drawn": shard_size + k, "rejected": {"size": k, "histogram": 0}})
-    return w.finalize(planned={"shards": shards})
+    with ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
+                        params={"generator": "synthetic", "size": size}, seed=seed) as w:
+        for k in order if order is not None else range(shards):
+            samples = make_samples(shard_size, size, seed=seed * 1_000_003 + k)
+            w.write_shard(k, samples, split="val" if k >= shards - val_shards else "train",
+                          stats={"drawn": shard_size + k, "rejected": {"size": k, "histogram": 0}})
+        return w.finalize(planned={"shards": shards})

@@ -112,6 +112,7 @@ class ShardSetRef:
     manifest: dict | None = None
     manifest_url: str | None = None
     specs: list[str] = field(default_factory=list)
+    _records: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def split_urls(self, split: str) -> list[str]:
         """URLs of the shards in `split` ("train" or "val"), by the manifest.
@@ -125,6 +126,15 @@ class ShardSetRef:
             return list(self.urls) if split == "train" else []
         splits = {r["file"]: r["split"] for r in self.manifest["shards"]}
         return [u for u in self.urls if splits.get(u.rsplit("/", 1)[-1]) == split]
+
+    def record(self, url: str) -> dict | None:
+        """The manifest's record of the shard at `url` (its "sha256" and "bytes" let readers check
+        it while streaming: `iter_samples(url, expect=ref.record(url))`), or None."""
+        if self.manifest is None:
+            return None
+        if self._records is None:
+            self._records = {r["file"]: r for r in self.manifest["shards"]}
+        return self._records.get(url.rsplit("/", 1)[-1])
 
     @property
     def name(self) -> str | None:

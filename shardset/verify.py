@@ -1,4 +1,8 @@
-"""Verify a shard set: re-hash every shard against its manifest record and decode every sample."""
+"""Verify a shard set: re-hash every shard against its manifest record and decode every sample.
+
+Set-level checks too (with a manifest): a set whose manifest says `complete: false`, and shards
+the manifest lists that are missing on disk or not selected by the spec, fail the verification.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -26,10 +30,11 @@ class ShardReport:
 class VerifyReport:
     shards: list[ShardReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # set-level remarks (e.g. no manifest to hash against)
+    problems: list[str] = field(default_factory=list)  # set-level failures: incomplete, listed shards missing
 
     @property
     def ok(self) -> bool:
-        return bool(self.shards) and all(s.ok for s in self.shards)
+        return bool(self.shards) and all(s.ok for s in self.shards) and not self.problems
 
     @property
     def bad(self) -> list[ShardReport]:
@@ -69,11 +74,42 @@ def verify_shard(url: str, record: dict | None, *, decode: bool = True, limits: 
         return ShardReport(url, False, reason=exc.reason)
 
 
+def _names(files: list[str], n: int = 3) -> str:
+    return ", ".join(files[:n]) + (f" and {len(files) - n} more" if len(files) > n else "")
+
+
+def set_problems(ref: ShardSetRef) -> list[str]:
+    """What the manifest says is wrong with the set as `ref` selects it (empty without a manifest):
+    `complete: false`, and listed shards that are missing on disk or that the spec leaves out."""
+    m = ref.manifest
+    if m is None:
+        return []
+    out = []
+    if not m["complete"]:
+        planned = (m.get("planned") or {}).get("shards", "?")
+        out.append(f"incomplete: the manifest says complete: false ({len(m['shards'])} of {planned} planned "
+                   "shards written); its writer stopped early or is still running")
+    selected = {u.rsplit("/", 1)[-1] for u in ref.urls}
+    left_out = [r["file"] for r in m["shards"] if r["file"] not in selected]
+    if left_out:
+        local = ref.manifest_url and "://" not in ref.manifest_url
+        folder = Path(ref.manifest_url).parent if local else None
+        gone = [f for f in left_out if folder is not None and not (folder / f).exists()]
+        unselected = [f for f in left_out if f not in gone]
+        n = len(m["shards"])
+        if gone:
+            out.append(f"{len(gone)} of the {n} shards the manifest lists are missing on disk: {_names(gone)}")
+        if unselected:
+            out.append(f"{len(unselected)} of the {n} shards the manifest lists are not selected by "
+                       f"{' '.join(ref.specs)}: {_names(unselected)}")
+    return out
+
+
 def verify_set(spec: str | list[str] | ShardSetRef, *, decode: bool = True, limits: Limits = Limits(),
                progress: Callable[[ShardReport], None] | None = None) -> VerifyReport:
     """Verify every shard named by `spec`; without a manifest only decoding can be checked."""
     ref = spec if isinstance(spec, ShardSetRef) else resolve(spec)
-    report = VerifyReport()
+    report = VerifyReport(problems=set_problems(ref))
     records = {}
     if ref.manifest is None:
         report.notes.append("no manifest found: shards were decoded but not checked against hashes")

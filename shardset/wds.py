@@ -8,6 +8,10 @@
                           shardset.wds.decode_samples)
 
 webdataset is imported lazily (only `register` needs it): `import shardset` never pulls it in.
+
+Integrity: `tar_samples` checks each shard against its manifest record while streaming it when
+the descriptor carries one ({"url": ..., "expect": ref.record(url)}); the `zstd:` scheme (for
+webdataset's own tar reader) has only the URL, so it does not.
 The stages are top-level generator functions, so they pickle into DataLoader worker processes.
 """
 from __future__ import annotations
@@ -51,18 +55,20 @@ def reraise_exception(exn: Exception) -> bool:
 
 def tar_samples(src: Iterable[dict | str], handler: Callable[[Exception], bool] = reraise_exception,
                 limits: Limits = Limits()) -> Iterator[dict]:
-    """Pipeline stage: shard descriptors ({"url": ...} or plain URLs) -> raw samples
-    {"__key__", "__url__", "image.png": bytes, ...}. Bounded and strict (see reader.py).
+    """Pipeline stage: shard descriptors ({"url": ..., "expect": record or None} or plain URLs)
+    -> raw samples {"__key__", "__url__", "image.png": bytes, ...}. Bounded and strict (see
+    reader.py); a descriptor's "expect" (its manifest record) has the shard hashed as it streams.
 
     `handler(exn)` decides on a bad shard: return True to skip to the next shard, False to stop,
     or raise (the default), following webdataset's handler convention.
     """
     for item in src:
         url = item["url"] if isinstance(item, dict) else item
+        expect = item.get("expect") if isinstance(item, dict) else None
         if url.startswith(SCHEME + ":"):
             url = url[len(SCHEME) + 1 :]
         try:
-            yield from iter_raw_samples(url, limits=limits)
+            yield from iter_raw_samples(url, limits=limits, expect=expect)
         except ShardError as exn:
             if handler(exn):
                 log.warning("skipping shard: %s", exn)

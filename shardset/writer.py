@@ -7,10 +7,24 @@ Layout in `out_dir`:
     .NAME.records/set.json       the set header (name, params, seed, encoding, created, tool)
     .NAME.records/000123.json    one record per finished shard: the commit marker
 
+    NAME.lock                    who writes the set (see "Writers of one set" below)
+    .NAME.lock                   short critical sections: header, commits, manifest rebuilds
+
 A shard is written as `NAME-000123.tar.zst.<pid>.tmp`, fsynced and renamed; its record is written
 after the rename, and only recorded shards appear in the manifest. So a killed writer leaves
 complete shards and a manifest listing exactly the recorded ones, and several processes may
 write disjoint shard indices into one folder (the manifest rebuild runs under a file lock).
+
+Writers of one set. Every writer takes `flock` on NAME.lock before it writes anything and holds
+it until `close()` (or until it is garbage collected, or its process ends): modes "new" and
+"overwrite" exclusively, mode "resume" shared (override with `lock=`). A second writer whose
+lock conflicts fails at once with `LockHeldError` naming the holder's pid and host. Shared
+holders are the workers of one run (gen-synth --num-workers, shardset import --num-workers):
+each joins the set only if its params, seed, encoding and shard size equal the set header's
+(compared under .NAME.lock), so sharers compute the same shard for the same index, and a shard's
+rename and its record are committed together under .NAME.lock, so a file and its record always
+come from one writer even if two sharers write the same index. flock is advisory and, on some
+network filesystems, local to one machine: see shardset/lock.py.
 """
 from __future__ import annotations
 
@@ -48,11 +62,13 @@ from .format import (
     manifest_filename,
     shard_filename,
 )
+from .lock import FileLock, LockHeldError  # noqa: F401  (LockHeldError: re-exported for callers)
 from .manifest import atomic_write_text, build_manifest, dumps, fsync_dir, tool_info, utc_now, write_manifest
 
 log = logging.getLogger(__name__)
 
 MODES = ("new", "resume", "overwrite")
+LOCKS = ("exclusive", "shared")
 _TMP_RE = re.compile(r"\.(?P<pid>\d+)\.tmp$")
 
 
@@ -158,6 +174,32 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def setting_differences(old, new, path: str = "") -> list[str]:
+    """'params.filters.min_fg (set 0.1, this run 0.2)' for each leaf where two settings differ,
+    by dotted path (list items as [i]); a whole value when the shapes differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in new:
+                out.append(f"{sub} (set {_short(old[k])}, not in this run)")
+            elif k not in old:
+                out.append(f"{sub} (not in the set, this run {_short(new[k])})")
+            else:
+                out += setting_differences(old[k], new[k], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in setting_differences(a, b, f"{path}[{i}]")]
+    if old != new:
+        return [f"{path} (set {_short(old)}, this run {_short(new)})"]
+    return []
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -174,11 +216,16 @@ class ShardSetWriter:
     mode: "new" refuses a folder that already holds the set; "resume" keeps every recorded shard
     that re-hashes correctly (and refuses when params/seed/encoding/shard size differ);
     "overwrite" deletes the set first. Parallel workers: the parent opens the set ("new" or
-    "overwrite"), each worker opens it with "resume" and writes its own shard indices.
+    "overwrite") and `share()`s or `close()`s it, each worker opens it with "resume" and writes
+    its own shard indices.
+
+    lock: "exclusive" or "shared" (default: shared for "resume", exclusive otherwise); see the
+    module docstring. Use the writer as a context manager, or call `close()`, to release it.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, *, encoding: str = DEFAULT_ENCODING,
-                 shard_size: int = 1000, params: dict | None = None, seed: int = 0, mode: str = "new"):
+                 shard_size: int = 1000, params: dict | None = None, seed: int = 0, mode: str = "new",
+                 lock: str | None = None):
         self.out_dir = Path(out_dir)
         self.name = check_name(name)
         self.encoding = check_encoding(encoding)
@@ -186,6 +233,9 @@ class ShardSetWriter:
             raise ValueError(f"shard_size must be a positive int, got {shard_size!r}")
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is unknown: choose one of {', '.join(MODES)}")
+        lock = lock or ("shared" if mode == "resume" else "exclusive")
+        if lock not in LOCKS:
+            raise ValueError(f"lock {lock!r} is unknown: choose one of {', '.join(LOCKS)}")
         try:  # the params go into JSON; normalise numpy scalars now and fail now, not after a shard
             params = json.loads(json.dumps(dict(params or {}), allow_nan=False, default=codec.json_default))
         except (TypeError, ValueError) as exc:
@@ -197,6 +247,10 @@ class ShardSetWriter:
         self.manifest_path = self.out_dir / manifest_filename(name)
         self._verified: dict[str, tuple] = {}  # file -> (size, mtime_ns) already re-hashed OK
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # before anything else is written, and held until close(): see "Writers of one set"
+        self._holder = FileLock(self.out_dir / f"{name}.lock", shared=lock == "shared",
+                                what=f"shard set {self.manifest_path}",
+                                hint="wait for that writer to finish, or write to another name or folder")
 
         header = {"name": name, "params": params, "seed": self.seed, "shard_size": shard_size,
                   "encoding": encoding}
@@ -205,6 +259,7 @@ class ShardSetWriter:
                 self._delete_set()
             existing = self._existing()
             if mode == "new" and existing:
+                self.close()
                 raise ShardSetExistsError(
                     f"{self.out_dir} already holds shard set {name!r} ({existing}); "
                     f"use mode 'resume' to continue it or 'overwrite' to replace it"
@@ -212,12 +267,14 @@ class ShardSetWriter:
             header_path = self.records_dir / "set.json"
             if header_path.exists():
                 self.header = json.loads(header_path.read_text())
-                for key in ("params", "seed", "shard_size", "encoding"):
-                    if json.loads(dumps(self.header[key])) != json.loads(dumps(header[key])):
-                        raise ValueError(
-                            f"cannot resume {self.manifest_path}: its {key} is {self.header[key]!r} but this run "
-                            f"has {header[key]!r}; use the same settings or mode 'overwrite'"
-                        )
+                keys = ("params", "seed", "shard_size", "encoding")
+                diffs = setting_differences({k: json.loads(dumps(self.header[k])) for k in keys},
+                                            {k: json.loads(dumps(header[k])) for k in keys})
+                if diffs:
+                    more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+                    self.close()
+                    raise ValueError(f"cannot resume {self.manifest_path}: this run's settings differ from "
+                                     f"the set's in {', '.join(diffs[:3])}{more}")
             else:
                 self.records_dir.mkdir(parents=True, exist_ok=True)
                 self.header = {**header, "created": utc_now(), "tool": tool_info()}
@@ -227,6 +284,23 @@ class ShardSetWriter:
             done = self.completed()
             log.info("resuming %s: %d shards already complete", self.manifest_path, len(done))
         self._rebuild_manifest()
+
+    # -- the writer's lock ----------------------------------------------------------------------
+
+    def share(self) -> None:
+        """Let workers join (mode "resume") while this writer still holds the set: its exclusive
+        lock becomes a shared one (see FileLock.share)."""
+        self._holder.share()
+
+    def close(self) -> None:
+        """Release the set's lock; the writer must not write after this. Idempotent."""
+        self._holder.release()
+
+    def __enter__(self) -> "ShardSetWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- folder state ---------------------------------------------------------------------------
 
@@ -283,7 +357,7 @@ class ShardSetWriter:
 
     def completed(self) -> dict[int, dict]:
         """Records of the shards on disk whose size and sha256 match; others are dropped."""
-        out, dropped = {}, False
+        out, dropped, bad = {}, False, []
         for rec in self._records():
             path = self.out_dir / rec.get("file", "")
             try:
@@ -299,9 +373,25 @@ class ShardSetWriter:
             if ok:
                 out[rec["index"]] = rec
             else:
-                log.warning("shard %s does not match its record; it will be rewritten", path)
-                self._record_path(rec["index"]).unlink(missing_ok=True)
-                dropped = True
+                bad.append((rec, stamp))
+        if bad:
+            with self._lock():  # a sharer may have committed that index since: drop only what we checked
+                for rec, stamp in bad:
+                    rp, path = self._record_path(rec["index"]), self.out_dir / rec.get("file", "")
+                    try:
+                        if json.loads(rp.read_text()) != rec:
+                            continue
+                    except (OSError, ValueError):  # gone, or replaced meanwhile: nothing to drop
+                        continue
+                    try:
+                        st = path.stat()
+                        now = (st.st_size, st.st_mtime_ns)
+                    except OSError:
+                        now = None
+                    if now == stamp:
+                        log.warning("shard %s does not match its record; it will be rewritten", path)
+                        rp.unlink(missing_ok=True)
+                        dropped = True
         if dropped:
             self._rebuild_manifest()
         return out
@@ -355,25 +445,26 @@ class ShardSetWriter:
         final = self.out_dir / fname
         tmp = self.out_dir / f"{fname}.{os.getpid()}.tmp"
         self._record_path(index).unlink(missing_ok=True)  # a rewritten shard is uncommitted until recorded
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.out_dir)
         record = {"index": index, "file": fname, "split": split, "samples": len(samples), "bytes": len(data),
                   "sha256": hashlib.sha256(data).hexdigest(), "drawn": drawn, "rejected": rejected,
                   "zstd_level": ZSTD_LEVEL}
         if stats:
             record["stats"] = stats
-        st = final.stat()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._lock():  # rename and record together: a sharer's commit of this index comes whole
+                os.replace(tmp, final)
+                fsync_dir(self.out_dir)
+                st = final.stat()
+                # the record is the commit marker: written last, atomically
+                atomic_write_text(self._record_path(index), dumps(record))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._verified[fname] = (st.st_size, st.st_mtime_ns)
-        # the record is the commit marker: written last, atomically
-        atomic_write_text(self._record_path(index), dumps(record))
         self._rebuild_manifest()
         log.debug("wrote %s (%d samples, %d bytes)", final, len(samples), len(data))
         return record

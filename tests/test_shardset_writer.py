@@ -111,8 +111,12 @@ def test_resume_keeps_good_shards_and_drops_corrupt_ones(tmp_path):
 
 def test_resume_with_other_params_refused(tmp_path):
     write_synthetic_set(tmp_path, "s", shards=1)
-    with pytest.raises(ValueError, match="its params is .* use the same settings or mode 'overwrite'"):
+    with pytest.raises(ValueError) as e:
         ShardSetWriter(tmp_path, "s", shard_size=4, params={"generator": "other"}, seed=0, mode="resume")
+    # one short line naming each differing setting by its dotted path, the set's value and this run's
+    assert str(e.value) == (f"cannot resume {tmp_path / 's.json'}: this run's settings differ from the set's in "
+                            'params.generator (set "synthetic", this run "other"), params.size (set 32, not in this run)')
+    assert "overwrite" not in str(e.value)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -21,6 +21,13 @@ number of ranks and workers.
 
 The validation part (manifest split "val") is read by `load_val_samples` in the main process and
 never enters the training stream.
+
+Integrity: every shard listed in a manifest is hashed while it streams (shardset's
+`open_shard(..., expect=record)`) and a shard whose bytes differ from the manifest's sha256 stops
+training with one line naming it, at the end of that shard. A shard cut off at the end of a round
+is checked whenever a later round reads it to its end. Shards without a manifest are unverified
+(a WARNING says so). A set whose manifest says `complete: false` is refused unless
+`allow_incomplete`; a spec selecting only some of a manifest's shards gets a WARNING with counts.
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -76,6 +84,7 @@ class ShardSource:
     image_size: tuple[int, int] | None  # (H, W) from the manifest, None when unknown
     encoding: str | None
     manifests: tuple[dict | None, ...] = ()
+    expect: dict | None = None  # url -> manifest record ({"sha256", "bytes", ...}) of every verifiable shard
 
 
 def _manifest_facts(manifest: dict | None) -> dict:
@@ -111,7 +120,35 @@ def check_compatible(named_facts: list[tuple[str, dict]]) -> dict:
     return first or {}
 
 
-def resolve_shards(specs: Iterable[str]) -> ShardSource:
+def _check_set(spec: str, ref, allow_incomplete: bool) -> None:
+    """Refuse an incomplete set (unless allowed) and listed shards missing on disk; warn when the
+    spec selects a subset of its manifest's shards, or when there is no manifest to verify against."""
+    m = ref.manifest
+    if m is None:
+        log.warning("--shards %r has no manifest (no NAME.json beside the shards): its %d shards are unverified "
+                    "(no sha256 to check them against), and all train, none validate", spec, len(ref.urls))
+        return
+    if not m["complete"]:
+        planned = (m.get("planned") or {}).get("shards", "?")
+        what = (f"--shards {spec!r} is an incomplete set (its manifest says complete: false, "
+                f"{len(m['shards'])} of {planned} planned shards)")
+        if not allow_incomplete:
+            raise DataError(f"{what}; finish it (e.g. gen-synth --resume) or pass --allow-incomplete to train "
+                            "on the shards it has")
+        log.warning("%s; training on it (--allow-incomplete)", what)
+    selected = {u.rsplit("/", 1)[-1] for u in ref.urls}
+    listed = [r["file"] for r in m["shards"]]
+    k = sum(f in selected for f in listed)
+    if k < len(listed):
+        log.warning("--shards %r selects %d of the %d shards its manifest %s lists; training on that subset",
+                    spec, k, len(listed), ref.manifest_url)
+    for u in ref.urls:
+        if "://" not in u and not Path(u).is_file():
+            raise DataError(f"--shards {spec!r}: shard {u} (listed in {ref.manifest_url}) does not exist; "
+                            "run `shardset verify` on the set")
+
+
+def resolve_shards(specs: Iterable[str], allow_incomplete: bool = False) -> ShardSource:
     """Resolve one or more --shards specs through shardset.resolve; split train from val."""
     specs = list(specs)
     if not specs:
@@ -132,6 +169,7 @@ def resolve_shards(specs: Iterable[str]) -> ShardSource:
                 # without one manifest the val split is unknown: refuse rather than train on it
                 raise DataError(f"--shards {spec!r} matches shards of several sets ({', '.join(sets)}); "
                                 "name each set on its own, e.g. --shards DIR/NAME.json, once per set")
+        _check_set(spec, ref, allow_incomplete)
         refs.append((spec, ref))
     named_facts = []
     for spec, ref in refs:
@@ -140,15 +178,15 @@ def resolve_shards(specs: Iterable[str]) -> ShardSource:
         facts["image_size"] = f"{size[0]}x{size[1]}"
         named_facts.append((spec, facts))
     facts = check_compatible(named_facts)
-    train, val, names, prints = [], [], [], []
+    train, val, names, prints, expect = [], [], [], [], {}
     for spec, ref in refs:
+        expect.update({u: rec for u in ref.urls if (rec := ref.record(u)) is not None})
         if ref.manifest:
             t, v = list(ref.split_urls("train")), list(ref.split_urls("val"))
             names.append(str(ref.manifest.get("name", spec)))
             prints.append(shardset.manifest_fingerprint(ref.manifest))
         else:
-            # bare shards: no split is known, so none is held out
-            log.warning("--shards %r has no manifest: all %d shards train, none validate", spec, len(ref.urls))
+            # bare shards: no split is known, so none is held out (_check_set said so)
             t, v = list(ref.urls), []
             names.append(spec)
             prints.append(hashlib.sha256("\n".join(sorted(ref.urls)).encode()).hexdigest())
@@ -166,7 +204,7 @@ def resolve_shards(specs: Iterable[str]) -> ShardSource:
         fingerprint = hashlib.sha256("\n".join(prints).encode()).hexdigest()
     h, w = (int(v) for v in facts["image_size"].split("x"))
     return ShardSource(tuple(train), tuple(val), name, fingerprint, (h, w), facts.get("encoding"),
-                       tuple(ref.manifest for _, ref in refs))
+                       tuple(ref.manifest for _, ref in refs), expect)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,18 +294,22 @@ def to_torch(src: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
         yield torch.from_numpy(b["image"]), torch.from_numpy(b["mask"])
 
 
-def read_shard_raw(url: str, limits=None) -> Iterator[dict]:
-    """Raw samples of one shard through shardset's safe webdataset stage; errors name the shard."""
+def read_shard_raw(url: str, limits=None, expect: dict | None = None) -> Iterator[dict]:
+    """Raw samples of one shard through shardset's safe webdataset stage; errors name the shard.
+
+    With `expect` (the shard's manifest record) the shard is hashed as it streams and a mismatch
+    at its end is an error naming it."""
     import shardset.wds
 
-    shardset.wds.register()
     kwargs = {} if limits is None else {"limits": limits}
     try:
-        for raw in shardset.wds.tar_samples(iter([{"url": url}]), **kwargs):
+        for raw in shardset.wds.tar_samples(iter([{"url": url, "expect": expect}]), **kwargs):
             raw.setdefault("__url__", url)
             yield raw
     except DataError:
         raise
+    except shardset.ShardError as e:  # its message starts with the URL already
+        raise DataError(f"corrupt shard {url}: {e.reason}") from None
     except Exception as e:  # the per-shard boundary
         raise DataError(f"corrupt shard {url}: {one_line(e)}") from None
 
@@ -298,6 +340,7 @@ class StreamSpec:
     world: int = 1
     start_step: int = 0      # optimizer steps already done (resume)
     limits: object = None    # shardset.Limits or None for its defaults
+    expect: dict | None = None  # url -> manifest record: shards hashed while they stream
 
 
 def worker_stream(spec: StreamSpec, worker: int, num_workers: int,
@@ -305,7 +348,7 @@ def worker_stream(spec: StreamSpec, worker: int, num_workers: int,
                   decoder: Callable[[Iterable[dict]], Iterator[dict]] | None = None) -> Iterator[dict]:
     """Endless numpy batches of one (rank, worker); `read`/`decoder` swap in test stand-ins."""
     if read is None:
-        read = _Reader(spec.limits)
+        read = _Reader(spec.limits, spec.expect)
     if decoder is None:
         decoder = _Decoder(spec.limits)
     per_round = max(1, (spec.round_samples or DEFAULT_ROUND_SAMPLES) // spec.batch)
@@ -323,13 +366,13 @@ def worker_stream(spec: StreamSpec, worker: int, num_workers: int,
 
 
 class _Reader:
-    """Picklable `read` callable over shardset (limits travel with it)."""
+    """Picklable `read` callable over shardset (limits and manifest records travel with it)."""
 
-    def __init__(self, limits=None):
-        self.limits = limits
+    def __init__(self, limits=None, expect: dict | None = None):
+        self.limits, self.expect = limits, expect or {}
 
     def __call__(self, url: str) -> Iterator[dict]:
-        return read_shard_raw(url, self.limits)
+        return read_shard_raw(url, self.limits, self.expect.get(url))
 
 
 class _Decoder:
@@ -367,11 +410,12 @@ def make_loader(spec: StreamSpec, num_workers: int, pin_memory: bool, read=None,
 # validation samples
 
 
-def load_val_samples(urls: Iterable[str], size: int, limit: int, read=None, decoder=None) -> dict | None:
+def load_val_samples(urls: Iterable[str], size: int, limit: int, read=None, decoder=None,
+                     expect: dict | None = None) -> dict | None:
     """The first `limit` held-out samples in shard order, decoded once: {'image', 'mask'} numpy."""
     if limit <= 0:
         return None
-    read = read or _Reader()
+    read = read or _Reader(expect=expect)
     decoder = decoder or _Decoder()
     samples = []
     for url in urls:

@@ -31,16 +31,16 @@ def disc_samples(n: int, size: int, seed: int) -> list[dict]:
 def write_disc_set(out_dir: str | Path, name: str = "discs", *, n_train: int = 256, n_val: int = 64,
                    size: int = 32, shard_size: int = 64, seed: int = 0, encoding: str = "png") -> Path:
     """Write a disc set; returns the manifest path. Val shards come after the train shards."""
-    writer = ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
-                       params={"toy": "discs", "size": size}, seed=seed, mode="new")
-    index = 0
-    for split, n in (("train", n_train), ("val", n_val)):
-        for start in range(0, n, shard_size):
-            count = min(shard_size, n - start)
-            samples = disc_samples(count, size, seed=seed * 1_000_003 + index)
-            for i, s in enumerate(samples):
-                s["__key__"] = f"{name}-{index:06d}-{i:06d}"
-            writer.write_shard(index, samples, split=split, stats={"drawn": count})
-            index += 1
-    manifest = writer.finalize(planned={"shards": index})
+    with ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
+                        params={"toy": "discs", "size": size}, seed=seed, mode="new") as writer:
+        index = 0
+        for split, n in (("train", n_train), ("val", n_val)):
+            for start in range(0, n, shard_size):
+                count = min(shard_size, n - start)
+                samples = disc_samples(count, size, seed=seed * 1_000_003 + index)
+                for i, s in enumerate(samples):
+                    s["__key__"] = f"{name}-{index:06d}-{i:06d}"
+                writer.write_shard(index, samples, split=split, stats={"drawn": count})
+                index += 1
+        manifest = writer.finalize(planned={"shards": index})
     return Path(out_dir) / f"{manifest['name']}.json"
