@@ -121,7 +121,119 @@ def test_bad_flag_values(sets, tmp_path):
     res, lines = _run(["--shards", str(sets["a"]), "--out", str(tmp_path / "r"), *FAST, "--lr-milestones", "8k"])
     assert res.exit_code == 2 and "'8k' is not a comma-separated list" in res.output
     res, lines = _run(["--shards", str(sets["a"]), "--out", str(tmp_path / "r"), *FAST, "--size", "30"])
-    _one_line_error(res, lines, "size=30", "multiple of 16")
+    _one_line_error(res, lines, "--size 30", "multiple of 16")
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--lr", "nan", "--lr nan (must be a finite number > 0)"),
+    ("--lr", "inf", "--lr inf (must be a finite number > 0)"),
+    ("--lr-gamma", "-0.5", "--lr-gamma -0.5 (must be a finite number > 0)"),
+    ("--seed", "-1", "--seed -1 (must be in 0..2**63-1)"),
+    ("--lr-milestones", "0", "--lr-milestones (0,) (steps must be >= 1)"),
+    ("--num-workers", "-2", "--num-workers -2 (must be >= 0)"),
+])
+def test_bad_numbers_named_by_flag_before_anything_is_written(sets, tmp_path, flag, value, says):
+    out = tmp_path / "r"
+    res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, flag, value])
+    _one_line_error(res, lines, says)
+    assert not out.exists()
+
+
+def test_unknown_eval_dataset_and_missing_data_root_refused_before_step_1(sets, tmp_path, monkeypatch):
+    monkeypatch.delenv("BGW_DATA_ROOT", raising=False)
+    out = tmp_path / "r"
+    res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "nosuch"])
+    _one_line_error(res, lines, "--eval-dataset nosuch: unknown dataset 'nosuch'")
+    res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "ecssd"])
+    _one_line_error(res, lines, "--eval-dataset ecssd: dataset 'ecssd' needs a data root: pass --data-root DIR")
+    res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "ecssd",
+                       "--data-root", str(tmp_path / "nowhere")])
+    _one_line_error(res, lines, "--eval-dataset ecssd: data root", "is not a folder")
+    # nothing was trained or written: no step ran, no config.json
+    assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_bad_shard_urls_refused_before_step_1(sets, tmp_path):
+    out = tmp_path / "r"
+    res, lines = _run(["--shards", "http://127.0.0.1:9/none-000000.tar.zst", "--out", str(out), *FAST])
+    _one_line_error(res, lines, "corrupt shard http://127.0.0.1:9/none-000000.tar.zst", "cannot open")
+    assert not (out / "config.json").exists()
+
+
+def test_a_tampered_shard_stops_training_with_one_line_naming_it(sets, tmp_path):
+    from test_integrity import tamper
+
+    folder = tmp_path / "set"
+    write_disc_set(folder, "discs", n_train=32, n_val=8, size=32, shard_size=8, seed=0, encoding="npy")
+    tamper(folder / "discs-000001.tar.zst")
+    for workers in ("0", "1"):
+        args = list(FAST)
+        args[args.index("--num-workers") + 1] = workers
+        args[args.index("--steps") + 1] = "16"  # 64 samples: every 8-sample train shard is read to its end
+        res, lines = _run(["--shards", str(folder / "discs.json"), "--out", str(tmp_path / f"r{workers}"), *args])
+        _one_line_error(res, lines, f"corrupt shard {folder / 'discs-000001.tar.zst'}: sha256 differs from its "
+                                    "manifest record")
+        assert "done:" not in res.output
+
+
+def test_a_failed_start_does_not_block_the_rerun(sets, tmp_path):
+    out = tmp_path / "run"
+    args = list(FAST)
+    args[args.index("--steps") + 1] = "12"
+    args[args.index("--ckpt-every") + 1] = "12"
+    res, lines = _run(["--shards", str(sets["bad"]), "--out", str(out), *args])  # fails before its checkpoint
+    _one_line_error(res, lines, "corrupt shard", sets["victim"].name)
+    assert (out / "config.json").exists() and not (out / "checkpoints" / "last.json").exists()
+    res, lines = _run(["--out", str(out), "--resume"])
+    _one_line_error(res, lines, "holds no checkpoint", "the same command without --resume")
+    res, _ = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # the failed start's rows are gone
+
+
+def test_a_second_run_on_the_same_folder_fails_at_once(sets, tmp_path):
+    import socket
+
+    from shardset.lock import FileLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from shardset.lock import FileLock; "
+                               f"l = FileLock({str(out / 'train.lock')!r}); print('ready', flush=True); "
+                               "sys.stdin.read()"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST])
+        _one_line_error(res, lines, f"--out {out} is in use: pid {holder.pid} on host {socket.gethostname()}",
+                        "wait for that run to finish, or choose another --out")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert not (out / "config.json").exists()
+    with FileLock(out / "train.lock"):  # released when the holder ended
+        pass
+
+
+def test_no_progress_frames_when_stderr_is_not_a_terminal(sets, tmp_path):
+    res, _ = _run(["--shards", str(sets["a"]), "--out", str(tmp_path / "r"), *FAST])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.output and "train-unet:" not in res.output
+
+
+def test_allow_incomplete_flag(tmp_path):
+    from shardset import ShardSetWriter
+    from trainer.toy import disc_samples
+
+    with ShardSetWriter(tmp_path / "set", "inc", shard_size=8, params={}, seed=0) as w:
+        for k in range(2):
+            w.write_shard(k, disc_samples(8, 32, seed=k), split="train" if k == 0 else "val")
+        w.finalize(planned={"shards": 3})
+    base = ["--shards", str(tmp_path / "set" / "inc.json"), *FAST]
+    res, lines = _run(base + ["--out", str(tmp_path / "r")])
+    _one_line_error(res, lines, "is an incomplete set", "2 of 3 planned shards", "--allow-incomplete")
+    res, _ = _run(base + ["--out", str(tmp_path / "r2"), "--allow-incomplete"])
+    assert res.exit_code == 0, res.output
 
 
 def test_torchrun_two_cpu_processes(sets, tmp_path):

@@ -20,7 +20,7 @@ _FLAGS = {"steps": "steps", "batch": "batch", "lr": "lr", "lr_gamma": "lr_gamma"
           "val_every": "val_every", "log_every": "log_every", "ckpt_every": "ckpt_every",
           "val_samples": "val_samples", "device": "device", "eval_dataset": "eval_dataset",
           "data_root": "data_root", "eval_samples": "eval_samples", "cpu_threads": "cpu_threads",
-          "round_samples": "round_samples"}
+          "round_samples": "round_samples", "allow_incomplete": "allow_incomplete"}
 
 _DEF = TrainConfig()
 
@@ -38,6 +38,8 @@ def _milestones(ctx, param, value):
 @click.option("--shards", multiple=True,
               help="shard set: glob, brace range, manifest NAME.json, folder or URL; repeat for several sets "
                    "(with --resume: defaults to the run's)")
+@click.option("--allow-incomplete", is_flag=True,
+              help="train on a set whose manifest says complete: false (a generator stopped early)")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="run folder")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -115,7 +117,9 @@ def main(shards, out, resume, config_file, lr_milestones, verbose, **flags):
         if bar is None:  # made at the first step, so that start-up errors print alone
             from tqdm import tqdm
 
-            bar = tqdm(total=config.steps, initial=step - 1, unit="step", dynamic_ncols=True, desc="train-unet")
+            # disable=None: no bar when stderr is not a terminal (logs get no \r frames), as gen-synth
+            bar = tqdm(total=config.steps, initial=step - 1, unit="step", dynamic_ncols=True, desc="train-unet",
+                       disable=None)
         bar.update(1)
         if loss is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
@@ -123,6 +127,7 @@ def main(shards, out, resume, config_file, lr_milestones, verbose, **flags):
     try:
         summary = train(config, resume=resume, on_step=on_step if rank == 0 else None)
     except (DataError, CheckpointError, RunExistsError, ResumeError, TrainingDiverged, ValueError, OSError) as e:
+        # LockHeldError (another train-unet on --out) is an OSError
         if verbose:
             raise  # -v: the full traceback, for bug reports
         raise click.ClickException(one_line(e))

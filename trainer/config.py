@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ RESULT_FIELDS = ("shards", "batch", "lr", "lr_milestones", "lr_gamma", "size", "
 class TrainConfig:
     # --- data ---
     shards: tuple[str, ...] = ()          # shard-set specs (globs, brace ranges, manifests, folders, URLs)
+    allow_incomplete: bool = False        # train on a set whose manifest says complete: false
     size: int = 128                       # training resolution, pixels (square); samples of another size are resized
     num_workers: int = 2                  # DataLoader worker processes per rank (0 = read in the main process)
     shuffle_buffer: int = 1000            # sample shuffle buffer, samples per worker
@@ -58,22 +60,31 @@ class TrainConfig:
         object.__setattr__(self, "shards", tuple(self.shards))
         object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
         problems = []
+
+        def bad(name: str, why: str) -> None:  # named as the flag; config files use the field name
+            problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r} ({why})")
+
         if self.precision not in PRECISIONS:
-            problems.append(f"precision={self.precision!r} (choose one of {', '.join(PRECISIONS)})")
+            bad("precision", f"choose one of {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device={self.device!r} (choose auto, cpu or cuda)")
+            bad("device", "choose auto, cpu or cuda")
         for name in ("steps", "batch", "size", "width", "log_every", "ckpt_every", "shuffle_buffer"):
             if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+                bad(name, "must be >= 1")
         for name in ("num_workers", "val_every", "round_samples", "val_samples", "eval_samples", "cpu_threads"):
             if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} (must be >= 0)")
+                bad(name, "must be >= 0")
+        if not 0 <= self.seed < 2 ** 63:
+            bad("seed", "must be in 0..2**63-1")
         if self.size % 16:
-            problems.append(f"size={self.size} (must be a multiple of 16: the U-Net halves it 4 times)")
-        if self.lr <= 0:
-            problems.append(f"lr={self.lr} (must be > 0)")
+            bad("size", "must be a multiple of 16: the U-Net halves it 4 times")
+        for name in ("lr", "lr_gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                bad(name, "must be a finite number > 0")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
-            problems.append(f"lr_milestones={self.lr_milestones} (must be increasing)")
+            bad("lr_milestones", "must be increasing")
+        elif self.lr_milestones and self.lr_milestones[0] < 1:
+            bad("lr_milestones", "steps must be >= 1")
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .config import RESULT_FIELDS, TrainConfig
-from .data import (DataError, StreamSpec, load_val_samples, make_loader, rank_batch, resolve_shards)
+from .data import (DataError, StreamSpec, load_val_samples, make_loader, one_line, rank_batch, resolve_shards)
 from .unet import UNet, normalize_images
 from .validate import grid_image, validate, validate_real, write_grid_png
 
@@ -48,15 +48,50 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
-    """Refuse a folder that holds another run unless resuming; refuse resuming an empty one."""
-    holds_run = (out / "config.json").exists() or (out / ckpt.CKPT_DIR).exists()
-    if holds_run and not resume:
-        raise RunExistsError(f"--out {out} already holds a run (config.json/checkpoints); "
+RUN_LOCK = "train.lock"
+
+
+def lock_run_dir(out: Path):
+    """The run folder's lock (shardset.lock.FileLock, exclusive), held by rank 0 for the whole
+    run: a second train-unet on the same --out fails at once naming the first one's pid and host.
+    Without it a run folder that holds no checkpoint could not be told from one being started."""
+    from shardset.lock import FileLock
+
+    out.mkdir(parents=True, exist_ok=True)
+    return FileLock(out / RUN_LOCK, what=f"--out {out}",
+                    hint="wait for that run to finish, or choose another --out")
+
+
+def check_out_dir(out: Path, resume: bool, announce: bool = True) -> None:
+    """Refuse a folder that holds another run (a checkpoint) unless resuming; refuse resuming one
+    without a checkpoint. A folder whose run stopped before its first checkpoint (a failed start:
+    config.json and perhaps metrics, no checkpoint) is started afresh: nothing in it can be resumed."""
+    has_ckpt = (out / ckpt.CKPT_DIR / ckpt.LAST).is_file()
+    if has_ckpt and not resume:
+        raise RunExistsError(f"--out {out} already holds a run (checkpoints/{ckpt.LAST}); "
                              "pass --resume to continue it or choose another --out")
-    if resume and not (out / ckpt.CKPT_DIR / ckpt.LAST).is_file():
+    if resume and not has_ckpt:
         raise ResumeError(f"--resume: {out} holds no checkpoint ({ckpt.CKPT_DIR}/{ckpt.LAST}); "
-                          "start it afresh without --resume (after removing the folder)")
+                          "start it afresh: the same command without --resume")
+    if not resume and announce and (out / "config.json").exists():
+        log.warning("--out %s holds a run that stopped before its first checkpoint; starting it afresh", out)
+
+
+def check_eval_dataset(name: str | None, root: str | None) -> None:
+    """Fail before step 1 when --eval-dataset cannot be found (unknown name, no --data-root,
+    missing folders), instead of at the first validation."""
+    if not name:
+        return
+    try:
+        from evaluator.datasets import DatasetError, get_dataset
+    except ImportError as e:  # validate_real says so at each validation, and skips the benchmark
+        log.warning("--eval-dataset %s will be skipped: the evaluator is not importable (%s)", name, e)
+        return
+    try:
+        if not get_dataset(name, root=root).test_items():
+            raise DataError(f"--eval-dataset {name}: the dataset has no test images")
+    except DatasetError as e:
+        raise DataError(f"--eval-dataset {name}: {one_line(e)}") from None
 
 
 def _summary_writer(folder: Path, purge_step: int | None):
@@ -117,7 +152,13 @@ def train(config: TrainConfig, *, resume: bool = False,
     closing = contextlib.ExitStack()
     try:
         # ---- run folder, config ------------------------------------------------------------
-        check_out_dir(out, resume)
+        # every input is checked before anything is written and before step 1
+        check_out_dir(out, resume, announce=False)
+        source = resolve_shards(config.shards, allow_incomplete=config.allow_incomplete)
+        if master:
+            check_eval_dataset(config.eval_dataset, config.data_root)
+            closing.callback(lock_run_dir(out).release)
+        check_out_dir(out, resume, announce=master)  # again under the lock: a run may have started meanwhile
         if ddp:
             torch.distributed.barrier()  # every rank has checked --out before rank 0 writes into it
         start_step, state, meta_prev = 0, None, None
@@ -139,12 +180,11 @@ def train(config: TrainConfig, *, resume: bool = False,
                 raise ResumeError(f"--resume: the run is already at step {start_step} of {config.steps}; "
                                   "raise --steps to train further")
 
-        source = resolve_shards(config.shards)
         if master:
             out.mkdir(parents=True, exist_ok=True)
             ckpt.atomic_write_json(out / "config.json", config.to_dict())
-            if resume:
-                _rewrite_metrics(out / "metrics.jsonl", start_step)
+            # a fresh start drops a failed start's rows; a resume drops the killed run's tail
+            _rewrite_metrics(out / "metrics.jsonl", start_step)
             log.info("run %s: %s, %d train / %d val shards, world %d, device %s", out, source.name,
                      len(source.train_urls), len(source.val_urls), world, device)
 
@@ -199,14 +239,16 @@ def train(config: TrainConfig, *, resume: bool = False,
         loss_weight = local_batch * world / config.batch
         spec = StreamSpec(urls=source.train_urls, seed=config.seed, batch=local_batch, size=config.size,
                           shuffle_buffer=config.shuffle_buffer, round_samples=config.round_samples,
-                          rank=rank, world=world, start_step=start_step)
+                          rank=rank, world=world, start_step=start_step, expect=source.expect)
         loader = make_loader(spec, config.num_workers, pin_memory=use_cuda)
-        val = load_val_samples(source.val_urls, config.size, config.val_samples) if master else None
+        val = (load_val_samples(source.val_urls, config.size, config.val_samples, expect=source.expect)
+               if master else None)
         if master and val is None:
             log.warning("no validation samples (manifest has no 'val' split); validation is skipped")
         writer = None
         if master:
-            writer = _summary_writer(out / "tb", purge_step=start_step + 1 if resume else None)
+            # purge: TensorBoard hides the events past start_step of a killed run or a failed start
+            writer = _summary_writer(out / "tb", purge_step=start_step + 1)
         metrics_f = open(out / "metrics.jsonl", "a") if master else None
         closing.callback(lambda: metrics_f and metrics_f.close())
         closing.callback(lambda: writer and writer.close())
@@ -269,7 +311,6 @@ def train(config: TrainConfig, *, resume: bool = False,
                 raise
             except Exception as e:  # a worker's DataError arrives re-wrapped; keep its one-line reason
                 if "DataError" in str(e) or "ShardError" in str(e):
-                    from .data import one_line
                     raise DataError(one_line(e)) from None
                 raise
             x = normalize_images(images.to(device, non_blocking=True))
