@@ -4,9 +4,13 @@ Modules, one job each (importing the package loads neither torch nor TensorFlow)
 
 - datasets: named benchmark layouts under the data root, splits, protocols (crop128 / short128),
   image and ground-truth loading. numpy + cv2 only; the generator imports it for train images.
-- metrics:  streaming segmentation metrics (maxFβ, IoU, accuracy, MAE, S-, E-measure), pure numpy.
+- metrics:  streaming segmentation metrics (maxFβ, IoU, accuracy, MAE, S-, E-measure, weighted F),
+            pure numpy (weighted F: scipy).
+- protocols: evaluation protocols by name (paper, sod-toolkit): how maps and ground truth are
+            prepared before the metrics, and which metrics each reports.
 - wsol:     localisation metrics of Choe et al. 2020 (MaxBoxAcc, MaxBoxAccV2, PxAP), pure numpy.
-- predict:  probability maps from a train-unet checkpoint (torch, lazily) or a --pred-dir of PNGs.
+- predict:  probability maps from a train-unet checkpoint (torch, lazily; --fg-prob softmax or
+            sigmoid1) or a --pred-dir of PNGs.
 - report:   terminal table, results.json, results.md, precision-recall plot, example figure.
 - cli:      the click command `eval-seg` and the library function `evaluate(EvalConfig)`.
 """

@@ -4,12 +4,15 @@
     eval-seg --ckpt runs/s0 --ckpt runs/s1 --dataset ecssd --dataset duts-te --out results/
     eval-seg --pred-dir preds/ --dataset folder:../shared/data/ecssd --out results/
 
-`evaluate(EvalConfig)` is the library function (tests call it directly); `main` is the thin click
-layer that adds the progress bar and turns errors into one-line messages.
+Mask datasets are scored under every evaluation protocol (evaluator.protocols: `paper`, the
+authors' reference code, and `sod-toolkit`, the saliency toolkits'); results.json holds each
+under its name. `evaluate(EvalConfig)` is the library function (tests call it directly); `main`
+is the thin click layer that adds the progress bar and turns errors into one-line messages.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,9 @@ import click
 import numpy as np
 
 from .datasets import DATASETS, ENV_ROOT, Dataset, DatasetError, dataset_names, get_dataset
-from .predict import CheckpointSource, PredDirSource, PredictionError, figure_rows, iter_predictions
-from .report import HEADLINE, aggregate, pick_examples, terminal_table, write_outputs
+from .predict import FG_PROB, CheckpointSource, PredDirSource, PredictionError, figure_rows, iter_predictions
+from .protocols import PROTOCOLS
+from .report import OutputError, aggregate, pick_examples, terminal_table, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class EvalConfig:
     method: str | None = None  # row name in results.md (default: run or folder names)
     figures: bool = True  # best / median / worst example figure per mask dataset
     workers: int = 4  # threads reading and decoding images ahead of the model / metrics
+    fg_prob: str | None = None  # checkpoints: a predict.FG_PROB rule (None: softmax)
 
 
 Progress = Callable[[int, str], object]  # (total, description) -> object with update(n) and close()
@@ -80,23 +85,27 @@ def _split_result(computed: dict) -> tuple[dict, dict, dict]:
     return scalars, curves, per_image
 
 
-def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> dict:
-    """One source on one dataset -> {"metrics", "curves", "per_image"}."""
-    acc = _accumulator(dataset)
+def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> dict[str, dict]:
+    """One source on one dataset -> {protocol: {"metrics", "curves", "per_image"}}."""
+    accs = _accumulators(dataset)
     ids = []
     for p in iter_predictions(dataset, items, source, workers=workers):
-        if dataset.task == "mask":
-            acc.update(p.pred, p.gt)
-        elif dataset.task == "boxes":
-            acc.update(p.pred, p.item.boxes)
-        else:
-            acc.update(p.pred, p.gt, p.ignore)
+        for acc in accs.values():
+            if dataset.task == "mask":
+                acc.update(p.pred, p.gt_map)  # each protocol binarises the mask its own way
+            elif dataset.task == "boxes":
+                acc.update(p.pred, p.item.boxes)
+            else:
+                acc.update(p.pred, p.gt, p.ignore)
         ids.append(p.item.id)
         progress.update(1)
-    scalars, curves, per_image = _split_result(acc.compute())
-    scalars.pop("n_images", None)
-    per_image = {"ids": ids, **per_image} if per_image else {}
-    return {"metrics": scalars, "curves": curves, "per_image": per_image}
+    out = {}
+    for name, acc in accs.items():
+        scalars, curves, per_image = _split_result(acc.compute())
+        scalars.pop("n_images", None)
+        per_image = {"ids": ids, **per_image} if per_image else {}
+        out[name] = {"metrics": scalars, "curves": curves, "per_image": per_image}
+    return out
 
 
 class _BoxMetrics:
@@ -132,17 +141,37 @@ class _PxAP:
         return self.m.compute()
 
 
-def _accumulator(dataset: Dataset):
-    """The metric bundle of the dataset's task (evaluator.metrics or evaluator.wsol)."""
+WSOL_ABOUT = "Choe et al. 2020 (clovaai/wsolevaluation): maps min-max normalised and resized to 224"
+
+
+def _accumulators(dataset: Dataset) -> dict:
+    """{protocol name: metric bundle} of the dataset's task: every evaluator.protocols entry for
+    masks, the WSOL protocol (evaluator.wsol) for boxes and PxAP."""
     if dataset.task == "mask":
         from .metrics import SegmentationMetrics
 
-        return SegmentationMetrics()
+        return {name: SegmentationMetrics(protocol=name) for name in PROTOCOLS}
     try:
         from . import wsol
     except ImportError as e:
         raise EvalError(f"dataset {dataset.name} needs evaluator.wsol, which is not importable ({e})") from e
-    return _BoxMetrics(wsol) if dataset.task == "boxes" else _PxAP(wsol)
+    return {"wsol": _BoxMetrics(wsol) if dataset.task == "boxes" else _PxAP(wsol)}
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot become a writable folder, before any scoring: a file in the
+    way, or a read-only existing ancestor. Creates nothing."""
+    out = Path(out)
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == out else f"lies under {probe}, which is a file"
+        raise EvalError(f"--out {out} {where}; give a folder path")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise EvalError(f"--out {out}: {probe} is not writable; give a folder you can write to")
 
 
 def _default_method(cfg: EvalConfig, labels: list[str]) -> str:
@@ -156,9 +185,12 @@ def _default_method(cfg: EvalConfig, labels: list[str]) -> str:
 def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     """Score every source (checkpoint or pred-dir) on every dataset; write `cfg.out` if set.
 
-    Returns the results dict that results.json holds: tool version, method, sources (with
-    checkpoint sha256 fingerprints) and, per dataset, its protocol, the summary (mean, std and
-    per-run values of every scalar metric) and each run's metrics, curves and per-image scores.
+    Returns the results dict that results.json holds: tool version, method, fg_prob (the
+    checkpoints' foreground-probability rule; None for saved maps), sources (with checkpoint
+    sha256 fingerprints) and, per dataset, its input protocol (crop128 / short128), `protocols`
+    (every evaluation protocol under its name: about, summary with mean, std and per-run values
+    of every scalar metric, and each run's metrics, curves and per-image scores) and `summary`
+    (the first protocol's: the paper's for mask sets).
     """
     progress = progress or (lambda total, desc: _NoProgress())
     if bool(cfg.ckpts) == (cfg.pred_dir is not None):
@@ -171,6 +203,13 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
         raise EvalError(f"--workers must be >= 1, got {cfg.workers}")
     if cfg.limit is not None and cfg.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.fg_prob is not None and cfg.fg_prob not in FG_PROB:
+        raise EvalError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
+    if cfg.fg_prob is not None and cfg.pred_dir is not None:
+        raise EvalError("--fg-prob applies to --ckpt; saved --pred-dir maps are probabilities already")
+    fg_prob = (cfg.fg_prob or "softmax") if cfg.ckpts else None
+    if cfg.out is not None:
+        check_out_dir(cfg.out)
     # resolve every dataset before loading any model: a typo fails in a second, not after a run
     datasets, specs = [], {}
     for spec in dict.fromkeys(cfg.datasets):
@@ -193,42 +232,47 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     for kind, path in source_specs:
         # one checkpoint in memory at a time (ten paper-size U-Nets would hold ~700 MB)
         src = PredDirSource(path) if kind == "pred-dir" else CheckpointSource(
-            Path(path), device=cfg.device, batch_size=cfg.batch_size)
+            Path(path), device=cfg.device, batch_size=cfg.batch_size, fg_prob=fg_prob)
         first_source = first_source or src
         sources.append(src.describe())
         labels.append(src.label)
         for ds in datasets:
             bar = progress(len(items[ds.name]), f"{src.label} {ds.name}")
             try:
-                run = _score(ds, items[ds.name], src, bar, workers=cfg.workers)
+                by_protocol = _score(ds, items[ds.name], src, bar, workers=cfg.workers)
             finally:
                 bar.close()
-            run["source"] = src.label
-            runs[ds.name].append(run)
+            runs[ds.name].append({name: {"source": src.label, **run} for name, run in by_protocol.items()})
 
     results: dict = {
         "tool": {"name": "bgw-seg eval-seg", "version": _tool_version()},
         "method": _default_method(cfg, labels),
+        "fg_prob": fg_prob,
         "sources": sources,
         "datasets": {},
     }
     for ds in datasets:
-        ds_runs = runs[ds.name]
-        keys = [k for k in ds_runs[0]["metrics"] if isinstance(ds_runs[0]["metrics"][k], (int, float))]
+        protocols = {}
+        for name in runs[ds.name][0]:
+            p_runs = [r[name] for r in runs[ds.name]]
+            keys = [k for k, v in p_runs[0]["metrics"].items() if isinstance(v, (int, float))]
+            protocols[name] = {
+                "about": PROTOCOLS[name].about if name in PROTOCOLS else WSOL_ABOUT,
+                "summary": {k: aggregate([r["metrics"][k] for r in p_runs]) for k in keys},
+                "runs": p_runs,
+            }
         results["datasets"][ds.name] = {
             "spec": specs[ds.name],
             "root": str(ds.root) if ds.root is not None else None,
             **({"info": ds.info} if ds.info else {}),
             "task": ds.task,
-            "protocol": ds.protocol,
+            "protocol": ds.protocol,  # how images are sized (crop128 / short128)
             "n_images": len(items[ds.name]),
             "limit": cfg.limit,
-            "summary": {k: aggregate([r["metrics"][k] for r in ds_runs]) for k in keys},
-            "runs": ds_runs,
+            # the first protocol's (the paper's for masks): what the paper's tables quote
+            "summary": next(iter(protocols.values()))["summary"],
+            "protocols": protocols,  # every evaluation protocol under its name
         }
-    missing = [(n, k) for n, d in results["datasets"].items() for k in HEADLINE[d["task"]] if k not in d["summary"]]
-    if missing:
-        log.warning("metrics returned no %s", ", ".join(f"{k} for {n}" for n, k in missing))
 
     if cfg.out is not None:
         examples = _examples(datasets, items, results, first_source) if cfg.figures else {}
@@ -237,12 +281,12 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
 
 
 def _examples(datasets, items, results, source) -> dict[str, list]:
-    """Best / median / worst images by IoU (mean over runs) per mask dataset, predicted by the
-    first source (the paper's figure 4)."""
+    """Best / median / worst images by the paper protocol's IoU (mean over runs) per mask
+    dataset, predicted by the first source (the paper's figure 4)."""
     out = {}
     for ds in datasets:
-        entry = results["datasets"][ds.name]
-        per = [r["per_image"] for r in entry["runs"] if "iou" in r.get("per_image", {})]
+        runs = results["datasets"][ds.name]["protocols"].get("paper", {}).get("runs", [])
+        per = [r["per_image"] for r in runs if "iou" in r.get("per_image", {})]
         if ds.task != "mask" or not per:
             continue
         scores = np.mean([p["iou"] for p in per], axis=0)
@@ -267,7 +311,8 @@ def _check_dataset(ctx, param, values):
 def _tqdm_progress(total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, file=sys.stderr)
+    # disable=None: no bar (and no \r frames in logs) when stderr is not a terminal
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
 
 
 _DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()))
@@ -290,22 +335,31 @@ _DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()
 @click.option("--limit", type=int, default=None, help="Score only the first N test images of each dataset.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding images ahead.")
 @click.option("--method", default=None, help="Row name in results.md (default: run / folder names).")
+@click.option("--fg-prob", type=click.Choice(list(FG_PROB)), default=None,
+              help="--ckpt only: how the two logits become the foreground probability. "
+                   + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, verbose):
-    """Score segmentation checkpoints or saved maps on the paper's benchmarks."""
+def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, fg_prob, verbose):
+    """Score segmentation checkpoints or saved maps on the paper's benchmarks.
+
+    Mask datasets are scored under two protocols, both reported: `paper` (maps as they are,
+    ground truth >= 128: the paper's maxFβ, IoU, accuracy) and `sod-toolkit` (each map min-max
+    normalised, ground truth > 128: the saliency toolkits' maxFβ, Sα, Eξ, MAE, wFβ).
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     cfg = EvalConfig(datasets=datasets, ckpts=tuple(ckpts), pred_dir=pred_dir, data_root=data_root, out=out,
-                     batch_size=batch_size, device=device, limit=limit, workers=workers, method=method)
+                     batch_size=batch_size, device=device, limit=limit, workers=workers, method=method,
+                     fg_prob=fg_prob)
     try:
         results = evaluate(cfg, progress=_tqdm_progress)
-    except (EvalError, DatasetError, PredictionError) as e:
+    except (EvalError, DatasetError, PredictionError, OutputError) as e:
         raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     except ValueError as e:  # metric input checks: already one line naming the shapes
         raise click.ClickException(str(e).splitlines()[0]) from None
     click.echo(terminal_table(results))
     if out is not None:
-        click.echo(f"wrote {out}/results.json, results.md, pr_curve.png and examples_*.png")
+        click.echo(f"wrote {out}/results.json, results.md and the figures")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,13 +1,15 @@
 """Probability maps for a dataset's test items, from a checkpoint or from saved files.
 
-Two sources, one output: `iter_predictions` yields `Prediction(item, gt, pred, ignore)` with `gt`
-bool and `pred` uint8 (v = round(255 p)) at the size the metrics run at (the protocol's; see
-evaluator.datasets).
+Two sources, one output: `iter_predictions` yields `Prediction(item, gt, pred, ignore, gt_map)`
+with `gt` bool (>= 128), `gt_map` the mask before binarising (each evaluation protocol binarises
+it its own way) and `pred` uint8 (v = round(255 p)), all at the size the metrics run at (the
+protocol's; see evaluator.datasets).
 
-- `CheckpointSource(path)`: a train-unet run folder or .safetensors file, loaded with
-  trainer.checkpoint.load_for_inference (never unpickles). Images are preprocessed per protocol
-  and run in batches on the GPU when there is one. torch is imported here lazily, so importing
-  this module costs nothing for --pred-dir evaluations.
+- `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, loaded
+  with trainer.checkpoint.load_for_inference (never unpickles). Images are preprocessed per
+  protocol and run in batches on the GPU when there is one; `foreground_probability` turns the
+  logits into the foreground probability by the named rule (`FG_PROB`). torch is imported here
+  lazily, so importing this module costs nothing for --pred-dir evaluations.
 - `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
   foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel). A map of
   another size is resized bilinearly to the ground truth (under crop128, a map at the original
@@ -30,11 +32,54 @@ from .datasets import INPUT_SIZE, Dataset, Item, binarize_gt, prepare_gt, prepar
 log = logging.getLogger(__name__)
 
 __all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction", "iter_predictions",
-           "figure_rows", "resolve_device", "sha256_file", "align_prediction"]
+           "figure_rows", "resolve_device", "sha256_file", "align_prediction", "FG_PROB", "foreground_probability"]
 
 
 class PredictionError(Exception):
     """A prediction could not be produced or read; the message is one line with the fix."""
+
+
+# How the U-Net's two logits become the foreground probability (DESIGN.md, "Metrics").
+FG_PROB = {
+    "softmax": "softmax over the two logits, channel 1: what the cross-entropy loss fits",
+    "sigmoid1": "sigmoid of the foreground logit alone, as the authors' reference code "
+                "(postprocessing.SegmentationInference)",
+}
+
+
+def foreground_probability(logits, rule: str = "softmax"):
+    """Foreground probability [N, H, W] from logits [N, 2, H, W] by the rule named in FG_PROB."""
+    import torch
+
+    if rule == "softmax":
+        from trainer.unet import foreground_proba  # the trainer's, so validation and eval agree
+
+        return foreground_proba(logits)
+    if rule == "sigmoid1":
+        return torch.sigmoid(logits.float()[:, 1])
+    raise ValueError(f"unknown foreground-probability rule {rule!r}; choose from {', '.join(FG_PROB)}")
+
+
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth save?)"),
+          (b"\x80", "a Python pickle (a PyTorch .pt/.pth save?)"), (b"\x89HDF", "an HDF5 file (Keras weights?)"))
+
+
+def describe_file(path: Path) -> str:
+    """What a file looks like from its first bytes, for messages: 'a PNG image of 1,234 bytes'."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        if not head:
+            return "an empty file"
+        try:
+            head.decode("utf-8")
+            kind = "a text file"
+        except UnicodeDecodeError:
+            kind = "a binary file"
+    return f"{kind} of {size:,} bytes"
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -70,6 +115,7 @@ class CheckpointSource:
     path: Path
     device: str = "auto"
     batch_size: int = 32
+    fg_prob: str = "softmax"  # a FG_PROB rule
     model: object = field(default=None, repr=False)
     meta: dict = field(default_factory=dict, repr=False)
     weights_path: Path | None = None
@@ -81,6 +127,11 @@ class CheckpointSource:
         except ImportError as e:
             raise PredictionError(f"--ckpt needs the trainer package and torch ({e}); pip install 'bgw-seg[eval]'") from e
         self.path = Path(self.path)
+        if self.fg_prob not in FG_PROB:
+            raise PredictionError(f"unknown --fg-prob {self.fg_prob!r}; choose from {', '.join(FG_PROB)}")
+        if self.path.is_file() and self.path.suffix not in (".safetensors", ".json"):
+            raise PredictionError(f"--ckpt {self.path} is {describe_file(self.path)}, not a train-unet checkpoint; "
+                                  "give a run folder or its step-*.safetensors file (with the .json sidecar beside it)")
         try:
             model, meta = load_for_inference(self.path)
             sidecar = find_sidecar(self.path)
@@ -103,13 +154,13 @@ class CheckpointSource:
     def describe(self) -> dict:
         return {"kind": "checkpoint", "path": str(self.weights_path), "sha256": self.fingerprint,
                 "step": self.meta.get("step"), "model": self.meta.get("model"),
-                "shardset": self.meta.get("shardset")}
+                "shardset": self.meta.get("shardset"), "fg_prob": self.fg_prob}
 
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """float32 foreground probabilities [h, w] for uint8 RGB inputs; equal shapes run as one
         batch (short128 inputs differ in aspect, so they are grouped by shape first)."""
         import torch
-        from trainer.unet import foreground_proba, normalize_images
+        from trainer.unet import normalize_images
 
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -121,7 +172,7 @@ class CheckpointSource:
                     part = idx[s:s + self.batch_size]
                     x = torch.from_numpy(np.stack([images[i] for i in part]))
                     x = normalize_images(x.to(self.device, non_blocking=True))
-                    prob = foreground_proba(self.model(x)).cpu().numpy()
+                    prob = foreground_probability(self.model(x), self.fg_prob).cpu().numpy()
                     for i, p in zip(part, prob):
                         out[i] = p
         return out  # type: ignore[return-value]
@@ -184,13 +235,20 @@ class Prediction(NamedTuple):
     """One scored image at the evaluation size."""
 
     item: Item
-    gt: np.ndarray | None  # bool; None for box-only sets (their truth is item.boxes)
+    gt: np.ndarray | None  # bool (>= 128); None for box-only sets (their truth is item.boxes)
     pred: np.ndarray  # uint8, v = round(255 p)
     ignore: np.ndarray | None  # bool pixels PxAP leaves out (OpenImages), or None
+    gt_map: np.ndarray | None = None  # 8-bit mask before binarising (else the bool gt)
 
 
-def _eval_gt(dataset: Dataset, raw: np.ndarray | None) -> np.ndarray | None:
-    return None if raw is None else binarize_gt(prepare_gt(raw, dataset.protocol))
+def _eval_gt(dataset: Dataset, raw: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(bool gt, gt_map): gt_map keeps an 8-bit grayscale mask's values for the evaluation
+    protocols that binarise it their own way; label maps and 16-bit masks pass as the bool."""
+    if raw is None:
+        return None, None
+    mask = prepare_gt(raw, dataset.protocol)
+    gt = binarize_gt(mask)
+    return gt, mask if mask.dtype == np.uint8 and mask.max(initial=0) > 1 else gt
 
 
 def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
@@ -214,32 +272,32 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
     boxes = dataset.task == "boxes"
     if isinstance(source, PredDirSource):
         for item, image, raw in dataset.iter_loaded(items, images=boxes, workers=workers):
-            gt = _eval_gt(dataset, raw)
+            gt, gt_map = _eval_gt(dataset, raw)
             shape = image.shape[:2] if gt is None else gt.shape
             raw_shape = image.shape[:2] if raw is None else raw.shape[:2]
             pred, resized = align_prediction(source.read(item), raw_shape, shape, protocol)
             if resized:
                 source.resized += 1
                 log.debug("prediction %s resized to the ground truth's %s", item.id, shape)
-            yield Prediction(item, gt, pred, _ignore(dataset, item))
+            yield Prediction(item, gt, pred, _ignore(dataset, item), gt_map)
         if source.resized:
             log.warning("%d of %d predictions had another size than the ground truth and were resized "
                         "bilinearly", source.resized, len(items))
         return
     window = window or 4 * source.batch_size
-    buf: list[tuple[Item, np.ndarray, np.ndarray | None, tuple[int, int]]] = []
+    buf: list[tuple[Item, np.ndarray, tuple, tuple[int, int]]] = []
 
     def flush() -> Iterator[Prediction]:
         probs = source.predict_batch([image for _, image, _, _ in buf])
-        for (item, _, gt, shape), prob in zip(buf, probs):
-            yield Prediction(item, gt, restore_map(prob, shape), _ignore(dataset, item))
+        for (item, _, (gt, gt_map), shape), prob in zip(buf, probs):
+            yield Prediction(item, gt, restore_map(prob, shape), _ignore(dataset, item), gt_map)
         buf.clear()
 
     for item, image, raw in dataset.iter_loaded(items, workers=workers):
-        gt = _eval_gt(dataset, raw)
-        shape = gt.shape if gt is not None else (
+        gts = _eval_gt(dataset, raw)
+        shape = gts[0].shape if gts[0] is not None else (
             (INPUT_SIZE, INPUT_SIZE) if protocol == "crop128" else image.shape[:2])
-        buf.append((item, prepare_image(image, protocol), gt, shape))
+        buf.append((item, prepare_image(image, protocol), gts, shape))
         if len(buf) >= window:
             yield from flush()
     if buf:

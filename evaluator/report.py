@@ -1,9 +1,11 @@
 """Evaluation outputs: the terminal table, results.json, results.md (the paper's table layout),
 the precision-recall plot and the best / median / worst figure (the paper's figure 4).
 
-Input is the plain results dict built by `evaluator.cli.evaluate` (see `write_outputs`). Every
-file is written atomically (temporary name, then os.replace). Plots use matplotlib's Agg
-backend when matplotlib is installed, else cv2; the example figure always uses cv2.
+Input is the plain results dict built by `evaluator.cli.evaluate`: per dataset, every evaluation
+protocol's summary and runs under `protocols` (see `write_outputs`). The files of one evaluation
+are committed together, results.json last, so a folder holding a results.json holds everything it
+describes; a failed write leaves the folder as it was (`OutputError`, one line). Plots use
+matplotlib's Agg backend when matplotlib is installed, else cv2; the example figure always uses cv2.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import cv2
@@ -20,16 +23,27 @@ from shardset.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEADLINE", "COLUMN_NAMES", "aggregate", "format_value", "terminal_table", "markdown_header",
-           "markdown_row", "append_markdown", "write_json", "pr_curve_png", "examples_png", "write_outputs",
-           "atomic_write_bytes", "to_jsonable"]
+__all__ = ["HEADLINE", "EXTRA", "COLUMN_NAMES", "PROTOCOL_TAGS", "OutputError", "aggregate", "format_value",
+           "terminal_table", "markdown_header", "markdown_row", "append_markdown", "results_json_bytes",
+           "pr_curve_png", "examples_png", "write_outputs", "to_jsonable"]
 
-# The columns of the paper's tables per task (tables 1-2: maxF, IoU, accuracy; table 3: box
-# accuracy or PxAP), then the other numbers the field reports (terminal and JSON only).
-HEADLINE = {"mask": ("max_f", "iou", "accuracy"), "boxes": ("max_box_acc",), "pxap": ("pxap",)}
-EXTRA = {"mask": ("mae", "s_measure", "e_max"), "boxes": ("max_box_acc_v2",), "pxap": ()}
-COLUMN_NAMES = {"max_f": "maxFβ", "iou": "IoU", "accuracy": "Acc", "mae": "MAE", "s_measure": "Sm",
-                "e_max": "Em", "max_box_acc": "MaxBoxAcc", "max_box_acc_v2": "MaxBoxAccV2", "pxap": "PxAP"}
+# results.md columns per evaluation protocol (a key a dataset lacks is skipped): the paper's
+# tables (1-2: maxF, IoU, accuracy; 3: box accuracy or PxAP) and the saliency papers' usual
+# five; then the other numbers each reports (terminal and JSON only).
+HEADLINE = {"paper": ("max_f", "iou", "accuracy"),
+            "sod-toolkit": ("max_f", "s_measure", "e_mean", "mae", "weighted_f"),
+            "wsol": ("max_box_acc", "pxap")}
+EXTRA = {"paper": ("mae", "s_measure", "e_max"),
+         "sod-toolkit": ("mean_f", "adaptive_f", "e_max", "e_adaptive"),
+         "wsol": ("max_box_acc_v2",)}
+COLUMN_NAMES = {"max_f": "maxFβ", "mean_f": "meanFβ", "adaptive_f": "adpFβ", "iou": "IoU", "accuracy": "Acc",
+                "mae": "MAE", "s_measure": "Sα", "e_max": "maxEξ", "e_mean": "meanEξ", "e_adaptive": "adpEξ",
+                "weighted_f": "wFβ", "max_box_acc": "MaxBoxAcc", "max_box_acc_v2": "MaxBoxAccV2", "pxap": "PxAP"}
+PROTOCOL_TAGS = {"sod-toolkit": "SOD "}  # results.md: "ecssd SOD maxFβ" beside the paper's "ecssd maxFβ"
+
+
+class OutputError(Exception):
+    """--out could not be written; the message is one line naming the path and the reason."""
 
 
 # --------------------------------------------------------------------------- numbers
@@ -67,37 +81,42 @@ def to_jsonable(obj):
 # --------------------------------------------------------------------------- files
 
 
-def write_json(path: Path, results: dict) -> None:
+def results_json_bytes(results: dict) -> bytes:
     text = json.dumps(to_jsonable(results), indent=1, sort_keys=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
+    return (text + "\n").encode()
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def _columns(results: dict, extra: bool) -> list[tuple[str, str]]:
-    cols = []
-    for name, ds in results["datasets"].items():
-        keys = HEADLINE[ds["task"]] + (EXTRA[ds["task"]] if extra else ())
-        cols += [(name, k) for k in keys if k in ds["summary"]]
-    return cols
+def _keys(protocol: str, extra: bool) -> tuple[str, ...]:
+    return HEADLINE.get(protocol, ()) + (EXTRA.get(protocol, ()) if extra else ())
+
+
+def _columns(results: dict) -> list[tuple[str, str, str]]:
+    """(dataset, protocol, metric) of the results.md columns."""
+    return [(name, p, k) for name, ds in results["datasets"].items() for p, entry in ds["protocols"].items()
+            for k in _keys(p, extra=False) if k in entry["summary"]]
 
 
 def terminal_table(results: dict) -> str:
-    """One row per dataset: images, protocol and every summary number (mean ± std over runs)."""
-    rows = [["dataset", "images", "protocol"]]
+    """One row per dataset and evaluation protocol: images, input size rule and every summary
+    number (mean ± std over runs)."""
+    rows = [["dataset", "images", "input", "protocol"]]
     keys: list[str] = []
     for ds in results["datasets"].values():
-        for k in HEADLINE[ds["task"]] + EXTRA[ds["task"]]:
-            if k in ds["summary"] and k not in keys:
-                keys.append(k)
+        for p, entry in ds["protocols"].items():
+            keys += [k for k in _keys(p, extra=True) if k in entry["summary"] and k not in keys]
     rows[0] += [COLUMN_NAMES.get(k, k) for k in keys]
     for name, ds in results["datasets"].items():
-        rows.append([name, str(ds["n_images"]), ds["protocol"]] +
-                    [format_value(ds["summary"][k]) if k in ds["summary"] else "-" for k in keys])
+        for p, entry in ds["protocols"].items():
+            rows.append([name, str(ds["n_images"]), ds["protocol"], p] +
+                        [format_value(entry["summary"][k]) if k in entry["summary"] else "-" for k in keys])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if results.get("fg_prob"):
+        lines.append(f"foreground probability: {results['fg_prob']}")
     runs = len(results["sources"])
     if runs > 1:
         lines.append(f"mean ± std (n - 1) over {runs} runs")
@@ -105,30 +124,28 @@ def terminal_table(results: dict) -> str:
 
 
 def markdown_header(results: dict) -> list[str]:
-    cols = _columns(results, extra=False)
-    head = "| Method | " + " | ".join(f"{ds} {COLUMN_NAMES.get(k, k)}" for ds, k in cols) + " |"
-    sep = "|---|" + "---|" * len(cols)
+    cols = _columns(results)
+    head = "| Method | fg prob | " + " | ".join(
+        f"{ds} {PROTOCOL_TAGS.get(p, '')}{COLUMN_NAMES.get(k, k)}" for ds, p, k in cols) + " |"
+    sep = "|---|---|" + "---|" * len(cols)
     return [head, sep]
 
 
 def markdown_row(results: dict) -> str:
-    cols = _columns(results, extra=False)
-    cells = [format_value(results["datasets"][ds]["summary"][k]) for ds, k in cols]
+    cells = [format_value(results["datasets"][ds]["protocols"][p]["summary"][k]) for ds, p, k in _columns(results)]
     method = results["method"].replace("|", "\\|")
-    return f"| {method} | " + " | ".join(cells) + " |"
+    return f"| {method} | {results.get('fg_prob') or '-'} | " + " | ".join(cells) + " |"
 
 
-def append_markdown(path: Path, results: dict) -> None:
-    """Add this evaluation's row to results.md.
+def markdown_text(old: str, results: dict) -> str:
+    """results.md's text with this evaluation's row added.
 
     Rows of several runs and methods line up under one header: when the file's last table has
     the same columns the row is appended to it; otherwise a new table (header + row) is appended
     below. Existing rows are never rewritten.
     """
-    path = Path(path)
     header = markdown_header(results)
     row = markdown_row(results)
-    old = path.read_text() if path.exists() else ""
     lines = old.rstrip("\n").split("\n") if old.strip() else []
     last_header = None
     for i, line in enumerate(lines):
@@ -140,14 +157,22 @@ def append_markdown(path: Path, results: dict) -> None:
         if lines:
             lines.append("")
         lines += header + [row]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return "\n".join(lines) + "\n"
+
+
+def append_markdown(path: Path, results: dict) -> None:
+    """Add this evaluation's row to the results.md at `path` (see `markdown_text`)."""
+    path = Path(path)
+    atomic_write_bytes(path, markdown_text(path.read_text() if path.exists() else "", results).encode())
 
 
 # --------------------------------------------------------------------------- figures
 
 
 def _mean_curve(ds: dict, key: str) -> np.ndarray | None:
-    curves = [r["curves"][key] for r in ds["runs"] if key in r.get("curves", {})]
+    """The mean over runs of a curve of the dataset's first protocol (the paper's for masks)."""
+    runs = next(iter(ds["protocols"].values()))["runs"]
+    curves = [r["curves"][key] for r in runs if key in r.get("curves", {})]
     return np.mean(np.asarray(curves, dtype=np.float64), axis=0) if curves else None
 
 
@@ -179,7 +204,8 @@ def pr_curve_png(results: dict) -> bytes | None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(f"{results['method']}: precision-recall (thresholds v > k, k = 0..254)", fontsize=8)
+    ax.set_title(f"{results['method']}: precision-recall, paper protocol (thresholds v > k, k = 0..254)",
+                 fontsize=8)
     ax.legend(loc="lower left")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
@@ -248,24 +274,80 @@ def pick_examples(ids: list[str], scores: np.ndarray) -> list[tuple[str, str, fl
 
 
 def write_outputs(out_dir: Path, results: dict, examples: dict[str, list] | None = None) -> list[Path]:
-    """results.json, results.md (appended), pr_curve.png and examples_<dataset>.png in `out_dir`.
+    """pr_curve.png, examples_<dataset>.png, results.md (a row appended) and results.json in
+    `out_dir`, committed as one: every file is first written in full under a staging name, then
+    each is renamed into place, results.json last. A write that fails (a file in the way, a
+    read-only folder, a full disk) removes the staged files and raises `OutputError`, leaving the
+    folder as it was; a folder this call created is removed again.
 
     `examples` maps a dataset name to `examples_png` rows. Returns the paths written.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "results.json", out_dir / "results.md"]
-    write_json(written[0], results)
-    append_markdown(written[1], results)
+    files: list[tuple[Path, bytes]] = []
     png = pr_curve_png(results)
     if png is not None:
-        written.append(out_dir / "pr_curve.png")
-        atomic_write_bytes(written[-1], png)
+        files.append((out_dir / "pr_curve.png", png))
     for name, rows in (examples or {}).items():
         if rows:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            written.append(out_dir / f"examples_{safe}.png")
-            atomic_write_bytes(written[-1], examples_png(rows))
-    for p in written:
+            files.append((out_dir / f"examples_{safe}.png", examples_png(rows)))
+    md = out_dir / "results.md"
+    try:
+        old_md = md.read_text() if md.is_file() else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise OutputError(f"cannot read {md} to append a row ({e}); move it away or pick another --out") from e
+    files.append((md, markdown_text(old_md or "", results).encode()))
+    files.append((out_dir / "results.json", results_json_bytes(results)))  # last: it marks the set complete
+
+    created = _missing_folders(out_dir)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        for path, data in files:
+            tmp = path.with_name(f".{path.name}.{tag}.staged")
+            atomic_write_bytes(tmp, data)
+            staged.append((tmp, path))
+        for i, (tmp, path) in enumerate(staged):
+            os.replace(tmp, path)
+            staged[i] = (path, path)  # in place: nothing left to remove
+    except OSError as e:
+        _roll_back(staged, created, out_dir, md, old_md)
+        where = e.filename or out_dir
+        raise OutputError(f"cannot write the results to --out {out_dir}: {e.strerror or e} ({where}); "
+                          "no results.json was written; free space or pick another folder") from e
+    for p, _ in files:
         log.info("wrote %s", p)
-    return written
+    return [p for p, _ in files]
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` would create for `folder`, deepest first."""
+    out = []
+    while not folder.exists() and folder.parent != folder:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+def _roll_back(staged: list[tuple[Path, Path]], created: list[Path], out_dir: Path, md: Path,
+               old_md: str | None) -> None:
+    """Remove staged files. If some were already renamed into place (a rename failed: rare),
+    results.md gets its old text back and results.json goes (whatever it was, it no longer
+    describes the pictures beside it). Remove the folders this call created."""
+    placed = [path for tmp, path in staged if tmp == path]
+    for tmp, path in staged:
+        if tmp != path:
+            tmp.unlink(missing_ok=True)
+    if placed:
+        (out_dir / "results.json").unlink(missing_ok=True)
+        if md in placed:
+            try:
+                atomic_write_bytes(md, old_md.encode()) if old_md is not None else md.unlink()
+            except OSError:
+                log.warning("could not restore %s after the failed write", md)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

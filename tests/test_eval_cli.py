@@ -73,16 +73,25 @@ def test_pred_dir_gt_as_prediction_scores_one_and_writes_everything(ecssd_dir, t
         assert ds["summary"][k]["mean"] == 1.0, k
     assert ds["summary"]["s_measure"]["mean"] == pytest.approx(1.0, abs=1e-9)  # eps in its formula
     assert ds["summary"]["mae"]["mean"] == 0.0
-    assert ds["runs"][0]["per_image"]["ids"] == ids
-    assert len(ds["runs"][0]["curves"]["precision_curve"]) == 255
+    paper, toolkit = ds["protocols"]["paper"], ds["protocols"]["sod-toolkit"]
+    assert paper["summary"] == ds["summary"]
+    assert paper["runs"][0]["per_image"]["ids"] == ids
+    assert len(paper["runs"][0]["curves"]["precision_curve"]) == 255
+    assert len(toolkit["runs"][0]["curves"]["precision_curve"]) == 256
+    for k in ("max_f", "mean_f", "adaptive_f", "s_measure", "e_max", "e_mean", "e_adaptive", "mae", "weighted_f"):
+        assert k in toolkit["summary"], k
+    assert toolkit["summary"]["max_f"]["mean"] == 1.0 and toolkit["summary"]["mae"]["mean"] == 0.0
+    assert results["fg_prob"] is None  # saved maps: no logits
     assert results["tool"]["version"]
     fig = cv2.imread(str(out / "examples_ecssd.png"))
     assert fig is not None and fig.shape[0] > 3 * 160
     # a second run appends its row under the same header
     assert _run(args + ["--method", "again"]).exit_code == 0
     md = (out / "results.md").read_text().splitlines()
-    assert md[0] == "| Method | ecssd maxFβ | ecssd IoU | ecssd Acc |"
-    assert md[2] == "| pred | 1.000 | 1.000 | 1.000 |" and md[3] == "| again | 1.000 | 1.000 | 1.000 |"
+    assert md[0] == ("| Method | fg prob | ecssd maxFβ | ecssd IoU | ecssd Acc | ecssd SOD maxFβ | ecssd SOD Sα | "
+                     "ecssd SOD meanEξ | ecssd SOD MAE | ecssd SOD wFβ |")
+    assert md[2].startswith("| pred | - | 1.000 | 1.000 | 1.000 | 1.000 |")
+    assert md[3].startswith("| again | - | 1.000 | 1.000 | 1.000 | 1.000 |")
     assert len(md) == 4
 
 
@@ -163,9 +172,9 @@ def _tiny_ckpt(run_dir: Path, seed: int) -> Path:
     return run_dir
 
 
-def _by_hand(run_dir: Path, data: Path) -> dict:
-    """The documented pipeline written out: short side 128, [-1, 1] NCHW, softmax[:, 1], bilinear
-    back to the gt's size, 8-bit, metrics."""
+def _by_hand(run_dir: Path, data: Path, fg_prob: str = "softmax") -> dict:
+    """The documented pipeline written out: short side 128, [-1, 1] NCHW, softmax[:, 1] (or
+    sigmoid of logit 1), bilinear back to the gt's size, 8-bit, metrics."""
     import torch
     from trainer.checkpoint import load_for_inference
 
@@ -180,7 +189,9 @@ def _by_hand(run_dir: Path, data: Path) -> dict:
         x = cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         x = torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1
         with torch.no_grad():
-            p = torch.softmax(model(x), dim=1)[0, 1].numpy()
+            logits = model(x)
+            p = (torch.softmax(logits, dim=1)[0, 1] if fg_prob == "softmax" else 1 / (1 + torch.exp(-logits[0, 1])))
+            p = p.numpy()
         p = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
         m.update(np.clip(np.rint(p * 255), 0, 255).astype(np.uint8), gt)
     return m.compute()
@@ -194,7 +205,8 @@ def test_ckpt_matches_the_pipeline_by_hand(tmp_path):
     got = results["datasets"]["data"]
     for k in ("max_f", "iou", "accuracy", "mae", "s_measure", "e_max"):
         assert got["summary"][k]["mean"] == pytest.approx(ref[k], abs=1e-6), k
-    np.testing.assert_allclose(got["runs"][0]["curves"]["f_curve"], ref["f_curve"], atol=1e-6)
+    np.testing.assert_allclose(got["protocols"]["paper"]["runs"][0]["curves"]["f_curve"], ref["f_curve"], atol=1e-6)
+    assert results["fg_prob"] == "softmax"
     src = results["sources"][0]
     weights = run / "checkpoints" / "step-000007.safetensors"
     import hashlib
@@ -228,7 +240,7 @@ def test_several_ckpts_give_mean_and_sample_std(tmp_path):
     assert len(both["sources"]) == 2
     assert len({s["sha256"] for s in both["sources"]}) == 2
     row = (out / "results.md").read_text().splitlines()[2]
-    assert row.count("±") == 3  # maxF, IoU, Acc
+    assert row.count("±") == 3 + 5  # the paper's maxF, IoU, Acc; the toolkit's maxF, Sα, Eξ, MAE, wFβ
 
 
 def test_crop128_ckpt_predicts_at_128(tmp_path):
@@ -286,7 +298,8 @@ def test_box_and_pxap_sets_through_pred_dir(tmp_path):
     ref.update(_rect_mask(30, 30, 5, 20, 5, 20).astype(np.float32) / 255, _rect_mask(30, 30, 5, 20, 5, 20) >= 128)
     assert results["datasets"]["openimages-wsol"]["summary"]["pxap"]["mean"] == ref.compute()["pxap"] > 0.99
     md = (tmp_path / "R" / "results.md").read_text().splitlines()
-    assert md[0] == "| Method | cub-wsol MaxBoxAcc | openimages-wsol PxAP |"
+    assert md[0] == "| Method | fg prob | cub-wsol MaxBoxAcc | openimages-wsol PxAP |"
+    assert list(results["datasets"]["cub-wsol"]["protocols"]) == ["wsol"]
 
 
 # --------------------------------------------------------------------------- errors
@@ -369,3 +382,198 @@ def test_unreadable_prediction_and_missing_cuda_are_one_line(tmp_path):
     run = _tiny_ckpt(tmp_path / "run", seed=0)
     res = _run(["--ckpt", run, "--dataset", f"folder:{data}", "--device", "cuda"])
     _assert_one_line_error(res, "'cuda'", "--device cpu")
+
+
+# --------------------------------------------------------------------------- protocols, --fg-prob
+
+
+@pytest.mark.data
+def test_sod_toolkit_numbers_equal_pysodmetrics_on_the_files(ecssd_dir, tmp_path):
+    """eval-seg's sod-toolkit protocol against pysodmetrics' defaults fed the same PNG files (the
+    toolkits' own inputs), on ECSSD maps that do not span [0, 1]."""
+    from sod_reference import TOOLKIT_KEYS, pysodmetrics_defaults
+
+    ids = sorted(p.stem for p in (ecssd_dir / "images").iterdir())[:12]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i, name in enumerate(ids):
+        gt = cv2.imread(str(ecssd_dir / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        p = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 3 + i) * (0.3 + 0.05 * i) + 10 * (i % 3)
+        cv2.imwrite(str(pred / f"{name}.png"), np.clip(np.rint(p), 0, 255).astype(np.uint8))
+    results = evaluate(EvalConfig(datasets=(f"folder:{ecssd_dir}",), pred_dir=pred, limit=len(ids)))
+    got = results["datasets"]["ecssd"]["protocols"]["sod-toolkit"]["summary"]
+    pairs = []
+    for name in ids:
+        v = cv2.imread(str(pred / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        assert v.max() < 255  # the maps do not span [0, 1]
+        pairs.append((v, cv2.imread(str(ecssd_dir / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)))
+    theirs = pysodmetrics_defaults(pairs)
+    for k in TOOLKIT_KEYS:
+        assert got[k]["mean"] == pytest.approx(theirs[k], abs=1e-9), k
+    assert got["max_f"]["mean"] != results["datasets"]["ecssd"]["summary"]["max_f"]["mean"]
+
+
+def test_fg_prob_rules_on_fixed_logits():
+    torch = pytest.importorskip("torch")
+    from evaluator.predict import foreground_probability
+
+    ln3 = float(np.log(3.0))
+    # pixels (l0, l1): (0, ln 3), (ln 3, 0), (-ln 3, ln 3)
+    logits = torch.tensor([[[[0.0, ln3, -ln3]], [[ln3, 0.0, ln3]]]])
+    # softmax: e^l1 / (e^l0 + e^l1) = 3/4, 1/4, 3 / (1/3 + 3) = 9/10
+    np.testing.assert_allclose(foreground_probability(logits, "softmax").numpy(), [[[0.75, 0.25, 0.9]]], atol=1e-6)
+    # sigmoid1: 1 / (1 + e^-l1) = 3/4, 1/2, 3/4 (l0 is ignored)
+    np.testing.assert_allclose(foreground_probability(logits, "sigmoid1").numpy(), [[[0.75, 0.5, 0.75]]], atol=1e-6)
+    with pytest.raises(ValueError, match="sigmoid1"):
+        foreground_probability(logits, "sigmoid")
+
+
+def test_fg_prob_sigmoid1_matches_the_pipeline_by_hand_and_is_recorded(tmp_path):
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    data = _folder(tmp_path / "data", [(40, 60), (60, 40)])
+    out = tmp_path / "R"
+    res = _run(["--ckpt", run, "--dataset", f"folder:{data}", "--device", "cpu", "--fg-prob", "sigmoid1",
+                "--out", out])
+    assert res.exit_code == 0, res.output
+    assert "foreground probability: sigmoid1" in res.output
+    results = json.loads((out / "results.json").read_text())
+    ref, soft = _by_hand(run, data, "sigmoid1"), _by_hand(run, data, "softmax")
+    got = results["datasets"]["data"]["summary"]
+    for k in ("max_f", "iou", "accuracy", "mae"):
+        assert got[k]["mean"] == pytest.approx(ref[k], abs=1e-6), k
+    assert abs(ref["mae"] - soft["mae"]) > 1e-3  # the two rules really differ on this model
+    assert results["fg_prob"] == "sigmoid1" and results["sources"][0]["fg_prob"] == "sigmoid1"
+    assert (out / "results.md").read_text().splitlines()[2].startswith("| run@7 | sigmoid1 |")
+
+
+def test_fg_prob_with_pred_dir_or_unknown_is_refused(tmp_path):
+    data = _folder(tmp_path / "data", [(8, 8)])
+    _assert_one_line_error(_run(["--pred-dir", tmp_path, "--dataset", f"folder:{data}", "--fg-prob", "softmax"]),
+                           "--fg-prob applies to --ckpt")
+    res = _run(["--pred-dir", tmp_path, "--dataset", f"folder:{data}", "--fg-prob", "sigmoid"])
+    assert res.exit_code == 2 and "sigmoid1" in res.output and "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- issue 18: boundaries
+
+
+def _pred_dir_case(tmp_path):
+    data = _folder(tmp_path / "data", [(20, 30), (30, 20)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i in range(2):
+        shutil.copy(data / "masks" / f"im{i}.png", pred / f"im{i}.png")
+    return ["--pred-dir", pred, "--dataset", f"folder:{data}"]
+
+
+def _tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_out_under_a_file_is_one_line_before_scoring(tmp_path, monkeypatch):
+    args = _pred_dir_case(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    import evaluator.cli as cli
+
+    monkeypatch.setattr(cli, "_score", lambda *a, **k: pytest.fail("scored before checking --out"))
+    res = _run(args + ["--out", tmp_path / "afile" / "sub"])
+    _assert_one_line_error(res, "--out", "afile", "is a file")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_out_in_a_read_only_folder_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import evaluator.report as report
+
+    args = _pred_dir_case(tmp_path)
+    out = tmp_path / "R"
+    out.mkdir()
+    (out / "results.md").write_text("| Method | old |\n|---|---|\n| x | 1 |\n")
+    before = _tree(out)
+
+    def read_only(path, data, **kw):  # root ignores chmod, so the mount's answer is injected
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(report, "atomic_write_bytes", read_only)
+    res = _run(args + ["--out", out])
+    _assert_one_line_error(res, "--out", "Read-only file system")
+    assert _tree(out) == before  # no results.json, no pictures, results.md as it was
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 4])  # a picture, results.md, results.json
+def test_full_disk_keeps_the_previous_results_and_no_new_results_json(tmp_path, monkeypatch, fail_at):
+    import errno
+
+    import evaluator.report as report
+
+    args = _pred_dir_case(tmp_path)
+    out = tmp_path / "R"
+    assert _run(args + ["--out", out, "--method", "first"]).exit_code == 0
+    before = _tree(out)
+    fresh = tmp_path / "fresh"
+    real, calls = report.atomic_write_bytes, []
+
+    def full_disk(path, data, **kw):
+        calls.append(path)
+        if len(calls) % 4 == fail_at % 4:  # pr_curve, examples, results.md, results.json
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data, **kw)
+
+    monkeypatch.setattr(report, "atomic_write_bytes", full_disk)
+    res = _run(args + ["--out", out, "--method", "second"])
+    _assert_one_line_error(res, "No space left on device", "no results.json")
+    assert _tree(out) == before  # the first run's complete set, untouched; no staged leftovers
+    res = _run(args + ["--out", fresh])
+    _assert_one_line_error(res, "No space left on device")
+    assert not fresh.exists()  # a folder this run created is removed again
+
+
+def test_a_failed_rename_leaves_no_results_json(tmp_path, monkeypatch):
+    import errno
+
+    import evaluator.report as report
+
+    args = _pred_dir_case(tmp_path)
+    out = tmp_path / "R"
+    assert _run(args + ["--out", out, "--method", "first"]).exit_code == 0
+    md_before = (out / "results.md").read_text()
+    real, n = report.os.replace, []
+
+    def replace(a, b):
+        n.append(b)
+        if str(b).endswith("results.md"):  # the pictures are in place already
+            raise OSError(errno.EIO, "Input/output error", str(b))
+        real(a, b)
+
+    monkeypatch.setattr(report.os, "replace", replace)
+    _assert_one_line_error(_run(args + ["--out", out, "--method", "second"]), "Input/output error")
+    assert not (out / "results.json").exists()  # the old one no longer describes the new pictures
+    assert (out / "results.md").read_text() == md_before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name, data, kind", [
+    ("model.pt", b"PK\x03\x04" + b"\0" * 40, "a zip archive"),
+    ("weights.ckpt", b"\x80\x04\x95" + b"\0" * 20, "a Python pickle"),
+    ("mask.png", None, "a PNG image"),
+    ("notes.txt", b"hello\n", "a text file"),
+    ("empty.bin", b"", "an empty file"),
+])
+def test_ckpt_that_is_not_a_checkpoint_says_what_it_is(tmp_path, name, data, kind):
+    pytest.importorskip("torch")
+    args = _pred_dir_case(tmp_path)[2:]
+    path = tmp_path / name
+    if data is None:
+        cv2.imwrite(str(path), np.zeros((4, 4), np.uint8))
+    else:
+        path.write_bytes(data)
+    res = _run(["--ckpt", path] + args)
+    _assert_one_line_error(res, str(path), kind, "not a train-unet checkpoint", "step-*.safetensors")
+    assert "not found" not in res.output
+
+
+def test_no_carriage_return_progress_frames_when_stderr_is_not_a_terminal(tmp_path):
+    res = CliRunner().invoke(main, [str(a) for a in _pred_dir_case(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "\r" not in res.output and "img/s" not in res.output

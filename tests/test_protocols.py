@@ -5,8 +5,6 @@ on real ECSSD masks with maps that do not span [0, 1], on hand-made arrays and o
 tiny maps; every metric of both protocols stays in [0, 1] on any input."""
 from __future__ import annotations
 
-import warnings
-
 import cv2
 import numpy as np
 import pytest
@@ -16,30 +14,10 @@ from hypothesis.extra import numpy as hnp
 
 from evaluator.metrics import EMeasure, SegmentationMetrics, image_stats
 from evaluator.protocols import get_protocol, prepare_sod_toolkit, protocol_names
+from sod_reference import TOOLKIT_KEYS
+from sod_reference import pysodmetrics_defaults as _pysodmetrics
 
 T, F = True, False
-TOOLKIT_KEYS = ("max_f", "mean_f", "adaptive_f", "weighted_f", "s_measure", "mae", "e_max", "e_mean", "e_adaptive")
-
-
-def _pysodmetrics(pairs) -> dict:
-    """pysodmetrics' defaults as its README runs them: uint8 map and uint8 mask into step()."""
-    import py_sod_metrics as psm
-
-    with warnings.catch_warnings():  # Fmeasure's deprecation note; NaN warnings of empty quadrants
-        warnings.simplefilter("ignore")
-        fm, wfm, sm, em, mae = psm.Fmeasure(), psm.WeightedFmeasure(), psm.Smeasure(), psm.Emeasure(), psm.MAE()
-        for v, gt in pairs:
-            for m in (fm, wfm, sm, em, mae):
-                m.step(pred=v, gt=gt)
-    f, e = fm.get_results()["fm"], em.get_results()["em"]
-    return {"max_f": f["curve"].max(), "mean_f": f["curve"].mean(), "adaptive_f": f["adp"],
-            "weighted_f": wfm.get_results()["wfm"], "s_measure": sm.get_results()["sm"],
-            "mae": mae.get_results()["mae"], "e_max": e["curve"].max(), "e_mean": e["curve"].mean(),
-            "e_adaptive": e["adp"], "f_curve": np.flip(f["curve"]), "e_curve": np.flip(e["curve"]),
-            "precision_curve": np.flip(fm.get_results()["pr"]["p"]),
-            "e_curves": np.flip(np.array(em.changeable_ems), axis=1), "e_adaptives": np.array(em.adaptive_ems)}
-
-
 def _ours(pairs, protocol: str) -> dict:
     m = SegmentationMetrics(protocol=protocol)
     for v, gt in pairs:

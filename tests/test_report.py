@@ -11,14 +11,22 @@ import pytest
 from evaluator import report as R
 
 
-def _results(method="m", datasets=("ecssd",), values=(0.5,)):
+def _results(method="m", datasets=("ecssd",), values=(0.5,), toolkit=False, fg_prob=None):
+    """The results dict evaluate() builds: per dataset, each protocol's summary and runs."""
     ds = {}
     for name in datasets:
         summary = {k: R.aggregate(list(values)) for k in ("max_f", "iou", "accuracy", "mae")}
         runs = [{"metrics": {}, "curves": {"precision_curve": np.linspace(1, 0.5, 255),
                                            "recall_curve": np.linspace(0, 1, 255)[::-1]}, "per_image": {}}]
-        ds[name] = {"task": "mask", "protocol": "short128", "n_images": 3, "summary": summary, "runs": runs}
-    return {"method": method, "sources": [{}] * len(values), "datasets": ds, "tool": {"version": "x"}}
+        protocols = {"paper": {"summary": summary, "runs": runs}}
+        if toolkit:
+            keys = ("max_f", "mean_f", "s_measure", "e_mean", "mae", "weighted_f")
+            protocols["sod-toolkit"] = {"summary": {k: R.aggregate([v / 2 for v in values]) for k in keys},
+                                        "runs": runs}
+        ds[name] = {"task": "mask", "protocol": "short128", "n_images": 3, "summary": summary,
+                    "protocols": protocols}
+    return {"method": method, "fg_prob": fg_prob, "sources": [{}] * len(values), "datasets": ds,
+            "tool": {"version": "x"}}
 
 
 def test_aggregate_uses_sample_std():
@@ -39,12 +47,21 @@ def test_markdown_appends_rows_under_the_same_header(tmp_path):
     R.append_markdown(md, _results("A", ("ecssd", "duts-te")))
     R.append_markdown(md, _results("B|x", ("ecssd", "duts-te"), (0.25, 0.75)))
     lines = md.read_text().splitlines()
-    assert lines[0] == ("| Method | ecssd maxFβ | ecssd IoU | ecssd Acc | duts-te maxFβ | duts-te IoU | "
+    assert lines[0] == ("| Method | fg prob | ecssd maxFβ | ecssd IoU | ecssd Acc | duts-te maxFβ | duts-te IoU | "
                         "duts-te Acc |")
-    assert lines[1] == "|---|---|---|---|---|---|---|"
-    assert lines[2] == "| A | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |"
-    assert lines[3] == "| B\\|x | " + " | ".join(["0.500 ± 0.354"] * 6) + " |"
+    assert lines[1] == "|---|---|---|---|---|---|---|---|"
+    assert lines[2] == "| A | - | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |"
+    assert lines[3] == "| B\\|x | - | " + " | ".join(["0.500 ± 0.354"] * 6) + " |"
     assert len(lines) == 4
+
+
+def test_markdown_shows_the_papers_three_beside_the_toolkits_and_the_fg_prob(tmp_path):
+    md = tmp_path / "results.md"
+    R.append_markdown(md, _results("A", ("ecssd",), (0.5,), toolkit=True, fg_prob="sigmoid1"))
+    lines = md.read_text().splitlines()
+    assert lines[0] == ("| Method | fg prob | ecssd maxFβ | ecssd IoU | ecssd Acc | ecssd SOD maxFβ | ecssd SOD Sα | "
+                        "ecssd SOD meanEξ | ecssd SOD MAE | ecssd SOD wFβ |")
+    assert lines[2] == "| A | sigmoid1 | 0.500 | 0.500 | 0.500 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 |"
 
 
 def test_markdown_other_columns_start_a_new_table_and_keep_the_old(tmp_path):
@@ -53,19 +70,24 @@ def test_markdown_other_columns_start_a_new_table_and_keep_the_old(tmp_path):
     R.append_markdown(md, _results("B", ("cub",)))
     R.append_markdown(md, _results("C", ("cub",)))
     assert md.read_text().splitlines() == [
-        "| Method | ecssd maxFβ | ecssd IoU | ecssd Acc |", "|---|---|---|---|", "| A | 0.500 | 0.500 | 0.500 |",
+        "| Method | fg prob | ecssd maxFβ | ecssd IoU | ecssd Acc |", "|---|---|---|---|---|",
+        "| A | - | 0.500 | 0.500 | 0.500 |",
         "",
-        "| Method | cub maxFβ | cub IoU | cub Acc |", "|---|---|---|---|", "| B | 0.500 | 0.500 | 0.500 |",
-        "| C | 0.500 | 0.500 | 0.500 |",
+        "| Method | fg prob | cub maxFβ | cub IoU | cub Acc |", "|---|---|---|---|---|",
+        "| B | - | 0.500 | 0.500 | 0.500 |",
+        "| C | - | 0.500 | 0.500 | 0.500 |",
     ]
 
 
-def test_terminal_table_lists_every_number():
-    text = R.terminal_table(_results("A", ("ecssd",), (0.2, 0.4)))
-    head, rule, row, note = text.splitlines()
-    assert head.split() == ["dataset", "images", "protocol", "maxFβ", "IoU", "Acc", "MAE"]
-    assert row.split()[:3] == ["ecssd", "3", "short128"] and "0.300 ± 0.141" in row
-    assert "2 runs" in note
+def test_terminal_table_lists_every_number_per_protocol():
+    text = R.terminal_table(_results("A", ("ecssd",), (0.2, 0.4), toolkit=True, fg_prob="softmax"))
+    head, rule, paper, toolkit, fg, note = text.splitlines()
+    assert head.split() == ["dataset", "images", "input", "protocol", "maxFβ", "IoU", "Acc", "MAE", "Sα", "meanEξ",
+                            "wFβ", "meanFβ"]
+    assert paper.split()[:4] == ["ecssd", "3", "short128", "paper"] and "0.300 ± 0.141" in paper
+    assert toolkit.split()[:4] == ["ecssd", "3", "short128", "sod-toolkit"] and "0.150 ± 0.071" in toolkit
+    assert paper.split()[4 + 4 * 3] == "-"  # after maxFβ, IoU, Acc, MAE: the paper reports no Sα here
+    assert fg == "foreground probability: softmax" and "2 runs" in note
 
 
 def test_to_jsonable_converts_numpy_and_nonfinite():
@@ -95,12 +117,17 @@ def test_pr_curve_png_with_matplotlib_and_cv2():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     fallback = R._pr_curve_cv2([("ecssd", np.linspace(0, 1, 5), np.linspace(1, 0, 5), 2)])
     assert cv2.imdecode(np.frombuffer(fallback, np.uint8), cv2.IMREAD_COLOR).shape == (480, 480, 3)
-    res["datasets"]["ecssd"]["runs"][0]["curves"] = {}
+    res["datasets"]["ecssd"]["protocols"]["paper"]["runs"][0]["curves"] = {}
     assert R.pr_curve_png(res) is None
 
 
-def test_write_outputs_atomic_and_readable(tmp_path):
+def test_write_outputs_writes_results_json_last(tmp_path, monkeypatch):
+    order = []
+    real_replace = R.os.replace
+    monkeypatch.setattr(R.os, "replace", lambda a, b: (order.append(b.name if hasattr(b, "name") else b),
+                                                       real_replace(a, b)))
     written = R.write_outputs(tmp_path / "out", _results())
-    assert [p.name for p in written] == ["results.json", "results.md", "pr_curve.png"]
+    assert [p.name for p in written] == ["pr_curve.png", "results.md", "results.json"]
+    assert [n for n in order if not str(n).endswith(".staged")] == ["pr_curve.png", "results.md", "results.json"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["method"] == "m"
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pr_curve.png", "results.json", "results.md"]
