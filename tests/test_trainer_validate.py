@@ -1,59 +1,109 @@
-"""trainer.validate: the fallback metrics on hand-made maps, and agreement with evaluator.metrics."""
+"""trainer.validate: the trainer's numbers come from evaluator.metrics under a named protocol
+(no copy of the metrics of its own): a hand computation on fixed logits, and agreement with
+eval-seg on a real-benchmark folder."""
 from __future__ import annotations
 
+import contextlib
+
+import cv2
 import numpy as np
 import pytest
 
-from trainer.validate import LocalMetrics, Scorer, f_curve, grid_image, iou_at_half, to_u8
+torch = pytest.importorskip("torch")
+
+import trainer.validate as V  # noqa: E402
+from trainer.validate import grid_image, to_u8, validate, validate_real  # noqa: E402
+
+T, F = True, False
 
 
-def test_f_curve_hand_made():
-    v = np.array([[0, 100], [200, 255]], np.uint8)
-    gt = np.array([[False, False], [True, True]])
-    f = f_curve(v, gt, beta2=0.3)
-    assert f.shape == (255,)
-    # k < 100: pred {100, 200, 255}: P = 2/3, R = 1 -> F = 1.3 * 2/3 / (0.3 * 2/3 + 1)
-    assert f[0] == pytest.approx(1.3 * (2 / 3) / (0.3 * (2 / 3) + 1))
-    assert f[99] == f[0]
-    # 100 <= k < 200: pred {200, 255}: P = R = 1
-    assert f[100] == 1.0 and f[199] == 1.0
-    # 200 <= k < 255: pred {255}: P = 1, R = 1/2 -> F = 1.3 * 0.5 / (0.3 + 0.5)
-    assert f[200] == pytest.approx(1.3 * 0.5 / 0.8) and f[254] == f[200]
+class _FixedLogits(torch.nn.Module):
+    """Returns the logits it was built with (the images are ignored)."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.register_buffer("logits", torch.from_numpy(logits.astype(np.float32)))
+
+    def forward(self, x):
+        return self.logits[: x.shape[0]]
 
 
-def test_empty_conventions():
-    empty_gt = np.zeros((2, 2), bool)
-    # empty prediction on empty ground truth: P = 1 (empty pred), R = 1 (empty gt) -> F = 1, IoU = 1
-    assert f_curve(np.zeros((2, 2), np.uint8), empty_gt)[0] == 1.0
-    assert iou_at_half(np.zeros((2, 2), np.uint8), empty_gt) == 1.0
-    # any prediction on empty gt: P = 0, R = 1 -> F = 0 at thresholds below it
-    assert f_curve(np.full((2, 2), 200, np.uint8), empty_gt)[0] == 0.0
+def _no_autocast():
+    return contextlib.nullcontext()
 
 
-def test_iou_threshold_is_v_at_least_128():
-    gt = np.array([[True, True]])
-    assert iou_at_half(np.array([[128, 127]], np.uint8), gt) == 0.5
+def test_validate_on_fixed_logits_equals_a_hand_computation():
+    # probabilities v / 255 for two 2 x 2 images, ground truth [[F, F], [T, T]] for both
+    v = np.array([[[26, 102], [204, 242]], [[153, 76], [51, 178]]])
+    p = v / 255.0
+    logits = np.stack([np.zeros_like(p), np.log(p / (1 - p))], axis=1)  # softmax channel 1 = p
+    mask = np.array([[[0, 0], [1, 1]]] * 2, np.uint8)
+    val = {"image": np.zeros((2, 2, 2, 3), np.uint8), "mask": mask}
+    out, prob = validate(_FixedLogits(logits), val, torch.device("cpu"), _no_autocast)
+    np.testing.assert_array_equal(to_u8(prob), v)
+    # maxF: image 1 has P = R = 1 for 102 <= k < 204; image 2 reaches F = 1.3 * 0.5 / 0.8 = 0.8125
+    # (only 178 > k: P 1, R 1/2) for 153 <= k < 178, where image 1 is 1: mean (1 + 0.8125) / 2
+    assert out["max_f"] == pytest.approx((1 + 0.8125) / 2, abs=1e-12)
+    # v >= 128: image 1 {204, 242} = gt (IoU 1, acc 1); image 2 {153, 178}: tp 1, fp 1, fn 1
+    assert out["iou"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-12)
+    assert out["accuracy"] == pytest.approx((1 + 0.5) / 2, abs=1e-12)
+    # cross-entropy: mean over pixels of -log p(true class)
+    assert out["loss"] == pytest.approx(float(np.mean(-np.log(np.where(mask == 1, p, 1 - p)))), abs=1e-6)
+    assert out["protocol"] == "paper" and out["n"] == 2
+
+
+def test_validate_under_the_toolkit_protocol_normalises_each_map():
+    # a dim map {60, 100, 110, 120}, gt [[F, F], [T, T]]. Paper: nothing reaches v >= 128, so
+    # IoU 0 and accuracy 1/2. Toolkit: min-max normalised, (v - 60) / 60 -> levels uint8(255 p) =
+    # {0, 170, 212, 255}; v >= 128 marks 100, 110, 120: tp 2, fp 1 -> IoU 2/3, accuracy 3/4.
+    # Both reach maxF 1 (paper at 100 <= k < 110, toolkit at 171 <= m <= 212).
+    v = np.array([[[100, 60], [110, 120]]])
+    p = v / 255.0
+    logits = np.stack([np.zeros_like(p), np.log(p / (1 - p))], axis=1)
+    val = {"image": np.zeros((1, 2, 2, 3), np.uint8), "mask": np.array([[[0, 0], [1, 1]]], np.uint8)}
+    paper, _ = validate(_FixedLogits(logits), val, torch.device("cpu"), _no_autocast)
+    toolkit, _ = validate(_FixedLogits(logits), val, torch.device("cpu"), _no_autocast, protocol="sod-toolkit")
+    assert (paper["protocol"], toolkit["protocol"]) == ("paper", "sod-toolkit")
+    assert (paper["iou"], paper["accuracy"], paper["max_f"]) == (0.0, 0.5, 1.0)
+    assert toolkit["iou"] == pytest.approx(2 / 3, abs=1e-15) and toolkit["accuracy"] == 0.75
+    assert toolkit["max_f"] == 1.0
+
+
+def test_no_second_copy_of_the_metrics():
+    for name in ("f_curve", "iou_at_half", "LocalMetrics", "Scorer", "_pick", "_evaluator_metrics"):
+        assert not hasattr(V, name), name
+
+
+def test_validate_real_equals_eval_seg_on_a_folder(tmp_path):
+    """The trainer's benchmark validation and eval-seg give the same paper numbers for one model."""
+    unet = pytest.importorskip("trainer.unet")
+    checkpoint = pytest.importorskip("trainer.checkpoint")
+    from evaluator.cli import EvalConfig, evaluate
+
+    torch.manual_seed(0)
+    model = unet.UNet(width=4).eval()
+    checkpoint.save_checkpoint(tmp_path / "run", 3, model, {"shardset": {"name": "t", "fingerprint": "0" * 64}})
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for i, (h, w) in enumerate([(40, 60), (60, 40), (50, 50)]):
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"im{i}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        m = np.zeros((h, w), np.uint8)
+        m[h // 4: 3 * h // 4, w // 5: w // 2] = 255
+        cv2.imwrite(str(tmp_path / "data" / "masks" / f"im{i}.png"), m)
+    spec = f"folder:{tmp_path / 'data'}"
+    ours = validate_real(model, spec, None, torch.device("cpu"), _no_autocast)
+    ref = evaluate(EvalConfig(datasets=(spec,), ckpts=(tmp_path / "run",), device="cpu", batch_size=1))
+    summary = ref["datasets"]["data"]["protocols"]["paper"]["summary"]
+    for k in ("max_f", "iou", "accuracy"):
+        assert ours[k] == pytest.approx(summary[k]["mean"], abs=1e-9), k
+    toolkit = validate_real(model, spec, None, torch.device("cpu"), _no_autocast, protocol="sod-toolkit")
+    assert toolkit["max_f"] == pytest.approx(
+        ref["datasets"]["data"]["protocols"]["sod-toolkit"]["summary"]["max_f"]["mean"], abs=1e-9)
 
 
 def test_to_u8_rounds():
     np.testing.assert_array_equal(to_u8(np.array([0.0, 0.5, 1.0, 1.2, -0.1])), [0, 128, 255, 255, 0])
-
-
-def test_local_metrics_agree_with_evaluator_metrics():
-    metrics = pytest.importorskip("evaluator.metrics")
-    rng = np.random.default_rng(0)
-    local, ev_f, ev_i = LocalMetrics(), metrics.MaxFMeasure(), metrics.IoU()
-    for _ in range(6):
-        gt = rng.random((20, 24)) < 0.3
-        v = np.clip(gt * 150 + rng.integers(0, 120, gt.shape), 0, 255).astype(np.uint8)
-        local.update(v, gt)
-        ev_f.update(v, gt)
-        ev_i.update(v, gt)
-    res = local.compute()
-    assert res["max_f"] == pytest.approx(ev_f.compute()["max_f"], abs=1e-12)
-    assert res["iou"] == pytest.approx(ev_i.compute()["iou"], abs=1e-12)
-    s = Scorer()
-    assert s.external is not None
 
 
 def test_grid_image_layout():

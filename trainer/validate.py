@@ -1,10 +1,8 @@
-"""Validation during training: loss, IoU at 0.5 and maxF (beta^2 = 0.3) on held-out samples.
-
-Metrics follow DESIGN.md on 8-bit maps v = round(255 * prob): maxF thresholds are v > k for
-k = 0..254 with per-image F averaged over images before the max; IoU uses v >= 128 per image,
-averaged, 1 when prediction and ground truth are both empty. `evaluator.metrics` (MaxFMeasure,
-IoU) is used when it is installed; the small numpy versions here are the fallback and the
-cross-check. Optionally a real benchmark is scored through `evaluator.datasets`.
+"""Validation during training: loss, and maxF (beta^2 = 0.3), IoU at 0.5 and accuracy on held-out
+samples, computed by evaluator.metrics.SegmentationMetrics under a named evaluation protocol
+(`paper` by default: the numbers the paper's tables use; see evaluator.protocols). There is no
+second copy of the metrics here. Optionally a real benchmark is scored through the evaluator's
+own dataset and prediction code.
 """
 from __future__ import annotations
 
@@ -15,13 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evaluator.metrics import SegmentationMetrics
 from shardset.atomic import atomic_write_bytes
 
 from .unet import foreground_proba, normalize_images
 
 log = logging.getLogger(__name__)
 
-BETA2 = 0.3
+VAL_METRICS = ("max_f", "iou", "accuracy")
 
 
 def to_u8(prob: np.ndarray) -> np.ndarray:
@@ -29,105 +28,9 @@ def to_u8(prob: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def f_curve(v: np.ndarray, gt: np.ndarray, beta2: float = BETA2) -> np.ndarray:
-    """F at thresholds v > k, k = 0..254 (ascending k), for one uint8 map and bool ground truth."""
-    gt = gt.astype(bool)
-    n_fg = int(gt.sum())
-    n_bg = gt.size - n_fg
-    hist_fg = np.bincount(v[gt].ravel(), minlength=256)
-    hist_bg = np.bincount(v[~gt].ravel(), minlength=256)
-    tp = (n_fg - np.cumsum(hist_fg)[:255]).astype(np.float64)  # pixels with v > k inside gt
-    fp = (n_bg - np.cumsum(hist_bg)[:255]).astype(np.float64)
-    pred = tp + fp
-    precision = np.divide(tp, pred, out=np.ones_like(tp), where=pred > 0)  # empty prediction: P = 1
-    recall = tp / n_fg if n_fg else np.ones_like(tp)  # empty ground truth: R = 1
-    denom = beta2 * precision + recall
-    return np.divide((1 + beta2) * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-
-
-def iou_at_half(v: np.ndarray, gt: np.ndarray) -> float:
-    pred = v >= 128
-    gt = gt.astype(bool)
-    union = int((pred | gt).sum())
-    return 1.0 if union == 0 else float((pred & gt).sum()) / union
-
-
-class LocalMetrics:
-    """Streaming maxF / IoU / accuracy with the evaluator's interface (update / compute)."""
-
-    def __init__(self, beta2: float = BETA2):
-        self.beta2 = beta2
-        self.f_sum = np.zeros(255)
-        self.iou_sum = 0.0
-        self.acc_sum = 0.0
-        self.n = 0
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        if pred.dtype != np.uint8 or pred.shape != gt.shape:
-            raise ValueError(f"pred must be uint8 of gt's shape {gt.shape}, got {pred.dtype} {pred.shape}")
-        self.f_sum += f_curve(pred, gt, self.beta2)
-        self.iou_sum += iou_at_half(pred, gt)
-        self.acc_sum += float(((pred >= 128) == gt.astype(bool)).mean())
-        self.n += 1
-
-    def compute(self) -> dict:
-        n = max(self.n, 1)
-        return {"max_f": float((self.f_sum / n).max()), "iou": self.iou_sum / n, "accuracy": self.acc_sum / n}
-
-
-def _evaluator_metrics():
-    """(MaxFMeasure(), IoU()) from evaluator.metrics, or None when it is not available."""
-    try:
-        from evaluator.metrics import IoU, MaxFMeasure
-        return MaxFMeasure(), IoU()
-    except Exception as e:  # not landed or another interface: fall back, say so once
-        log.debug("evaluator.metrics unavailable (%s); using trainer.validate.LocalMetrics", e)
-        return None
-
-
-def _pick(result, *names):
-    if isinstance(result, dict):
-        for name in names:
-            if name in result:
-                return float(result[name])
-        return None
-    try:
-        return float(result)
-    except (TypeError, ValueError):
-        return None
-
-
-class Scorer:
-    """Streams maps into evaluator.metrics when present (else LocalMetrics); compute() -> dict."""
-
-    def __init__(self):
-        self.local = LocalMetrics()
-        self.external = _evaluator_metrics()
-
-    def update(self, v: np.ndarray, gt: np.ndarray) -> None:
-        gt = gt.astype(bool)
-        self.local.update(v, gt)
-        if self.external is not None:
-            for m in self.external:
-                m.update(v, gt)
-
-    def compute(self) -> dict:
-        out = self.local.compute()
-        if self.external is not None:
-            try:
-                f = _pick(self.external[0].compute(), "max_f", "maxf", "maxF", "max_fbeta")
-                i = _pick(self.external[1].compute(), "iou", "IoU", "miou")
-            except Exception as e:
-                log.warning("evaluator.metrics failed (%s); reporting trainer.validate's numbers", e)
-                f = i = None
-            if f is not None:
-                out["max_f"] = f
-            if i is not None:
-                out["iou"] = i
-            out["source"] = "evaluator.metrics" if (f is not None and i is not None) else "local"
-        else:
-            out["source"] = "local"
-        return out
+def _scores(metrics: SegmentationMetrics) -> dict:
+    r = metrics.compute()
+    return {**{k: r[k] for k in VAL_METRICS}, "protocol": metrics.protocol.name}
 
 
 @torch.no_grad()
@@ -149,8 +52,9 @@ def predict_proba(model: torch.nn.Module, images_u8: np.ndarray, device: torch.d
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: dict, device: torch.device, autocast, batch: int = 64,
-             channels_last: bool = False) -> tuple[dict, np.ndarray]:
-    """Loss, IoU, maxF, accuracy on the held-out samples; also the probability maps (for the grid)."""
+             channels_last: bool = False, protocol: str = "paper") -> tuple[dict, np.ndarray]:
+    """Loss, IoU, maxF, accuracy on the held-out samples under `protocol`; also the probability
+    maps (for the grid)."""
     was_training = model.training
     model.eval()
     try:
@@ -163,10 +67,10 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device, autocast, 
         loss = loss_sum / masks.numel()
     finally:
         model.train(was_training)
-    scorer = Scorer()
+    metrics = SegmentationMetrics(VAL_METRICS, protocol=protocol)
     for p, gt in zip(to_u8(prob), val["mask"]):
-        scorer.update(p, gt.astype(bool))
-    out = scorer.compute()
+        metrics.update(p, gt.astype(bool))
+    out = _scores(metrics)
     out["loss"] = loss
     out["n"] = int(len(prob))
     return out, prob
@@ -207,30 +111,25 @@ class _ModelSource:
 
 
 def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device: torch.device,
-                  autocast, limit: int = 200) -> dict | None:
-    """maxF / IoU / accuracy on a real benchmark through the evaluator's own protocol code
-    (evaluator.datasets.get_dataset + evaluator.predict.iter_predictions: resize, restore, binarise).
+                  autocast, limit: int = 200, protocol: str = "paper") -> dict:
+    """maxF / IoU / accuracy on a real benchmark under `protocol`, through the evaluator's own
+    code (evaluator.datasets.get_dataset + evaluator.predict.iter_predictions: resize, restore;
+    the protocol binarises the mask)."""
+    from evaluator.datasets import get_dataset
+    from evaluator.predict import iter_predictions
 
-    Returns None, with a logged note, when the evaluator is not installed or lacks these.
-    """
-    try:
-        from evaluator.datasets import get_dataset
-        from evaluator.predict import iter_predictions
-    except Exception as e:
-        log.warning("--eval-dataset %s skipped: the evaluator lacks get_dataset/iter_predictions (%s)", dataset, e)
-        return None
     ds = get_dataset(dataset, root=root)
     items = list(ds.test_items())
     items = items[:limit] if limit else items
     was_training = model.training
     model.eval()
-    scorer = Scorer()
+    metrics = SegmentationMetrics(VAL_METRICS, protocol=protocol)
     try:
         for pred in iter_predictions(ds, items, _ModelSource(model, device, autocast)):
             if pred.gt is not None:
-                scorer.update(pred.pred, pred.gt)
+                metrics.update(pred.pred, pred.gt_map)
     finally:
         model.train(was_training)
-    out = scorer.compute()
+    out = _scores(metrics)
     out["n"] = len(items)
     return out
