@@ -19,6 +19,12 @@ Protocols (how an image reaches the model and how its prediction reaches the met
 
 Ground truth is binarised at >= 0.5 of its range (>= 128 for 8-bit, >= 32768 for 16-bit);
 a uint8 map whose values are all in {0, 1} is read as a label map (1 = foreground).
+
+Images and ground truth are read by `shardset.images.read_user_image`: an image over the pixel
+limit (`max_pixels`, checked from the header before decoding) or one that does not decode
+(truncated, corrupt, missing) is skipped with a warning by `Dataset.iter_loaded`, and recorded
+in `Dataset.skipped` (item id -> reason) for the command's summary. `read_image` / `read_gt`
+raise `ImageSkipped` (a DatasetError) for such files.
 """
 from __future__ import annotations
 
@@ -32,10 +38,12 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from shardset.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ENV_ROOT", "PROTOCOLS", "INPUT_SIZE", "DATASETS", "DatasetError", "Item", "Dataset",
+    "ENV_ROOT", "PROTOCOLS", "INPUT_SIZE", "DATASETS", "DatasetError", "ImageSkipped", "Item", "Dataset",
     "get_dataset", "dataset_names", "read_image", "read_gt", "binarize_gt", "center_crop",
     "input_size", "prepare_image", "prepare_gt", "restore_map",
 ]
@@ -48,6 +56,15 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 class DatasetError(Exception):
     """A dataset could not be found or read; the message is one line with the fix."""
+
+
+class ImageSkipped(DatasetError):
+    """One image or ground-truth file is skipped (over the pixel limit, truncated, corrupt or
+    missing); `.skip` holds the kind and the one-line reason."""
+
+    def __init__(self, skip: Skip):
+        super().__init__(skip.reason)
+        self.skip = skip
 
 
 @dataclass(frozen=True)
@@ -84,11 +101,13 @@ class Dataset:
     task: str = "mask"
     _list_train: Callable[[], list[Path]] | None = field(default=None, repr=False)
     _list_test: Callable[[], list[Item]] | None = field(default=None, repr=False)
-    _gt_reader: Callable[[Item], np.ndarray] | None = field(default=None, repr=False)
+    _gt_reader: Callable[[Item, int], np.ndarray] | None = field(default=None, repr=False)
     _iter_loaded: Callable[[list[Item]], Iterator[tuple[Item, np.ndarray, np.ndarray | None]]] | None = (
         field(default=None, repr=False))
     source: str = ""  # where to obtain the data, quoted in errors
     info: dict = field(default_factory=dict)  # provenance for results.json (paths, fingerprints)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images over this many pixels are skipped before decoding
+    skipped: dict[str, str] = field(default_factory=dict)  # item id -> why iter_loaded skipped it
 
     def train_images(self) -> list[Path]:
         """Image files of the training split (sorted), for the generator's embeddings."""
@@ -103,26 +122,33 @@ class Dataset:
         return self._list_test()
 
     def load_image(self, item: Item) -> np.ndarray:
-        """uint8 RGB [H, W, 3] at its original size."""
-        return read_image(item.image_path)
+        """uint8 RGB [H, W, 3] at its original size; ImageSkipped when it cannot be used."""
+        return read_image(item.image_path, self.max_pixels)
 
     def load_gt(self, item: Item) -> np.ndarray:
         """The raw ground-truth map at its original size (uint8/uint16 [H, W]); binarise with
         `binarize_gt` (after `prepare_gt`, which resizes it when the protocol says so)."""
         if self._gt_reader is not None:
-            return self._gt_reader(item)
+            return self._gt_reader(item, self.max_pixels)
         if item.mask_path is None:
             raise DatasetError(f"{self.name}: item {item.id!r} has no mask (task {self.task})")
-        gt = read_gt(item.mask_path)
+        gt = read_gt(item.mask_path, self.max_pixels)
         for extra in item.extra_mask_paths:  # instance masks of one image: union
-            gt = np.maximum(gt, read_gt(extra))
+            gt = np.maximum(gt, read_gt(extra, self.max_pixels))
         return gt
 
     def load_ignore(self, item: Item) -> np.ndarray | None:
         """bool [H, W] pixels to leave out of PxAP (OpenImages), or None."""
         if item.ignore_path is None:
             return None
-        return binarize_gt(read_gt(item.ignore_path))
+        return binarize_gt(read_gt(item.ignore_path, self.max_pixels))
+
+    def _note_skip(self, item: Item, exc: ImageSkipped) -> None:
+        first = item.id not in self.skipped
+        self.skipped[item.id] = exc.skip.reason
+        # name the first few; a folder of thousands of broken files must not flood the log
+        if first:
+            (log.warning if len(self.skipped) <= 5 else log.debug)("skipping %s: %s", item.id, exc.skip.reason)
 
     def iter_loaded(self, items: Iterable[Item], *, images: bool = True, workers: int = 1
                     ) -> Iterator[tuple[Item, np.ndarray | None, np.ndarray | None]]:
@@ -131,7 +157,8 @@ class Dataset:
         The gt is None for box-only sets; with `images=False` the image is None (no decoding)
         except for shard sets, which decode whole samples anyway. `workers` > 1 decodes in that
         many threads (cv2 releases the GIL while decoding), at most 4 x `workers` items ahead, so
-        memory stays bounded on large sets.
+        memory stays bounded on large sets. An item whose image or ground truth is skipped (see
+        the module docstring) is left out, with a warning, and recorded in `self.skipped`.
         """
         items = list(items)
         if self._iter_loaded is not None:
@@ -139,16 +166,26 @@ class Dataset:
             return
 
         def load(item: Item):
-            gt = None if self.task == "boxes" else self.load_gt(item)
-            return item, (self.load_image(item) if images else None), gt
+            try:
+                gt = None if self.task == "boxes" else self.load_gt(item)
+                return item, (self.load_image(item) if images else None), gt
+            except ImageSkipped as exc:
+                return item, exc, None
+
+        def loaded(results: Iterable[tuple]) -> Iterator[tuple]:
+            for item, image, gt in results:
+                if isinstance(image, ImageSkipped):
+                    self._note_skip(item, image)
+                    continue
+                yield item, image, gt
 
         if workers <= 1:
-            yield from map(load, items)
+            yield from loaded(map(load, items))
             return
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="bgw-load") as pool:
+        def ahead_of(pool) -> Iterator[tuple]:
             ahead: deque = deque()
             for item in items:
                 ahead.append(pool.submit(load, item))
@@ -157,23 +194,30 @@ class Dataset:
             while ahead:
                 yield ahead.popleft().result()
 
+        with ThreadPoolExecutor(workers, thread_name_prefix="bgw-load") as pool:
+            yield from loaded(ahead_of(pool))
+
 
 # --------------------------------------------------------------------------- pixel helpers
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; gray images are replicated to three channels."""
-    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if data is None:
-        raise DatasetError(f"cannot read image {path} (missing or not an image)")
-    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+def _read(path: Path | str, flags: int, max_pixels: int) -> np.ndarray:
+    got = read_user_image(path, flags, max_pixels=max_pixels)
+    if isinstance(got, Skip):
+        raise ImageSkipped(got)
+    return got
 
 
-def read_gt(path: Path | str) -> np.ndarray:
-    """Ground truth as stored (uint8 or uint16 [H, W]); colour files keep their first channel."""
-    data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise DatasetError(f"cannot read ground truth {path} (missing or not an image)")
+def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 RGB [H, W, 3]; gray images are replicated to three channels. ImageSkipped for a file
+    over `max_pixels` pixels (from its header, before decoding), truncated, corrupt or missing."""
+    return cv2.cvtColor(_read(path, cv2.IMREAD_COLOR, max_pixels), cv2.COLOR_BGR2RGB)
+
+
+def read_gt(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Ground truth as stored (uint8 or uint16 [H, W]); colour files keep their first channel.
+    ImageSkipped as read_image."""
+    data = _read(path, cv2.IMREAD_UNCHANGED, max_pixels)
     if data.ndim == 3:
         # grayscale masks saved as RGB(A): the channels are equal; keep one (cv2 order is BGR)
         data = data[..., 2] if data.shape[2] >= 3 else data[..., 0]
@@ -299,21 +343,24 @@ def _data_root(root: Path | str | None, name: str) -> Path:
     return root
 
 
-def get_dataset(spec: str, root: Path | str | None = None) -> Dataset:
+def get_dataset(spec: str, root: Path | str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """The dataset named by `spec`: a DATASETS name (under `root` or $BGW_DATA_ROOT),
-    `folder:PATH` or `shards:SET`."""
+    `folder:PATH` or `shards:SET`. Images over `max_pixels` pixels are skipped (see iter_loaded)."""
     if spec.startswith("folder:"):
         path = Path(spec[len("folder:"):]).expanduser()
         # tables name the folder ("ecssd"), so its rows line up with the named set's
-        return _folder(path, name=path.resolve().name or spec, protocol="short128")
-    if spec.startswith("shards:"):
-        return _shards(spec[len("shards:"):])
-    entry = DATASETS.get(spec)
-    if entry is None:
-        close = difflib.get_close_matches(spec, list(DATASETS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise DatasetError(f"unknown dataset {spec!r}{hint}; choose from {', '.join(dataset_names())}")
-    return entry.build(_data_root(root, spec))
+        ds = _folder(path, name=path.resolve().name or spec, protocol="short128")
+    elif spec.startswith("shards:"):
+        ds = _shards(spec[len("shards:"):])
+    else:
+        entry = DATASETS.get(spec)
+        if entry is None:
+            close = difflib.get_close_matches(spec, list(DATASETS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise DatasetError(f"unknown dataset {spec!r}{hint}; choose from {', '.join(dataset_names())}")
+        ds = entry.build(_data_root(root, spec))
+    ds.max_pixels = max_pixels
+    return ds
 
 
 def _find_dir(root: Path, candidates: Iterable[str], name: str, source: str) -> Path:
@@ -440,8 +487,8 @@ def _flowers(root: Path) -> Dataset:
         return [Item(f"image_{i:05d}", jpg / f"image_{i:05d}.jpg", segmim / f"segmim_{i:05d}.jpg")
                 for i in _flowers_split(flowers, "trnid")]
 
-    def gt(item: Item) -> np.ndarray:
-        return flowers_segmim_mask(read_image(item.mask_path)).astype(np.uint8) * 255
+    def gt(item: Item, max_pixels: int) -> np.ndarray:
+        return flowers_segmim_mask(read_image(item.mask_path, max_pixels)).astype(np.uint8) * 255
 
     return Dataset("flowers", "crop128", flowers, _list_test=test, _gt_reader=gt, source=_FLOWERS_SOURCE,
                    _list_train=lambda: [jpg / f"image_{i:05d}.jpg" for i in _flowers_split(flowers, "tstid")])

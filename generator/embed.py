@@ -37,19 +37,23 @@ CACHE_FORMAT = "bgw-embeddings"
 CACHE_VERSION = 1
 
 
-def prepare_image(path: str | os.PathLike, size: int = ENCODE_SIZE) -> np.ndarray | None:
+def prepare_image(path: str | os.PathLike, size: int = ENCODE_SIZE,
+                  max_pixels: int | None = None) -> np.ndarray | None:
     """Read an image as float32 [size,size,3] RGB in [-1, 1] (short side -> size, centre crop).
 
-    Returns None when the file cannot be read or decoded.
+    Returns None when the file is skipped: over `max_pixels` pixels (from its header, before
+    decoding; None = shardset.images.DEFAULT_MAX_PIXELS, 64 MP; logged with its size), truncated,
+    corrupt or unreadable. The reading policy is shardset.images.read_user_image's.
     """
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
+    from shardset.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+
+    # grayscale and RGBA come back as 3-channel BGR
+    bgr = read_user_image(path, cv2.IMREAD_COLOR, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    if isinstance(bgr, Skip):
+        if bgr.kind == "too_large":  # the caller's own warning would call it unreadable
+            log.warning("%s", bgr.reason)
         return None
-    if buf.size == 0:
-        return None
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)  # grayscale and RGBA come back as 3-channel BGR
-    if bgr is None or bgr.ndim != 3 or min(bgr.shape[:2]) < 1:
+    if bgr.ndim != 3 or min(bgr.shape[:2]) < 1:
         return None
     return _resize_crop(bgr[..., ::-1], size)
 

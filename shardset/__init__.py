@@ -14,6 +14,7 @@ Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset
     wds.py       webdataset `zstd:` URL scheme and safe pipeline stages
     verify.py    re-hash shards against the manifest and decode every sample
     inspect.py   summary table and image | mask contact sheet
+    images.py    read_user_image: user images sized from their headers, skipped over a pixel limit
     importer.py  labelled folder -> shard set
     synthetic.py tiny deterministic sets for tests and demos
     export.py    shard set -> image and mask files

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .format import DEFAULT_ENCODING, ENCODINGS, ShardError, ShardSetExistsError
+from .images import DEFAULT_MAX_PIXELS
 from .manifest import ManifestError
 
 
@@ -109,9 +110,17 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
               help="new refuses an existing set; resume keeps verified shards; overwrite replaces the set.")
 @click.option("--num-workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Processes writing shards in parallel.")
+@click.option("--max-image-pixels", type=click.IntRange(1, None), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Skip (and count) images and masks with more pixels than this, read from the file header "
+                   "before decoding: decompression bombs never reach memory.")
 @_errors_as_one_line
-def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, num_workers) -> None:
-    """Turn a labelled folder (images <id>.jpg|png, masks <id>.png) into a shard set."""
+def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, num_workers,
+               max_image_pixels) -> None:
+    """Turn a labelled folder (images <id>.jpg|png, masks <id>.png) into a shard set.
+
+    Pairs whose image or mask is over --max-image-pixels, truncated or corrupt are skipped with a
+    warning; the summary counts them and the manifest records why (rejected.*).
+    """
     from tqdm import tqdm
 
     from .format import check_name
@@ -124,7 +133,7 @@ def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encodin
     with tqdm(unit="sample", desc="import", disable=None, file=sys.stderr) as bar:
         manifest = import_folder(images, masks, out, name, size=size, shard_size=shard_size,
                                  val_fraction=val_fraction, encoding=encoding, seed=seed, mode=mode,
-                                 num_workers=num_workers, progress=bar.update)
+                                 num_workers=num_workers, max_pixels=max_image_pixels, progress=bar.update)
     t = manifest["totals"]
     skipped = sum(t["rejected"].values())
     click.echo(f"wrote {t['shards']} shards, {t['samples']} samples ({skipped} skipped) to {out}/{name}.json")

@@ -1,8 +1,11 @@
 """Import a labelled folder (images/<id>.jpg|png, masks/<id>.png) as a shard set.
 
 Images are resized so the short side is `size` and center-cropped to size x size; masks get the
-same geometry and are binarised at >= 128 (DUTS masks have soft edges). Unreadable files are
-skipped and counted per shard in the manifest's `rejected` counts. Shard contents depend only on
+same geometry and are binarised at >= 128 (DUTS masks have soft edges). Files are read by
+`shardset.images.read_user_image`: one over `max_pixels` (from its header, before decoding),
+truncated, corrupt or unreadable is skipped with a warning and counted per shard in the
+manifest's `rejected` counts (`too_large_image`, `truncated_image`, `unreadable_image`, and
+`..._mask` likewise). Shard contents depend only on
 the sorted ids, `val_fraction` and `seed`, so an interrupted import resumes where it stopped.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ import cv2
 import numpy as np
 
 from .format import DEFAULT_ENCODING
+from .images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from .writer import ShardSetWriter
 
 log = logging.getLogger(__name__)
@@ -68,21 +72,17 @@ def folder_fingerprint(pairs: list[tuple[str, Path, Path]]) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path, flags: int) -> np.ndarray | None:
-    data = np.fromfile(str(path), np.uint8)
-    return cv2.imdecode(data, flags) if data.size else None
-
-
-def load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray] | str:
-    """Prepared (image, mask), or the rejection reason as a string."""
-    img = _read(image_path, cv2.IMREAD_COLOR)
-    if img is None:
-        return "unreadable_image"
-    mask = _read(mask_path, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        return "unreadable_mask"
+def load_pair(image_path: Path, mask_path: Path, size: int,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray] | tuple[str, str]:
+    """Prepared (image, mask), or (rejection key, one-line reason) when the pair is skipped."""
+    img = read_user_image(image_path, cv2.IMREAD_COLOR, max_pixels=max_pixels)
+    if isinstance(img, Skip):
+        return f"{img.kind}_image", img.reason
+    mask = read_user_image(mask_path, cv2.IMREAD_GRAYSCALE, max_pixels=max_pixels)
+    if isinstance(mask, Skip):
+        return f"{mask.kind}_mask", mask.reason
     if mask.shape != img.shape[:2]:
-        return "size_mismatch"
+        return "size_mismatch", f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {img.shape[1]}x{img.shape[0]}"
     return prepare_pair(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask, size)
 
 
@@ -102,9 +102,11 @@ def plan_shards(n: int, shard_size: int, val_fraction: float, seed: int) -> list
 _WORKER: dict = {}
 
 
-def _init_worker(writer_kwargs: dict, pairs: list, size: int, writer: ShardSetWriter | None = None) -> None:
+def _init_worker(writer_kwargs: dict, pairs: list, size: int, max_pixels: int,
+                 writer: ShardSetWriter | None = None) -> None:
     # a pool worker joins the set (a shared lock, same params); in-process, the parent's writer serves
-    _WORKER.update(writer=writer or ShardSetWriter(**writer_kwargs, mode="resume"), pairs=pairs, size=size)
+    _WORKER.update(writer=writer or ShardSetWriter(**writer_kwargs, mode="resume"), pairs=pairs, size=size,
+                   max_pixels=max_pixels)
 
 
 def _import_shard(index: int, split: str, idx: list[int]) -> int:
@@ -112,10 +114,11 @@ def _import_shard(index: int, split: str, idx: list[int]) -> int:
     samples, rejected = [], {}
     for i in idx:
         sid, ip, mp = pairs[i]
-        got = load_pair(ip, mp, size)
-        if isinstance(got, str):
-            log.warning("skipping %s: %s", sid, got)
-            rejected[got] = rejected.get(got, 0) + 1
+        got = load_pair(ip, mp, size, _WORKER["max_pixels"])
+        if isinstance(got[0], str):
+            key, reason = got
+            log.warning("skipping %s: %s", sid, reason)
+            rejected[key] = rejected.get(key, 0) + 1
             continue
         image, mask = got
         samples.append({"image": image, "mask": mask,
@@ -130,7 +133,7 @@ def _import_shard(index: int, split: str, idx: list[int]) -> int:
 def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str | os.PathLike, name: str, *,
                   size: int = 128, shard_size: int = 1000, val_fraction: float = 0.0,
                   encoding: str = DEFAULT_ENCODING, seed: int = 0, mode: str = "new", num_workers: int = 1,
-                  progress: Callable[[int], None] | None = None) -> dict:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: Callable[[int], None] | None = None) -> dict:
     """Import the folder pair as set `name` in `out`; returns the final manifest."""
     images_dir, masks_dir = Path(images), Path(masks)
     for d, what in ((images_dir, "images"), (masks_dir, "masks")):
@@ -140,6 +143,8 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
         raise ValueError(f"size must be an int >= 8, got {size!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be an int >= 1, got {max_pixels!r}")
     pairs, lone_images, lone_masks = find_pairs(images_dir, masks_dir)
     if not pairs:
         raise ValueError(f"no image/mask pairs: {images_dir} and {masks_dir} share no <id> (images <id>.jpg|png, "
@@ -156,6 +161,7 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
         "unpaired_images": lone_images,
         "unpaired_masks": lone_masks,
         "dataset_fingerprint": folder_fingerprint(pairs),
+        "max_image_pixels": max_pixels,  # decides which pairs are skipped, so it is part of the set
     }
     writer_kwargs = dict(out_dir=out, name=name, encoding=encoding, shard_size=shard_size, params=params, seed=seed)
     with ShardSetWriter(**writer_kwargs, mode=mode) as writer:
@@ -167,7 +173,7 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
         log.info("importing %d pairs into %d shards (%d already done)", len(pairs), len(plan), len(plan) - len(todo))
         try:
             if num_workers <= 1:
-                _init_worker(writer_kwargs, pairs, size, writer)
+                _init_worker(writer_kwargs, pairs, size, max_pixels, writer)
                 for k, split, idx in todo:
                     n = _import_shard(k, split, idx)
                     if progress:
@@ -175,7 +181,7 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
             else:
                 writer.share()  # the pool's workers join with shared locks; other writers stay out
                 with ProcessPoolExecutor(num_workers, initializer=_init_worker,
-                                         initargs=(writer_kwargs, pairs, size)) as ex:
+                                         initargs=(writer_kwargs, pairs, size, max_pixels)) as ex:
                     futures = [ex.submit(_import_shard, k, split, idx) for k, split, idx in todo]
                     for fut in futures:
                         n = fut.result()

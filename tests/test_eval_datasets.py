@@ -343,6 +343,12 @@ def test_threaded_loading_keeps_order_and_content(tmp_path):
         assert a == b
         np.testing.assert_array_equal(ia, ib)
         np.testing.assert_array_equal(ga, gb)
-    with pytest.raises(DatasetError, match="cannot read image"):
-        (tmp_path / "images" / "05.png").write_bytes(b"junk")
-        list(ds.iter_loaded(ds.test_items(), workers=3))
+    # an unreadable image is skipped and recorded, with or without threads; the rest keep their order
+    (tmp_path / "images" / "05.png").write_bytes(b"junk")
+    for workers in (1, 3):
+        ds = get_dataset(f"folder:{tmp_path}")
+        got = [x[0].id for x in ds.iter_loaded(ds.test_items(), workers=workers)]
+        assert got == [f"{i:02d}" for i in range(11) if i != 5]
+        assert ds.skipped == {"05": f"{tmp_path / 'images' / '05.png'}: not a PNG, JPEG, WebP, BMP or TIFF file"}
+    with pytest.raises(D.ImageSkipped, match="05.png: not a PNG"):
+        D.read_image(tmp_path / "images" / "05.png")
