@@ -3,10 +3,11 @@
 Two tables:
   1. speed: images per wall second of `Gan.generate`, `Gan.generate_pair` (2 images per latent)
      and the raw `generate` signature, best of 3 repeats of `--reps` batches of `--batch`;
-  2. filters: `generator.masks.process_batch(G(z), G(z + 5h), preset)` on `--n` prior latents
+  2. filters, once per histogram rule (bimodal, the default, and paper):
+     `generator.masks.process_batch(G(z), G(z + 5h), preset with that rule)` on `--n` prior latents
      (seed `--seed`) with the shipped direction h = toy_direction(): acceptance, rejections per
      reason, mean IoU of the accepted masks with `toy_true_mask`, and the median saliency
-     coordinate s of each group (histogram rejections should be the low-s draws).
+     coordinate s of each group.
 Then one JSON line with every number. Wall-clock numbers: on a shared machine run it twice.
 
     python benchmarks/toy_gan.py            # --n 512, batch 64, 10 reps
@@ -19,6 +20,8 @@ import os
 import platform
 import tempfile
 import time
+
+import dataclasses
 
 import click
 import numpy as np
@@ -81,35 +84,41 @@ def main(n, batch, reps, seed, preset_name, cache_dir, quick):
             a, b = gan.generate_pair(z[i:i + batch], h, toy.SHIFT)
             xs.append(a)
             xss.append(b)
-        t = time.perf_counter()
-        res = masks.process_batch(np.concatenate(xs), np.concatenate(xss), cfg)
-        filter_s = time.perf_counter() - t
+        x, x_shift = np.concatenate(xs), np.concatenate(xss)
+        results, filter_s = {}, {}
+        for rule in masks.HISTOGRAM_RULES:
+            t = time.perf_counter()
+            results[rule] = masks.process_batch(x, x_shift, dataclasses.replace(cfg, histogram_rule=rule))
+            filter_s[rule] = time.perf_counter() - t
 
     truth = toy.toy_true_mask(z)
     s = z @ toy._params()["q"][:, toy.TOY_FACTORS["saliency_light"]]
-    reason = np.array([r or "accepted" for r in res.reason])
-    iou = _iou(res.masks.astype(bool), truth)
-    rows = [("accepted", reason == "accepted")] + [(f"rejected: {r}", reason == r) for r in masks.REASONS]
 
     print(f"toy GAN v{toy.TOY_VERSION} on {gan.device}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()};"
           f" module load (build on first use) {load_s:.1f} s")
     print(f"\n{'rendering':52s} {'images/s':>10s}")
     for name, rate in speed.items():
         print(f"{name:52s} {rate:10.1f}")
-    print(f"\nfilters (preset {preset_name!r}) on {n} prior latents, seed {seed}, shift {toy.SHIFT} along toy_direction()")
-    print(f"{'group':22s} {'count':>6s} {'fraction':>9s} {'IoU vs truth':>13s} {'median s':>9s}")
-    for name, sel in rows:
-        k = int(sel.sum())
-        mi = f"{iou[sel].mean():.4f}" if k else "-"
-        ms = f"{np.median(s[sel]):.2f}" if k else "-"
-        print(f"{name:22s} {k:6d} {k / n:9.3f} {mi:>13s} {ms:>9s}")
-    print(f"process_batch: {n / filter_s:.0f} pairs/s")
+    summary = {}
+    for rule, res in results.items():
+        reason = np.array([r or "accepted" for r in res.reason])
+        iou = _iou(res.masks.astype(bool), truth)
+        rows = [("accepted", reason == "accepted")] + [(f"rejected: {r}", reason == r) for r in masks.REASONS]
+        print(f"\nfilters (preset {preset_name!r}, histogram rule {rule!r}) on {n} prior latents, seed {seed}, "
+              f"shift {toy.SHIFT} along toy_direction()")
+        print(f"{'group':22s} {'count':>6s} {'fraction':>9s} {'IoU vs truth':>13s} {'median s':>9s}")
+        for name, sel in rows:
+            k = int(sel.sum())
+            mi = f"{iou[sel].mean():.4f}" if k else "-"
+            ms = f"{np.median(s[sel]):.2f}" if k else "-"
+            print(f"{name:22s} {k:6d} {k / n:9.3f} {mi:>13s} {ms:>9s}")
+        print(f"process_batch: {n / filter_s[rule]:.0f} pairs/s")
+        summary[rule] = {"accepted": float(res.accepted.mean()),
+                         "rejected": {k: v / n for k, v in res.rejected().items()},
+                         "iou_accepted": float(iou[res.accepted].mean()) if res.accepted.any() else None}
     print(json.dumps({
         "n": n, "seed": seed, "preset": preset_name, "toy_version": toy.TOY_VERSION, "device": gan.device,
-        "images_per_s": {k: round(v, 1) for k, v in speed.items()},
-        "accepted": float(res.accepted.mean()),
-        "rejected": {k: v / n for k, v in res.rejected().items()},
-        "iou_accepted": float(iou[res.accepted].mean()) if res.accepted.any() else None,
+        "images_per_s": {k: round(v, 1) for k, v in speed.items()}, "histogram_rules": summary,
     }))
 
 

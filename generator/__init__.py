@@ -3,9 +3,10 @@
 TensorFlow lives in this package only, and is imported inside the functions that need it, so
 importing any module here (this file included) stays light.
 
-    gan.py               load_gan(bigbigan | toy | PATH | HANDLE) -> Gan: generate, generate_pair, encode
+    gan.py               load_gan(bigbigan | toy | PATH | HANDLE) -> Gan; the model contract; resampling
     toy.py               the toy GAN, a procedural stand-in with BigBiGAN's signatures (a test fixture)
     directions.py        load and save segmenting directions (.npy, .pth) as unit vectors + sha256
+    torchfile.py         read torch.save files (.pth) without torch, admitting nothing but tensors
     affine.py            the two-affine-operator model of a segmenting direction (pure numpy)
     discover.py          learn K interpretable latent directions without labels (Voynov & Babenko 2020)
     direction_search.py  pick the segmenting one among candidates (paper, appendix B)

@@ -90,7 +90,8 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.group(cls=OneLineGroup, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--gan", default="bigbigan", show_default=True,
-              help="bigbigan, toy (the built-in stand-in, a test fixture), a SavedModel folder or a TF-Hub handle.")
+              help="bigbigan, toy (the built-in stand-in, a test fixture), a SavedModel folder or a TF-Hub handle "
+                   "(TF2 SavedModel or TF1 Hub format; 'generate' required, 'encode' optional).")
 @click.option("--direction", type=click.Path(dir_okay=False), default=None,
               help="Segmenting direction h_bg, .npy or .pth [latent_dim]. Default: for bigbigan the paper's "
                    "published h_bg (downloaded once into the cache), for toy its shipped one.")
@@ -118,6 +119,9 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
               help="Image encoding inside the shards (npy: raw uint8 under zstd, lossless and the fastest to "
                    "read; png/webp: smaller; jpg: lossy). See benchmarks/shard_io.py.")
+@click.option("--image-size", type=click.IntRange(min=32), default=128, show_default=True,
+              help="Side of the set's images in pixels. G(z) of another size is resampled to it on the "
+                   "accelerator (bilinear, antialiased when shrinking) before the masks are made.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Filter preset. [default: flowers for --dataset flowers, else default]")
 @click.option("--mask-rule", type=click.Choice(sorted(MASK_RULES)), default=None,
@@ -129,7 +133,8 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("--size-filter/--no-size-filter", default=None,
               help="Reject masks over half the image. [default: the preset's]")
 @click.option("--histogram-rule", type=click.Choice(sorted(HISTOGRAM_RULES)), default=None,
-              help="paper or bimodal (reference code). [default: the preset's]")
+              help="bimodal (the reference code's, which produced the paper's numbers) or paper (the text's, "
+                   "stricter). [default: the preset's, bimodal]")
 @click.option("--no-histogram-filter", is_flag=True, help="Switch the histogram filter off.")
 @click.option("--batch-size", type=COUNT, default="64", show_default=True, help="Pairs per accelerator call.")
 @click.option("--num-workers", type=COUNT, default="1", show_default=True,
@@ -144,7 +149,7 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
 @click.pass_context
 def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shard_size, val_fraction, val_shards,
-         seed, out, name, preview, encoding, preset, mask_rule, connectivity, components_filter, size_filter, histogram_rule,
+         seed, out, name, preview, encoding, image_size, preset, mask_rule, connectivity, components_filter, size_filter, histogram_rule,
          no_histogram_filter, batch_size, num_workers, worker_index, ray_address, resume, cache_dir, verbose):
     """Generate synthetic (image, mask) pairs from a GAN into a shard set.
 
@@ -163,7 +168,7 @@ def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shar
     cfg = GenConfig(
         gan=gan, direction=direction, shift=shift, cache_dir=cache_dir, latents=latents, alpha=alpha,
         dataset=dataset, data_root=data_root, n=n, shard_size=shard_size, val_fraction=val_fraction,
-        val_shards=val_shards, seed=seed, out=out, name=name, encoding=encoding, preset=preset,
+        val_shards=val_shards, seed=seed, out=out, name=name, encoding=encoding, image_size=image_size, preset=preset,
         mask_rule=mask_rule, connectivity=int(connectivity) if connectivity else None,
         components_filter=components_filter, size_filter=size_filter,
         histogram_rule=NO_HISTOGRAM if no_histogram_filter else histogram_rule, batch_size=batch_size,

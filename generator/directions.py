@@ -3,8 +3,8 @@
 Formats:
 - `.npy`: float array [D] (or [1, D] / [D, 1]); read with `allow_pickle=False`.
 - `.pth` / `.pt`: a tensor as the paper's authors published their directions, or a dict holding
-  exactly one tensor; read with `torch.load(weights_only=True)` (never unpickles arbitrary
-  objects). torch is needed only for these; without it the error says how to convert.
+  exactly one tensor; read by `generator.torchfile`, which needs no torch and admits nothing but
+  tensors and containers (a malicious pickle is refused before anything in it runs).
 
 `load_direction` returns the unit vector and the sha256 of the file's bytes (for the manifest),
 and raises `DirectionError` (a ValueError with a one-line message naming the file and the fix)
@@ -37,26 +37,25 @@ def _first_line(e: BaseException) -> str:
 
 
 def _from_torch(path: Path, data: bytes) -> np.ndarray:
+    """A direction from a torch.save file, read by generator.torchfile: no torch needed, and
+    nothing unpickled beyond tensors and containers."""
+    from .torchfile import TorchFileError, load
+
     try:
-        import torch
-    except ImportError:
-        raise DirectionError(f"{path}: reading a .pth direction needs torch; install torch "
-                             f"(pip install torch) or convert the file to .npy") from None
-    try:
-        buf = io.BytesIO(data)
-        obj = torch.load(buf, weights_only=True, map_location="cpu")
-    except Exception as e:  # torch raises many types for corrupt or unsafe files
-        raise DirectionError(f"{path}: not a readable tensor file ({_first_line(e)}); save the "
-                             f"direction with torch.save(tensor) or as .npy") from None
+        obj = load(path, data)
+    except TorchFileError as e:
+        raise DirectionError(f"{_first_line(e)}; save the direction with torch.save(tensor) or as .npy") from None
     if isinstance(obj, dict):
-        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        tensors = [v for v in obj.values() if isinstance(v, np.ndarray)]
         if len(tensors) != 1:
             raise DirectionError(f"{path}: holds a dict with {len(tensors)} tensors "
                                  f"(keys {sorted(map(str, obj))[:5]}); expected exactly one direction tensor")
         obj = tensors[0]
-    if not isinstance(obj, torch.Tensor):
+    if not isinstance(obj, np.ndarray):
         raise DirectionError(f"{path}: holds a {type(obj).__name__}, expected a tensor of shape [D]")
-    return obj.detach().to(torch.float64).cpu().numpy()
+    if obj.dtype.kind not in "fiu":
+        raise DirectionError(f"{path}: holds a {obj.dtype} tensor, expected a float vector")
+    return obj.astype(np.float64)
 
 
 def _from_npy(path: Path, data: bytes) -> np.ndarray:

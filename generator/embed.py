@@ -81,6 +81,7 @@ def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = list(paths)
+    size = getattr(gan, "encode_size", None) or ENCODE_SIZE  # the encoder's input side
     batches = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
     zs: list[np.ndarray] = []
     ok: list[int] = []
@@ -89,7 +90,7 @@ def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 
     # out to a separate pool (a single shared pool could deadlock with threads=1)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
         def load(batch):
-            return list(pool.map(lambda i: prepare_image(paths[i]), batch))
+            return list(pool.map(lambda i: prepare_image(paths[i], size), batch))
 
         pending = ahead.submit(load, batches[0]) if batches else None
         for b, batch in enumerate(batches):

@@ -1,10 +1,17 @@
-"""GAN adapters: load BigBiGAN (or any module with its TF-Hub signatures) behind one small API.
+"""GAN adapters: load BigBiGAN, or any module that meets the model contract, behind one small API.
 
 `load_gan(spec)` accepts `bigbigan` (https://tfhub.dev/deepmind/bigbigan-resnet50/1), `toy` (the
 project's stand-in, a test fixture, built on first use by generator.toy), a local SavedModel
 folder, or any TF-Hub handle. Everything goes through `tensorflow_hub`, which finds a cached
 copy of a handle under `$TFHUB_CACHE_DIR/<sha1 of the handle>` with no network, so a module
-placed there loads offline under its real handle.
+placed there loads offline under its real handle. Both of TF-Hub's formats load: TF2
+SavedModels and the TF1 Hub format that BigBiGAN ships (`tfhub_module.pb`, SignatureDefs under
+the empty tag set), which `hub.load` handles itself.
+
+The model contract (`check_signatures`): `generate` (z float32 [N, D] -> `default` [N, S, S, 3] in
+[-1, 1], any D, any square S >= 32) is required; `encode` (x [N, E, E, 3] -> `z_sample` [N, D]) is
+optional and needed only for embedding latents. `Gan.generate_pair` resamples both images to the
+shard set's size on the accelerator (`resample`).
 
 TensorFlow and tensorflow_hub are imported inside functions, never at module import.
 """
@@ -15,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +31,8 @@ log = logging.getLogger(__name__)
 
 BIGBIGAN_HANDLE = "https://tfhub.dev/deepmind/bigbigan-resnet50/1"
 GAN_ALIASES = {"bigbigan": BIGBIGAN_HANDLE}
-GENERATE_SIZE = 128
-ENCODE_SIZE = 256
+MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are meant for
+ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open
 
 
 def _hub():
@@ -101,8 +109,8 @@ def _load_path(handle: str, path: Path, cache: Path) -> "Gan":
     except Exception as e:  # noqa: BLE001
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GanLoadError(f"{path} is not a loadable SavedModel / TF-Hub module: {reason[:200]}") from e
-    latent_dim = check_signatures(module, where=str(path))
-    return Gan(handle=handle, path=Path(path), module=module, latent_dim=latent_dim, cache_dir=cache)
+    contract = check_signatures(module, where=str(path))
+    return Gan(handle=handle, path=Path(path), module=module, contract=contract, cache_dir=cache)
 
 
 def _spec(fn, name: str):
@@ -124,57 +132,102 @@ def _fits(shape: list | None, expected: list) -> bool:
     return len(shape) == len(expected) and all(a is None or e is None or a == e for a, e in zip(shape, expected))
 
 
-def check_signatures(module, *, where: str) -> int:
-    """Check the BigBiGAN signatures `generate` (z -> default) and `encode` (x -> z_sample).
+def _image_side(shape: list | None, probe) -> int | None:
+    """S of an image batch [N, S, S, 3]; None when the shape is not that. Sides a TF1 module leaves
+    unknown in its SignatureDef are read off one call of `probe()` (which returns a tensor)."""
+    if shape is None or (len(shape) == 4 and (shape[1] is None or shape[2] is None)):
+        shape = list(probe().shape)
+    if len(shape) != 4 or shape[3] not in (3, None) or shape[1] != shape[2]:
+        return None
+    return int(shape[1])
 
-    Returns the latent size D. Raises GanLoadError naming what is wrong.
-    """
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a module provides, read off its signatures (`check_signatures`).
+
+    latent_dim: D of `generate`'s z [N, D]. image_size: S of `default` [N, S, S, 3].
+    encode_size: E of `encode`'s x [N, E, E, 3], or None for a module without an encoder."""
+
+    latent_dim: int
+    image_size: int
+    encode_size: int | None
+
+
+def check_signatures(module, *, where: str) -> ModelContract:
+    """Check a module against the model contract (README, "The model contract").
+
+    Required: `generate`, z float32 [N, D] -> dict with `default` float32 [N, S, S, 3] in [-1, 1],
+    any D >= 1 and any static square S >= MIN_IMAGE_SIZE. Optional: `encode`, x float32
+    [N, E, E, 3] in [-1, 1] -> dict with `z_sample` [N, D]. Raises GanLoadError naming what is wrong."""
     sigs = getattr(module, "signatures", {}) or {}
-    missing = [s for s in ("generate", "encode") if s not in sigs]
-    if missing:
+    if "generate" not in sigs:
         raise GanLoadError(
-            f"{where} lacks signature(s) {missing} (has {sorted(sigs)}); a GAN module needs BigBiGAN's "
-            f"'generate' (z [N,D]) and 'encode' (x [N,256,256,3]) signatures")
-    gen, enc = sigs["generate"], sigs["encode"]
+            f"{where} lacks the signature 'generate' (has {sorted(sigs) or 'none'}); a GAN module needs "
+            f"'generate': z float32 [N,D] -> {{'default': [N,S,S,3] in [-1,1]}}")
+    gen = sigs["generate"]
     z = _spec(gen, "z")
     if z is None or z[0] is None or len(z[0]) != 2 or z[0][1] is None or z[1] != "float32":
-        raise GanLoadError(f"{where}: signature 'generate' must take z float32 [N,D], got {z}")
+        raise GanLoadError(f"{where}: signature 'generate' must take one input z float32 [N,D] with D fixed, got "
+                           f"{z if z is not None else sorted(gen.structured_input_signature[1])}")
     latent_dim = int(z[0][1])
     out = gen.structured_outputs
-    if "default" not in out or not _fits(_dims(out["default"]), [None, GENERATE_SIZE, GENERATE_SIZE, 3]):
-        raise GanLoadError(f"{where}: 'generate' must return default [N,{GENERATE_SIZE},{GENERATE_SIZE},3], "
-                           f"got {({k: _dims(v) for k, v in out.items()})}")
+    side = None
+    if "default" in out and out["default"].dtype.name == "float32":
+        import tensorflow as tf
+
+        side = _image_side(_dims(out["default"]), lambda: gen(z=tf.zeros([1, latent_dim]))["default"])
+    if side is None or side < MIN_IMAGE_SIZE:
+        raise GanLoadError(f"{where}: 'generate' must return default float32 [N,S,S,3] (square, S >= "
+                           f"{MIN_IMAGE_SIZE}), got {({k: (_dims(v), v.dtype.name) for k, v in out.items()})}"
+                           + (f" (S = {side})" if side is not None else ""))
+    if "encode" not in sigs:
+        return ModelContract(latent_dim, side, None)
+    enc = sigs["encode"]
     x = _spec(enc, "x")
-    if x is None or not _fits(x[0], [None, ENCODE_SIZE, ENCODE_SIZE, 3]) or x[1] != "float32":
-        raise GanLoadError(f"{where}: signature 'encode' must take x float32 [N,{ENCODE_SIZE},{ENCODE_SIZE},3], got {x}")
+    shape = x[0] if x is not None else None
+    if shape is not None and len(shape) == 4 and shape[1] is None and shape[2] is None:
+        shape = [None, ENCODE_SIZE, ENCODE_SIZE, shape[3]]  # an encoder of any size: feed BigBiGAN's
+    square = shape is not None and len(shape) == 4 and shape[3] in (3, None) and shape[1] == shape[2]
+    enc_side = int(shape[1]) if square and shape[1] is not None else None
+    if enc_side is None or x[1] != "float32":
+        raise GanLoadError(f"{where}: signature 'encode' must take x float32 [N,E,E,3], got {x}")
     eout = enc.structured_outputs
     if "z_sample" not in eout or not _fits(_dims(eout["z_sample"]), [None, latent_dim]):
         raise GanLoadError(f"{where}: 'encode' must return z_sample [N,{latent_dim}], "
                            f"got {({k: _dims(v) for k, v in eout.items()})}")
-    return latent_dim
+    return ModelContract(latent_dim, side, enc_side)
+
+
+class NoEncoderError(GanLoadError):
+    """The module has no `encode` signature, and something asked for embeddings."""
 
 
 class Gan:
     """A loaded GAN. numpy in, numpy out; the TF graphs are traced once per signature.
 
     Attributes: `handle` (what was asked for: the hub URL, `toy`, or the folder), `path` (the
-    local module folder), `latent_dim`, `device` (where TF runs the generator), and
+    local module folder), `latent_dim`, `image_size` (S of G(z)), `encode_size` (E of the
+    encoder's input, None without an encoder), `device` (where TF runs the generator), and
     `fingerprint` (sha256 of the module files, computed on first use and cached).
     """
 
-    def __init__(self, *, handle: str, path: Path, module, latent_dim: int, cache_dir: Path):
+    def __init__(self, *, handle: str, path: Path, module, contract: ModelContract, cache_dir: Path,
+                 fingerprint: str | None = None):
         import tensorflow as tf
 
         self.handle = handle
         self.path = Path(path)
         self.module = module
-        self.latent_dim = latent_dim
+        self.latent_dim = contract.latent_dim
+        self.image_size = contract.image_size
+        self.encode_size = contract.encode_size
         self._cache_dir = Path(cache_dir)
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
         gpus = tf.config.list_logical_devices("GPU")
         self.device = gpus[0].name.replace("/device:", "") if gpus else "CPU"
-        gen_sig, enc_sig = module.signatures["generate"], module.signatures["encode"]
-        d = latent_dim
+        gen_sig = module.signatures["generate"]
+        d = self.latent_dim
         # Fixed input signatures: one trace for every batch size. Wrapping the signature in a
         # tf.function that returns only `default` lets grappler prune the unused `upsampled`
         # output (measured ~1.7x faster on the toy).
@@ -185,20 +238,32 @@ class Gan:
 
         @tf.function(input_signature=[tf.TensorSpec([None, d], tf.float32),
                                       tf.TensorSpec([d], tf.float32),
-                                      tf.TensorSpec([], tf.float32)])
-        def _generate_pair(z, h, shift):
+                                      tf.TensorSpec([], tf.float32),
+                                      tf.TensorSpec([], tf.int32)])
+        def _generate_pair(z, h, shift, size):
             n = tf.shape(z)[0]
             x = gen_sig(z=tf.concat([z, z + shift * h[None, :]], axis=0))["default"]
+            x = resample(x, size)
             return x[:n], x[n:]
 
-        @tf.function(input_signature=[tf.TensorSpec([None, ENCODE_SIZE, ENCODE_SIZE, 3], tf.float32)])
-        def _encode(x):
-            return enc_sig(x=x)["z_sample"]
+        self._generate, self._generate_pair = _generate, _generate_pair
+        self._encode = None
+        if self.encode_size is not None:
+            enc_sig, e = module.signatures["encode"], self.encode_size
 
-        self._generate, self._generate_pair, self._encode = _generate, _generate_pair, _encode
+            @tf.function(input_signature=[tf.TensorSpec([None, e, e, 3], tf.float32)])
+            def _encode(x):
+                return enc_sig(x=x)["z_sample"]
+
+            self._encode = _encode
 
     def __repr__(self) -> str:
-        return f"Gan(handle={self.handle!r}, latent_dim={self.latent_dim}, device={self.device!r})"
+        return (f"Gan(handle={self.handle!r}, latent_dim={self.latent_dim}, image_size={self.image_size}, "
+                f"encoder={self.encode_size is not None}, device={self.device!r})")
+
+    @property
+    def has_encoder(self) -> bool:
+        return self._encode is not None
 
     def _z(self, z) -> np.ndarray:
         z = np.asarray(z, dtype=np.float32)
@@ -207,23 +272,33 @@ class Gan:
         return z
 
     def generate(self, z) -> np.ndarray:
-        """G(z): float32 [N,128,128,3] in [-1, 1]."""
+        """G(z): float32 [N,S,S,3] in [-1, 1], S = `image_size`."""
         return self._generate(self._z(z)).numpy()
 
-    def generate_pair(self, z, direction, shift: float) -> tuple[np.ndarray, np.ndarray]:
-        """(G(z), G(z + shift * direction)) rendered in ONE batched call of 2N latents."""
+    def generate_pair(self, z, direction, shift: float, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(G(z), G(z + shift * direction)) rendered in ONE batched call of 2N latents, both
+        resampled to `size` x `size` on the accelerator when `size` differs from `image_size`
+        (`resample`); None keeps the native size."""
         z = self._z(z)
         h = np.asarray(direction, dtype=np.float32)
         if h.shape != (self.latent_dim,) or not np.all(np.isfinite(h)):
             raise ValueError(f"direction must be finite float32 [{self.latent_dim}], got shape {h.shape}")
-        x, xs = self._generate_pair(z, h, np.float32(shift))
+        size = self.image_size if size is None else int(size)
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        x, xs = self._generate_pair(z, h, np.float32(shift), np.int32(size))
         return x.numpy(), xs.numpy()
 
     def encode(self, x) -> np.ndarray:
-        """E(x) (`z_sample`): x float32 [N,256,256,3] in [-1, 1] -> float32 [N,D]."""
+        """E(x) (`z_sample`): x float32 [N,E,E,3] in [-1, 1] -> float32 [N,D]. Raises
+        NoEncoderError (one line) for a module without an `encode` signature."""
+        if self._encode is None:
+            raise NoEncoderError(f"{self.handle} has no 'encode' signature, so it cannot embed images: "
+                                 f"use --latents prior (z ~ N(0, I))")
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != (ENCODE_SIZE, ENCODE_SIZE, 3):
-            raise ValueError(f"x must be float32 [N,{ENCODE_SIZE},{ENCODE_SIZE},3], got shape {x.shape}")
+        e = self.encode_size
+        if x.ndim != 4 or x.shape[1:] != (e, e, 3):
+            raise ValueError(f"x must be float32 [N,{e},{e},3], got shape {x.shape}")
         return self._encode(x).numpy()
 
     @property
@@ -231,6 +306,29 @@ class Gan:
         if self._fingerprint is None:
             self._fingerprint = module_fingerprint(self.path, cache_dir=self._cache_dir)
         return self._fingerprint
+
+
+def resample(x, size):
+    """Images [N, S, S, 3] (a TF tensor) -> [N, size, size, 3]: bilinear, antialiased when
+    shrinking (an area filter, so no aliasing), clipped back into [-1, 1]; the identity when
+    S == size. The one place where generator output changes resolution (`resample_record`)."""
+    import tensorflow as tf
+
+    def scaled():
+        y = tf.image.resize(x, tf.stack([size, size]), method="bilinear", antialias=True)
+        return tf.clip_by_value(y, -1.0, 1.0)
+
+    return tf.cond(tf.equal(tf.shape(x)[1], size), lambda: x, scaled)
+
+
+def resample_record(native: int, size: int) -> dict:
+    """How `resample` changed the images, for manifests: {"native", "size", "method"}."""
+    if native == size:
+        method = None
+    else:
+        method = "bilinear, antialiased" if size < native else "bilinear"
+        method += " (tf.image.resize), clipped to [-1, 1], before the mask rule"
+    return {"native": int(native), "size": int(size), "method": method}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import numpy as np
 from shardset.format import DEFAULT_ENCODING, sample_key
 
 from .directions import PUBLISHED_DIRECTIONS
+from .gan import MIN_IMAGE_SIZE, resample_record
 from .latents import DRAW_BLOCK, LATENT_SOURCES, LatentStream
 from .masks import PRESETS, REASONS, FilterConfig, UnknownRuleError, process_batch
 from .preview import PreviewCollector, to_uint8, write_preview
@@ -83,6 +84,7 @@ class GenConfig:
     out: str = "shards"  # folder of the set
     name: str | None = None  # set name; None = from the dataset (or the model for the prior)
     encoding: str = DEFAULT_ENCODING  # image encoding in the shards: png | webp | jpg | npy (default: raw npy)
+    image_size: int = 128  # side of the set's images in pixels; G(z) of another size is resampled to it
     preview: str | None = None  # path of a preview PNG to write; None = no preview
     # -- masks and filters (None = the preset's value)
     preset: str | None = None  # key of generator.masks.PRESETS; None = the dataset's ("flowers") or "default"
@@ -195,11 +197,14 @@ def validate(cfg: GenConfig) -> None:
         raise GenerationError(msg)
 
     for field, value in (("n", cfg.n), ("shard_size", cfg.shard_size), ("batch_size", cfg.batch_size),
+                         ("image_size", cfg.image_size),
                          ("num_workers", cfg.num_workers), ("queue_depth", cfg.queue_depth),
                          ("write_threads", cfg.write_threads),
                          ("max_draws_per_sample", cfg.max_draws_per_sample)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             bad(f"{field} must be a positive integer, got {value!r}")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        bad(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
     if math.ceil(cfg.n / cfg.shard_size) > MAX_SHARDS:
         bad(f"n={cfg.n} with shard_size={cfg.shard_size} needs over {MAX_SHARDS} shards; raise the shard size")
     if not 0 <= cfg.worker_index < cfg.num_workers:
@@ -364,6 +369,9 @@ def _dataset(cfg: GenConfig, gan, listing, progress: Callable[[int], object] | N
              "fingerprint": dataset_fingerprint(paths, root)}
     if cfg.latents != "embeddings":
         return None, facts, None
+    if not gan.has_encoder:
+        raise GenerationError(f"{cfg.gan} has no 'encode' signature, so latents 'embeddings' cannot be made: "
+                              f"pass --latents prior (z ~ N(0, I))")
     try:
         table, info = embed.load_or_compute_embeddings(gan, paths, dataset_name=name, root=root,
                                                        cache_dir=cfg.cache_dir, progress=progress)
@@ -386,7 +394,7 @@ def load_inputs(cfg: GenConfig) -> Inputs:
     plan = make_plan(cfg)
     params = {
         "generator": {"spec": cfg.gan, "handle": str(gan.handle), "fingerprint": str(gan.fingerprint),
-                      "latent_dim": dim},
+                      "latent_dim": dim, "image_size": int(gan.image_size), "encoder": bool(gan.has_encoder)},
         "direction": {"source": direction_src, "sha256": digest, "shift": float(cfg.shift)},
         "latents": {"source": cfg.latents, "alpha": float(cfg.alpha) if cfg.latents == "embeddings" else None,
                     "draw_block": DRAW_BLOCK},
@@ -399,7 +407,8 @@ def load_inputs(cfg: GenConfig) -> Inputs:
         "val_shards": plan.num_val,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
-        "image": {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": cfg.encoding},
+        "image": {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": cfg.encoding,
+                  "size": cfg.image_size, "resample": resample_record(gan.image_size, cfg.image_size)["method"]},
     }
     return Inputs(gan, direction, digest, embeddings, params)
 
@@ -602,7 +611,7 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> N
             host.changed.clear()
             continue
         lat = streams[shard].take(cfg.batch_size)
-        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift)
+        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
         rendered[shard] += len(lat)
         item = (shard, lat, np.asarray(x, np.float32), np.asarray(x_shift, np.float32))
         while True:  # put, but notice a host thread that died instead of blocking forever
@@ -619,7 +628,7 @@ def _preview_only(inputs: Inputs, cfg: GenConfig, filters: FilterConfig, collect
     stream = LatentStream(cfg.seed, 0, inputs.direction.size, embeddings=inputs.embeddings, alpha=cfg.alpha)
     for _ in range(8):
         lat = stream.take(cfg.batch_size)
-        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift)
+        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
         res = process_batch(x, x_shift, filters)
         collector.add(x, x_shift, res.masks, res.reason)
         if collector.full:
@@ -703,6 +712,13 @@ def run(config: GenConfig, progress: Callable[[int, int], None] | None = None) -
     plan = make_plan(cfg)
     inputs = load_inputs(cfg)
     writer = _open_writer(cfg, inputs.params)
+    try:  # the set's lock is released however the run ends, so a rerun in this process may take it
+        return _run_locked(cfg, plan, inputs, writer, progress)
+    finally:
+        writer.close()
+
+
+def _run_locked(cfg: GenConfig, plan: Plan, inputs: Inputs, writer, progress) -> RunResult:
     mine = plan.shards_of(cfg.worker_index, cfg.num_workers)
     completed = writer.completed()
     todo = [k for k in mine if k not in completed]

@@ -48,20 +48,24 @@ def test_pth_tensor_and_dict(tmp_path):
 def test_pth_never_unpickles_objects(tmp_path):
     torch = pytest.importorskip("torch")
 
-    from fractions import Fraction  # any class outside torch's allow-list stands in for a payload
+    from fractions import Fraction  # any class outside the reader's allow-list stands in for a payload
 
     torch.save({"x": torch.ones(3), "y": Fraction(1, 3)}, tmp_path / "evil.pth")
-    with pytest.raises(DirectionError, match="not a readable tensor file"):
+    with pytest.raises(DirectionError, match="refuses to load 'fractions.Fraction'"):
         D.load_direction(tmp_path / "evil.pth")
 
 
-def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
-    (tmp_path / "h.pth").write_bytes(b"whatever")
+def test_pth_is_read_without_torch(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.tensor(VEC), tmp_path / "h.pth")
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    vec, _ = D.load_direction(tmp_path / "h.pth")
+    np.testing.assert_allclose(vec, UNIT, rtol=0, atol=1e-7)
+    (tmp_path / "bad.pth").write_bytes(b"whatever")
     with pytest.raises(DirectionError) as err:
-        D.load_direction(tmp_path / "h.pth")
+        D.load_direction(tmp_path / "bad.pth")
     msg = str(err.value)
-    assert "install torch" in msg and ".npy" in msg and "\n" not in msg
+    assert "not a readable torch.save file" in msg and ".npy" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("arr, match", [

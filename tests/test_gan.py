@@ -138,21 +138,76 @@ def _save(path: Path, **signatures) -> Path:
     return path
 
 
-def test_wrong_signatures_are_named(tmp_path, cache):
-    @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="z")])
+def _generate_fn(d: int, out_shape, dtype=tf.float32, z_shape=None):
+    @tf.function(input_signature=[tf.TensorSpec(z_shape or [None, d], tf.float32, name="z")])
     def generate(z):
-        return {"default": tf.zeros([tf.shape(z)[0], 64, 64, 3])}
+        return {"default": tf.zeros([tf.shape(z)[0], *out_shape], dtype)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 256, 256, 3], tf.float32, name="x")])
+    return generate
+
+
+def _encode_fn(side, d: int):
+    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32, name="x")])
     def encode(x):
-        return {"z_sample": tf.zeros([tf.shape(x)[0], 64])}
+        return {"z_sample": tf.zeros([tf.shape(x)[0], d])}
 
-    only_gen = _save(tmp_path / "only_gen", generate=generate)
-    with pytest.raises(GanLoadError, match=r"lacks signature\(s\) \['encode'\]"):
-        load_gan(str(only_gen), cache_dir=cache)
-    small = _save(tmp_path / "small", generate=generate, encode=encode)
-    with pytest.raises(GanLoadError, match=r"'generate' must return default \[N,128,128,3\]"):
-        load_gan(str(small), cache_dir=cache)
+    return encode
+
+
+def test_any_latent_size_and_image_size_without_an_encoder(tmp_path, cache):
+    g = load_gan(str(_save(tmp_path / "m", generate=_generate_fn(64, [48, 48, 3]))), cache_dir=cache)
+    assert (g.latent_dim, g.image_size, g.encode_size, g.has_encoder) == (64, 48, None, False)
+    z = np.zeros((2, 64), np.float32)
+    x, xs = g.generate_pair(z, np.ones(64, np.float32), 5.0, size=128)
+    assert x.shape == xs.shape == (2, 128, 128, 3)
+    assert g.generate_pair(z, np.ones(64, np.float32), 5.0)[0].shape == (2, 48, 48, 3)
+    with pytest.raises(gan_mod.NoEncoderError, match="has no 'encode' signature.*--latents prior"):
+        g.encode(np.zeros((1, 256, 256, 3), np.float32))
+
+
+@pytest.mark.parametrize("signatures, message", [
+    (dict(encode=_encode_fn(256, 64)), r"lacks the signature 'generate' \(has \['encode'\]\)"),
+    (dict(generate=_generate_fn(64, [16, 16, 3])), r"square, S >= 32.*\(S = 16\)"),
+    (dict(generate=_generate_fn(64, [64, 32, 3])), r"'generate' must return default float32 \[N,S,S,3\]"),
+    (dict(generate=_generate_fn(64, [64, 64, 1])), r"'generate' must return default float32 \[N,S,S,3\]"),
+    (dict(generate=_generate_fn(64, [64, 64, 3], tf.float16)), r"float16"),
+    (dict(generate=_generate_fn(64, [64, 64, 3], z_shape=[None, 64, 1, 1])), r"must take one input z float32 \[N,D\]"),
+    (dict(generate=_generate_fn(64, [64, 64, 3]), encode=_encode_fn(256, 32)), r"'encode' must return z_sample \[N,64\]"),
+])
+def test_wrong_signatures_are_named(tmp_path, cache, signatures, message):
+    with pytest.raises(GanLoadError, match=message):
+        load_gan(str(_save(tmp_path / "m", **signatures)), cache_dir=cache)
+
+
+def test_resample_keeps_the_native_size_exact(toy_gan):
+    z = np.random.RandomState(3).standard_normal((2, 120)).astype(np.float32)
+    h = toy.toy_direction()
+    native = toy_gan.generate_pair(z, h, 5.0)
+    same = toy_gan.generate_pair(z, h, 5.0, size=128)
+    for a, b in zip(native, same):
+        np.testing.assert_array_equal(a, b)  # no resampling at the native size: bit-identical
+    assert gan_mod.resample_record(128, 128)["method"] is None
+
+
+def test_resample_shrinks_without_aliasing_and_enlarges_smoothly(tmp_path, cache):
+    """A one-pixel checkerboard of +-1 at 96 px: a plain bilinear resize to 32 px samples pixel
+    centres (3i + 1) and keeps a full-contrast checkerboard; the antialiased one averages it away."""
+    board = np.where(np.add.outer(np.arange(96), np.arange(96)) % 2 == 0, 1.0, -1.0).astype(np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="z")])
+    def generate(z):
+        img = tf.constant(np.repeat(board[:, :, None], 3, axis=2))
+        return {"default": tf.tile(img[None], [tf.shape(z)[0], 1, 1, 1])}
+
+    g = load_gan(str(_save(tmp_path / "board", generate=generate)), cache_dir=cache)
+    small, _ = g.generate_pair(np.zeros((1, 8), np.float32), np.ones(8, np.float32), 1.0, size=32)
+    assert small.shape == (1, 32, 32, 3) and np.abs(small).max() < 0.2
+    plain = tf.image.resize(board[None, :, :, None], [32, 32], method="bilinear").numpy()
+    assert np.abs(plain).min() > 0.9  # what an aliased resize would have written
+    big, _ = g.generate_pair(np.zeros((1, 8), np.float32), np.ones(8, np.float32), 1.0, size=192)
+    assert big.shape == (1, 192, 192, 3) and -1.0 <= big.min() and big.max() <= 1.0
+    assert gan_mod.resample_record(96, 32)["method"].startswith("bilinear, antialiased")
+    assert gan_mod.resample_record(96, 192)["method"].startswith("bilinear (")
 
 
 def test_fingerprint_is_cached_and_tracks_the_bytes(toy_gan, cache, tmp_path):
@@ -190,5 +245,5 @@ def test_statically_unknown_dims_are_accepted(tmp_path, cache):
         return {"z_sample": tf.zeros([tf.shape(x)[0], 16])}
 
     g = load_gan(str(_save(tmp_path / "m", generate=generate, encode=encode)), cache_dir=cache)
-    assert g.latent_dim == 16
+    assert g.latent_dim == 16 and g.image_size == 128  # read off one probing call
     assert g.generate(np.zeros((2, 16), np.float32)).shape == (2, 128, 128, 3)

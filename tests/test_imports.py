@@ -4,6 +4,7 @@ These tests prove it two ways: importing every trainer/shardset module leaves Te
 sys.modules, and the declared dependencies of a trainer-only install name no TensorFlow."""
 from __future__ import annotations
 
+import json
 import pkgutil
 import subprocess
 import sys
@@ -20,31 +21,32 @@ def _modules(package: str) -> list[str]:
     return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(pkg_dir)])]
 
 
-@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator"])
-def test_package_never_imports_tensorflow(package):
-    mods = [m for m in _modules(package)]
+def _frameworks_after_importing(package: str) -> list[str]:
+    """Which of torch and tensorflow are in sys.modules after importing every module of `package`
+    in a fresh interpreter."""
     code = (
-        "import importlib, sys\n"
-        f"for m in {mods!r}:\n"
+        "import importlib, json, sys\n"
+        f"for m in {_modules(package)!r}:\n"
         "    importlib.import_module(m)\n"
-        "bad = sorted(k for k in sys.modules if k == 'tensorflow' or k.startswith('tensorflow.'))\n"
-        "print('TF' if bad else 'OK')\n"
+        "print(json.dumps(sorted(k for k in ('torch', 'tensorflow') if k in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "OK", f"{package} imported tensorflow"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator"])
+def test_package_never_imports_tensorflow(package):
+    assert "tensorflow" not in _frameworks_after_importing(package), f"{package} imported tensorflow"
 
 
 def test_shardset_imports_neither_framework():
-    code = (
-        "import importlib, sys\n"
-        f"for m in {_modules('shardset')!r}:\n"
-        "    importlib.import_module(m)\n"
-        "print(sorted(k for k in ('torch', 'tensorflow') if k in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert _frameworks_after_importing("shardset") == []
+
+
+def test_generator_imports_no_torch():
+    """A `[gen]` install has no torch: the generator reads .pth files with generator.torchfile."""
+    assert "torch" not in _frameworks_after_importing("generator")
 
 
 def _closure(extras: list[str]) -> list[str]:
@@ -71,3 +73,4 @@ def test_trainer_only_install_pulls_no_tensorflow():
     assert not [r for r in reqs if "tensorflow" in r.lower() or r.lower().startswith("tf-")]
     # and the generator extra really does carry it, so the check above can fail
     assert any(r.startswith("tensorflow") for r in _closure(["gen"]))
+

@@ -221,29 +221,40 @@ def test_histogram_sources():
 
 # ------------------------------------------------------------------------------------ histogram rules
 
-END_MASSES = [5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]
+END_MASSES = [5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]  # 6s = 15 10 0 .. 0 14 21
 INNER_PEAK = [5, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 7]
-INNER_PLATEAU = [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]  # s = 0 0 0 1 2 2 1 0..: plateau start at 4
-PLATEAU_THEN_RISE = [6, 0, 0, 0, 1, 0, 0, 1, 0, 0, 3, 3]  # s = 6 6 0 1 1 1 1 1 1 3 6 6
-RIGHT_SHOULDER = [4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 5]  # s[9..11] = 2 7 7: plateau to the end
-LEFT_SHOULDER = [5, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]  # s[0..2] = 7 7 2
-LEFT_SPREAD = [5, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6]  # s[0..2] = 8 9 4: zero padding makes bin 1 a max
+INNER_PLATEAU = [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]  # 6s = 0 0 0 2 4 4 2 0 ..: plateau start at 4
+PLATEAU_THEN_RISE = [6, 0, 0, 0, 1, 0, 0, 1, 0, 0, 3, 3]  # 6s = 18 12 0 2 2 2 2 2 2 6 12 18
+RIGHT_SHOULDER = [4, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]  # 6s[9..11] = 4 6 6: plateau to the end
+LEFT_SHOULDER = [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4]  # 6s[0..2] = 6 6 4: not s[1] > s[0]
+LEFT_SPREAD = [5, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6]  # 6s[0..2] = 24 18 8: mass spills into bin 2
+LEFT_SPREAD_PADDED = [5, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6]  # zero padding: 3s[0..2] = 8 9 4, bin 1 a max
+BRIGHT_SPREAD = [6, 0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 3]  # 6s[8..11] = 6 14 18 21: rises to the end
 ONE_MODE = [1, 2, 3, 4, 5, 6, 7, 6, 5, 4, 3, 2]  # s peaks at 6 only
-TWO_MODES = [20, 10, 6, 4, 3, 2, 1, 4, 5, 6, 10, 20]  # s = 30 36 20 13 9 6 7 10 15 21 36 30
-UNIFORM = [1] * 12  # s = 2 3 3 ... 3 2: a plateau 1..10 that does not reach the end
+TWO_MODES = [20, 10, 6, 4, 3, 2, 1, 4, 5, 6, 10, 20]  # 6s = 90 72 40 26 18 12 14 20 30 42 72 90
+TWO_MODES_INNER = [1, 10, 6, 4, 3, 2, 1, 4, 5, 6, 10, 1]  # 6s = 33 34 40 26 .. 42 34 33: bins 2 and 9
+UNIFORM = [1] * 12  # 6s = 6 6 ... 6: no maximum at all
+TIE_AT_ONE = [2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]  # 6s = 12 8: h1 = h0 is no maximum
+SPILL_TIE = [3, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 5]  # 6s = 18 18 12: s[1] == s[0], not >
 
 
 @pytest.mark.parametrize("counts, keep", [
     (END_MASSES, True),
     (INNER_PEAK, False),
     (INNER_PLATEAU, False),
-    (PLATEAU_THEN_RISE, False),  # DESIGN's formula: the start of any inner plateau counts
+    (PLATEAU_THEN_RISE, False),  # the start of any inner plateau counts, as the text says
     (RIGHT_SHOULDER, True),  # plateau runs on to bin 11: a shoulder of the end bin
-    (LEFT_SHOULDER, True),  # s[1] == s[0]: not s[1] > s[0]
-    (LEFT_SPREAD, False),
+    ([4, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0], False),  # 6s[8..11] = 4 6 4 3: the same plateau, cut
+    (LEFT_SHOULDER, True),
+    (LEFT_SPREAD, True),  # the corrected end window: a dark mass spilling into bin 2 passes
+    (BRIGHT_SPREAD, True),
     (ONE_MODE, False),
-    (TWO_MODES, False),  # s[1] = 36 > s[0] = 30 and >= s[2]
-    (UNIFORM, False),
+    (TWO_MODES, True),
+    (TWO_MODES_INNER, False),  # modes inside the histogram are inner maxima
+    (UNIFORM, True),
+    (TIE_AT_ONE, True),
+    (SPILL_TIE, True),
+    ([2, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 5], False),  # 6s = 9 12 8: a dip at bin 1 still peaks its window
     ([0] * 12, True),
     ([100] + [0] * 11, True),
     ([0] * 11 + [100], True),
@@ -253,10 +264,16 @@ def test_paper_rule_hand_made(counts, keep):
     assert M.paper_keeps(np.array(counts)) == keep
 
 
+def test_paper_rule_window_averages_the_bins_it_covers():
+    np.testing.assert_array_equal(M._window3_mean6(np.array(LEFT_SPREAD)), [24, 18, 8, 2] + [0] * 6 + [12, 18])
+    np.testing.assert_array_equal(M._window3(np.array(LEFT_SPREAD_PADDED))[:3], [8, 9, 4])
+
+
 @pytest.mark.parametrize("counts, keep", [
     (ONE_MODE, False),  # one maximum (bin 6)
-    (TWO_MODES, True),  # exactly two maxima, bins 1 and 10
+    (TWO_MODES, True),  # 3s = 30 36 20 ..: exactly two maxima, bins 1 and 10
     (END_MASSES, True),  # s = 5 5 0 ... 0 7 7: ties count, many maxima
+    (LEFT_SPREAD_PADDED, True),  # bins 1 and 11
     ([0] * 6 + [100] + [0] * 5, True),  # the zero runs at both ends count as maxima (reference code)
     ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], False),  # s rises to bin 10 (s[10]=33 > s[11]=23): 1 max
     ([12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1], False),  # its mirror: 1 max at bin 1
@@ -268,7 +285,7 @@ def test_bimodal_rule_hand_made(counts, keep):
 
 def test_histogram_rules_vectorise():
     batch = np.array([END_MASSES, INNER_PEAK, RIGHT_SHOULDER, ONE_MODE, TWO_MODES])
-    np.testing.assert_array_equal(M.paper_keeps(batch), [True, False, True, False, False])
+    np.testing.assert_array_equal(M.paper_keeps(batch), [True, False, True, False, True])
     np.testing.assert_array_equal(M.bimodal_keeps(batch), [True, True, True, False, True])
     with pytest.raises(ValueError, match="12 bin counts"):
         M.paper_keeps(np.zeros(10))
@@ -295,9 +312,9 @@ def _batch(*pairs):
 
 
 def test_presets_and_config_validation():
-    assert M.PRESETS["default"] == M.FilterConfig("lighting", 4, 0.2, True, 0.5, "paper")
+    assert M.PRESETS["default"] == M.FilterConfig("lighting", 4, 0.2, True, 0.5, "bimodal")
     assert M.PRESETS["flowers"] == M.FilterConfig(mask_rule="mean", size_filter=False)
-    assert M.preset("flowers").histogram_rule == "paper"
+    assert M.preset("flowers").histogram_rule == "bimodal"
     with pytest.raises(M.UnknownRuleError, match="did you mean flowers"):
         M.preset("flower")
     with pytest.raises(M.UnknownRuleError, match="choose from lighting, mean"):
@@ -325,7 +342,8 @@ def test_process_batch_order_and_reasons():
         pair(half, 0.95, -0.95),  # exactly half: accepted
         pair(stray, 0.95, -0.95),  # components run before the size filter: accepted
     )
-    r = M.process_batch(x, xs)
+    paper = M.FilterConfig(histogram_rule="paper")
+    r = M.process_batch(x, xs, paper)
     assert r.reason == [None, "size", "histogram", None, None]
     np.testing.assert_array_equal(r.accepted, [True, False, False, True, True])
     assert r.rejected() == {"size": 1, "histogram": 1}
@@ -337,13 +355,14 @@ def test_process_batch_order_and_reasons():
     # each filter switches off on its own
     no_hist = M.process_batch(x, xs, M.FilterConfig(histogram_rule=None))
     assert no_hist.reason == [None, "size", None, None, None]
-    no_size = M.process_batch(x, xs, M.FilterConfig(size_filter=False))
+    no_size = M.process_batch(x, xs, M.FilterConfig(size_filter=False, histogram_rule="paper"))
     assert no_size.reason == [None, "histogram", "histogram", None, None]
-    no_cc = M.process_batch(x, xs, M.FilterConfig(min_component_ratio=0.0))
+    no_cc = M.process_batch(x, xs, M.FilterConfig(min_component_ratio=0.0, histogram_rule="paper"))
     assert no_cc.reason == [None, "size", "histogram", None, "size"]
     np.testing.assert_array_equal(no_cc.masks[4], stray.astype(np.uint8))
-    # the reference code's histogram rule keeps the bin-6 sample: maxima in the zero runs count
-    bimodal = M.process_batch(x, xs, M.FilterConfig(histogram_rule="bimodal"))
+    # the reference code's histogram rule (the default) keeps the bin-6 sample: maxima in the
+    # zero runs count
+    bimodal = M.process_batch(x, xs)
     assert bimodal.reason == [None, "size", None, None, None]
 
 
@@ -384,14 +403,14 @@ def test_process_batch_does_not_depend_on_the_batch(monkeypatch):
         noise = rng.normal(0, 0.08, (2,) + x.shape).astype(np.float32)  # stray components
         pairs.append((x + noise[0], xs + noise[1]))
     x, xs = _batch(*pairs)
-    for cfg in (M.PRESETS["default"], M.FilterConfig(histogram_rule="bimodal", connectivity=8)):
+    for cfg in (M.FilterConfig(histogram_rule="paper"), M.FilterConfig(histogram_rule="bimodal", connectivity=8)):
         whole = M.process_batch(x, xs, cfg)
         assert {None, "size"} <= set(whole.reason)
         for i in range(len(x)):
             one = M.process_batch(x[i:i + 1], xs[i:i + 1], cfg)
             np.testing.assert_array_equal(one.masks[0], whole.masks[i])
             assert one.reason[0] == whole.reason[i]
-    assert set(M.process_batch(x, xs).reason) == {None, "size", "histogram"}
+    assert set(M.process_batch(x, xs, M.FilterConfig(histogram_rule="paper")).reason) == {None, "size", "histogram"}
 
 
 def _reference_maxes_filter(shifted_nchw):

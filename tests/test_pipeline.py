@@ -62,7 +62,8 @@ def test_set_verifies_and_holds_what_the_format_says(reference):
     p = m["params"]
     assert p["generator"]["handle"] == "toy" and len(p["generator"]["fingerprint"]) == 64
     assert p["direction"]["shift"] == 5.0 and len(p["direction"]["sha256"]) == 64
-    assert p["filters"]["histogram_rule"] == "paper" and p["filters"]["mask_rule"] == "lighting"
+    assert p["filters"]["histogram_rule"] == "bimodal" and p["filters"]["mask_rule"] == "lighting"
+    assert p["image"]["size"] == 128 and p["image"]["resample"] is None and p["generator"]["image_size"] == 128
     assert p["n"] == 120 and p["seed"] == 1 and p["latents"]["source"] == "prior"
     assert m["planned"] == {"samples": 120, "shards": 4, "val_shards": 1}
     for rec in m["shards"]:

@@ -178,57 +178,54 @@ def test_shipped_direction_segments_the_object(toy_module):
 
 @pytest.fixture(scope="module")
 def filtered_batch(toy_module):
-    """A fixed prior batch through the paper's default filters (generator.masks, DESIGN.md)."""
+    """A fixed prior batch through both histogram rules (generator.masks), with the paper's other filters."""
     from generator import masks as gm
 
     z = prior(256, 12)
     x = _gen(toy_module, z)["default"]
     xs = _gen(toy_module, z + toy.SHIFT * toy.toy_direction())["default"]
-    return z, gm.process_batch(x, xs, gm.PRESETS["default"])
+    return z, {rule: gm.process_batch(x, xs, gm.FilterConfig(histogram_rule=rule)) for rule in ("bimodal", "paper")}
 
 
-def test_default_filters_accept_most_and_reject_some_for_each_reason(filtered_batch):
-    """The paper's strict histogram rule passes the toy at a healthy rate, and both filters
-    still reject something (exact for this seed: the toy and the filters are deterministic)."""
-    z, res = filtered_batch
-    rejected = res.rejected()
-    assert 0.6 <= res.accepted.mean() <= 0.95, (res.accepted.mean(), rejected)
-    assert rejected["size"] >= 1 and rejected["histogram"] >= 1, rejected
-    assert rejected["size"] / len(z) <= 0.1 and rejected["histogram"] / len(z) <= 0.3, rejected
+def test_default_filters_accept_most_and_reject_the_big_objects(filtered_batch):
+    """The default (reference code's) rule passes nearly every toy sample; the size filter rejects
+    the objects that cover more than half the image (up to the masks' soft edge)."""
+    z, by_rule = filtered_batch
+    res = by_rule["bimodal"]
+    assert res.accepted.mean() >= 0.9, res.rejected()
     truth = toy.toy_true_mask(z)
     acc = res.accepted
     assert iou(res.masks[acc].astype(bool), truth[acc]).mean() >= 0.95
-    # the size filter rejects the big objects, and only those
-    np.testing.assert_array_equal(np.array(res.reason) == "size", truth.mean(axis=(1, 2)) > 0.5)
+    size, frac = np.array(res.reason) == "size", truth.mean(axis=(1, 2))
+    assert size[frac > 0.55].all() and not size[frac < 0.45].any() and size.sum() >= 1
 
 
-def test_histogram_rejects_the_weakly_lit_samples(filtered_batch):
-    """Histogram rejections are the draws whose saliency coordinate s is low: z + 5h does not
-    saturate their colours nor harden their edge."""
-    z, res = filtered_batch
+def test_paper_rule_rejects_the_weakly_lit_samples(filtered_batch):
+    """The text's stricter rule rejects a share of the toy, more often the draws whose saliency
+    coordinate s is low: z + 5h does not saturate their colours, so their histogram keeps inner
+    modes (soft edges give every sample a few mid-gray pixels, so well-lit draws fail it too)."""
+    z, by_rule = filtered_batch
+    res = by_rule["paper"]
+    assert 0.5 <= res.accepted.mean() <= 0.9, res.rejected()
     s = z @ toy._params()["q"][:, toy.TOY_FACTORS["saliency_light"]]
     hist = np.array(res.reason) == "histogram"
-    assert np.median(s[hist]) < -1.0 < np.median(s[res.accepted])
-    assert res.accepted[s > 0].all() or np.mean(res.accepted[s > 0]) >= 0.95
+    assert np.median(s[hist]) < np.median(s[res.accepted])
+    assert np.mean(res.accepted[s > 0]) > np.mean(res.accepted[s < 0])
+    assert hist.sum() > by_rule["bimodal"].rejected()["histogram"]
 
 
-def test_the_light_hardens_the_edge():
-    """G(z) keeps a soft edge; at z + 5h the edge is a step (no alpha strictly between 1/6 and
-    5/6, the alphas that would put an edge pixel in gray bins 2..9), at least for s >= 0."""
+def test_the_edge_is_soft_with_and_without_the_light():
+    """No image of the toy is shaped for a histogram rule: G(z) and G(z + 5h) both have soft edges
+    (alphas strictly between 1/6 and 5/6, the ones that put edge pixels in mid-gray bins), and the
+    light does not move the object (alpha >= 0.5 is the same region)."""
     z = prior(32, 13)
-    soft = (toy.toy_alpha(z) > 0.05) & (toy.toy_alpha(z) < 0.95)
-    assert soft.any(axis=(1, 2)).all()
-    a = toy.toy_alpha(z + toy.SHIFT * toy.toy_direction())
-    s = z @ toy._params()["q"][:, 25]
-    mid = ((a > 1 / 6) & (a < 5 / 6)).sum(axis=(1, 2))
-    assert (mid[s >= 0] == 0).all(), mid
-    assert np.isfinite(a).all()
-    # and the hard edge is the same object (alpha >= 0.5 does not depend on the edge width)
-    np.testing.assert_array_equal(a >= 0.5, toy.toy_true_mask(z))
+    for a in (toy.toy_alpha(z), toy.toy_alpha(z + toy.SHIFT * toy.toy_direction())):
+        assert (((a > 1 / 6) & (a < 5 / 6)).sum(axis=(1, 2)) > 0).all()
+        np.testing.assert_array_equal(a >= 0.5, toy.toy_true_mask(z))
 
 
 def test_alpha_is_smooth_along_the_saliency_direction():
-    """Direction search differentiates through the edge width too: small step, small change."""
+    """Direction search differentiates through alpha: small step, small change."""
     z = prior(4, 14)
     h = toy.toy_direction()
     a0, a1 = toy.toy_alpha(z), toy.toy_alpha(z + 1e-3 * h)
