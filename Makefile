@@ -15,6 +15,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[all,test]"
+	# --gan dcgan-faces: a trained DCGAN whose wheel carries its weights; its own dependencies
+	# (wandb, matplotlib, torchvision, requests) are for training it, not needed here
+	$(BIN)/pip install -q --no-deps gan-face-generate==1.1.1
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,8 @@ from experiments.recipe import Recipe
 log = logging.getLogger(__name__)
 
 ENTRY_POINTS = {
+    "discover": "generator.directions_cli:main",
+    "rank": "generator.directions_cli:main",
     "generate": "generator.cli:main",
     "import": "shardset.cli:cli",
     "train": "trainer.cli:main",
@@ -79,12 +81,16 @@ class Workspace:
 
         return make_image_folder(self.root / "demo-images", n=int(os.environ.get("BGW_DEMO_IMAGES", 200)))
 
-    def resolve(self, value, *, shards: str | None = None):
+    def resolve(self, value, *, shards: str | None = None, found: dict | None = None):
         if isinstance(value, list):
-            out = [self.resolve(v, shards=shards) for v in value]
+            out = [self.resolve(v, shards=shards, found=found) for v in value]
             return [v for v in out if v is not None]
         if not isinstance(value, str) or not value.startswith("@"):
             return value
+        if value in ("@discovered", "@direction"):
+            if not found or value not in found:
+                raise StageError(f"{value} used before the stage that makes it ([discover], then [rank])")
+            return found[value]
         if value == "@demo-images":
             return f"folder:{self.demo_images()}"
         if value.startswith("@demo-images/"):
@@ -121,10 +127,32 @@ def _stage(ws: Workspace, kind: str, key: dict, build_args, *, resumable: bool) 
     return out
 
 
+def find_direction(recipe: Recipe, ws: Workspace) -> dict:
+    """[discover] then [rank], when the recipe has them: {"@discovered": .npy, "@direction": .npy}."""
+    if recipe.stage("discover") is None:
+        return {}
+    disc = {k: ws.resolve(v) for k, v in recipe.stage("discover").items()}
+
+    def discover_args(out, resume):
+        return ["discover"] + to_args({**disc, "out": str(out)}) + (["--resume"] if resume else [])
+
+    disc_dir = _stage(ws, "discover", disc, discover_args, resumable=True)
+    found = {"@discovered": str(disc_dir / "directions.npy")}
+    rank = {k: ws.resolve(v, found=found) for k, v in recipe.stage("rank").items()}
+    rank_key = {"discover": disc_dir.name, "rank": rank}
+
+    def rank_args(out, resume):
+        return ["rank"] + to_args({**rank, "out": str(out)})
+
+    rank_dir = _stage(ws, "rank", rank_key, rank_args, resumable=False)
+    return {**found, "@direction": str(rank_dir / "direction.npy")}
+
+
 def run_seed(recipe: Recipe, ws: Workspace, seed: int) -> dict:
     """One seed of a recipe, end to end; returns the evaluator's results.json."""
+    found = find_direction(recipe, ws)
     if recipe.stage("generate") is not None:
-        gen = {k: ws.resolve(v) for k, v in recipe.stage("generate").items()}
+        gen = {k: ws.resolve(v, found=found) for k, v in recipe.stage("generate").items()}
         gen["seed"] = int(gen.get("seed", 0)) + (seed if recipe.vary_generation else 0)
         data_kind, data_key = "generate", gen
 

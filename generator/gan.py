@@ -61,13 +61,13 @@ def _is_handle(spec: str) -> bool:
 
 
 def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
-    """Load a GAN by name (`bigbigan`, `toy`), local SavedModel folder or TF-Hub handle.
+    """Load a GAN by name (`bigbigan`, `toy`, `dcgan-faces`), local SavedModel folder or TF-Hub handle.
 
-    `cache_dir` holds the toy module and the fingerprint cache (default: generator.toy's
-    `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
+    `cache_dir` holds the built modules (toy, dcgan-faces) and the fingerprint cache (default:
+    generator.toy's `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
     Raises GanLoadError with a one-line message on any failure.
     """
-    from generator import toy
+    from generator import dcgan, toy
 
     cache = Path(cache_dir) if cache_dir is not None else toy.default_cache_dir()
     if spec == toy.TOY_HANDLE:
@@ -76,14 +76,22 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
         except Exception as e:  # noqa: BLE001 - one-line message for the CLI
             raise GanLoadError(f"could not build the toy GAN under {cache}: {e}") from e
         return _load_path(toy.TOY_HANDLE, path, cache)
+    if spec == dcgan.DCGAN_HANDLE:
+        try:
+            path, digest = dcgan.ensure_dcgan_module(cache)
+        except dcgan.DcganError as e:
+            raise GanLoadError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - one-line message for the CLI
+            raise GanLoadError(f"could not build {spec} under {cache}: {e}") from e
+        return _load_path(dcgan.DCGAN_HANDLE, path, cache, fingerprint=digest)
     handle = GAN_ALIASES.get(spec, spec)
     if _is_handle(handle):
         return _load_path(handle, _resolve_handle(handle), cache)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise GanLoadError(
-            f"--gan {spec!r} is neither a known name ({', '.join(sorted([*GAN_ALIASES, toy.TOY_HANDLE]))}), "
-            f"a SavedModel folder nor a TF-Hub handle (https://...)")
+        known = sorted([*GAN_ALIASES, toy.TOY_HANDLE, dcgan.DCGAN_HANDLE])
+        raise GanLoadError(f"--gan {spec!r} is neither a known name ({', '.join(known)}), "
+                           f"a SavedModel folder nor a TF-Hub handle (https://...)")
     path = path.resolve()
     return _load_path(str(path), path, cache)
 
@@ -102,7 +110,7 @@ def _resolve_handle(handle: str) -> Path:
             f"(TFHUB_CACHE_DIR/{cached.name}, the sha1 of the handle)") from e
 
 
-def _load_path(handle: str, path: Path, cache: Path) -> "Gan":
+def _load_path(handle: str, path: Path, cache: Path, fingerprint: str | None = None) -> "Gan":
     hub = _hub()
     try:
         module = hub.load(str(path))
@@ -110,7 +118,8 @@ def _load_path(handle: str, path: Path, cache: Path) -> "Gan":
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GanLoadError(f"{path} is not a loadable SavedModel / TF-Hub module: {reason[:200]}") from e
     contract = check_signatures(module, where=str(path))
-    return Gan(handle=handle, path=Path(path), module=module, contract=contract, cache_dir=cache)
+    return Gan(handle=handle, path=Path(path), module=module, contract=contract, cache_dir=cache,
+               fingerprint=fingerprint)
 
 
 def _spec(fn, name: str):

@@ -54,6 +54,9 @@ DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Fl
 NO_HISTOGRAM = "none"  # GenConfig.histogram_rule value that switches the histogram filter off
 MAX_SHARDS = 1_000_000  # shard indices are 6 digits
 GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters reject everything
+# models whose segmenting direction ships with this project (toy: by construction; dcgan-faces:
+# rank's winner of the discovery run in README, "A real GAN")
+SHIPPED_DIRECTIONS = ("toy", "dcgan-faces")
 
 
 class GenerationError(Exception):
@@ -65,7 +68,7 @@ class GenConfig:
     """Every setting of a gen-synth run. ``None`` means "derived" (see ``resolved``)."""
 
     # -- model
-    gan: str = "bigbigan"  # "bigbigan", "toy", a local SavedModel folder or a TF-Hub handle
+    gan: str = "bigbigan"  # "bigbigan", "toy", "dcgan-faces", a local SavedModel folder or a TF-Hub handle
     direction: str | None = None  # .npy/.pth file of h_bg [latent_dim]; None = the model's shipped one
     shift: float = 5.0  # r: latent units moved along the unit direction, x' = G(z + r h)
     cache_dir: str | None = None  # model and embeddings cache folder; None = $BGW_CACHE_DIR or ~/.cache/bgw-seg
@@ -148,7 +151,7 @@ def _default_name(cfg: GenConfig) -> str:
         if cfg.dataset.startswith("folder:"):
             return _slug(Path(cfg.dataset[len("folder:"):]).expanduser().resolve().name or "folder")
         return _slug(cfg.dataset)
-    gan = cfg.gan if cfg.gan in ("toy", "bigbigan") else Path(cfg.gan.rstrip("/")).name
+    gan = cfg.gan if cfg.gan in ("bigbigan", *SHIPPED_DIRECTIONS) else Path(cfg.gan.rstrip("/")).name
     return _slug(f"{gan}-prior")
 
 
@@ -213,7 +216,7 @@ def validate(cfg: GenConfig) -> None:
         bad(f"seed must be an integer >= 0, got {cfg.seed!r}")
     if not math.isfinite(cfg.shift):
         bad(f"shift must be a finite number, got {cfg.shift!r}")
-    if cfg.direction is None and cfg.gan not in ("toy", *PUBLISHED_DIRECTIONS):
+    if cfg.direction is None and cfg.gan not in (*SHIPPED_DIRECTIONS, *PUBLISHED_DIRECTIONS):
         bad(f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, one float "
             f"per latent dimension; the paper's h_bg, or one from find-direction)")
     if cfg.latents not in LATENT_SOURCES:
@@ -293,14 +296,23 @@ def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
             raise GenerationError(_one_line(exc)) from None
         return vec, digest, f"{cfg.gan}:published:{path.name}"
     if cfg.direction is None:
-        if cfg.gan != "toy":
+        if cfg.gan not in SHIPPED_DIRECTIONS:
             raise GenerationError(
                 f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
                 f"[{latent_dim}] floats; find one with find-direction)")
-        from .toy import toy_direction
+        if cfg.gan == "toy":
+            from .toy import toy_direction
 
-        vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
-        return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
+            vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
+            return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
+        from .dcgan import DcganError, default_direction_path
+
+        try:
+            path = default_direction_path()
+            vec, digest = load_direction(path, dim=latent_dim)
+        except (DcganError, DirectionError) as exc:
+            raise GenerationError(_one_line(exc)) from None
+        return vec, digest, f"{cfg.gan}:shipped:{path.name}"
     try:
         vec, digest = load_direction(cfg.direction, dim=latent_dim)
     except DirectionError as exc:
