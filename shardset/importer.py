@@ -73,16 +73,19 @@ def folder_fingerprint(pairs: list[tuple[str, Path, Path]]) -> str:
 
 
 def load_pair(image_path: Path, mask_path: Path, size: int,
-              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray] | tuple[str, str]:
-    """Prepared (image, mask), or (rejection key, one-line reason) when the pair is skipped."""
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray] | str:
+    """Prepared (image, mask), or the rejection key when the pair is skipped (the reason is
+    logged as a warning naming the file)."""
     img = read_user_image(image_path, cv2.IMREAD_COLOR, max_pixels=max_pixels)
-    if isinstance(img, Skip):
-        return f"{img.kind}_image", img.reason
-    mask = read_user_image(mask_path, cv2.IMREAD_GRAYSCALE, max_pixels=max_pixels)
-    if isinstance(mask, Skip):
-        return f"{mask.kind}_mask", mask.reason
+    mask = None if isinstance(img, Skip) else read_user_image(mask_path, cv2.IMREAD_GRAYSCALE, max_pixels=max_pixels)
+    if isinstance(img, Skip) or isinstance(mask, Skip):
+        skip, what = (img, "image") if isinstance(img, Skip) else (mask, "mask")
+        log.warning("skipping %s: %s", image_path.stem, skip.reason)
+        return f"{skip.kind}_{what}"
     if mask.shape != img.shape[:2]:
-        return "size_mismatch", f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {img.shape[1]}x{img.shape[0]}"
+        log.warning("skipping %s: mask %s is %dx%d, its image %dx%d", image_path.stem, mask_path,
+                    mask.shape[1], mask.shape[0], img.shape[1], img.shape[0])
+        return "size_mismatch"
     return prepare_pair(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), mask, size)
 
 
@@ -115,10 +118,8 @@ def _import_shard(index: int, split: str, idx: list[int]) -> int:
     for i in idx:
         sid, ip, mp = pairs[i]
         got = load_pair(ip, mp, size, _WORKER["max_pixels"])
-        if isinstance(got[0], str):
-            key, reason = got
-            log.warning("skipping %s: %s", sid, reason)
-            rejected[key] = rejected.get(key, 0) + 1
+        if isinstance(got, str):
+            rejected[got] = rejected.get(got, 0) + 1
             continue
         image, mask = got
         samples.append({"image": image, "mask": mask,
