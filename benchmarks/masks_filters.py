@@ -71,9 +71,10 @@ def _rate(fn, pool_x, pool_xs, n: int, batch: int) -> tuple[float, float]:
 
 
 CONFIGS = {
-    "default (lighting, 4-conn, size, paper)": M.PRESETS["default"],
+    "default (lighting, 4-conn, size, bimodal)": M.PRESETS["default"],
     "reference (lighting, 8-conn, size, bimodal)": M.FilterConfig(connectivity=8, histogram_rule="bimodal"),
-    "flowers (mean, 4-conn, no size, paper)": M.PRESETS["flowers"],
+    "paper's text (lighting, 4-conn, size, paper)": M.FilterConfig(histogram_rule="paper"),
+    "flowers (mean, 4-conn, no size, bimodal)": M.PRESETS["flowers"],
     "no histogram (lighting, 4-conn, size)": M.FilterConfig(histogram_rule=None),
 }
 
