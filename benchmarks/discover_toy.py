@@ -110,12 +110,12 @@ def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarra
     from generator import toy
 
     def tile(img):
-        return ds.to_uint8(ds.to_unit_range(img))
+        return ds.unit_to_uint8(ds.to_unit_range(img))
 
     xs_d, m_d = lighting_masks(gan, z, x, h)
     xs_s, m_s = lighting_masks(gan, z, x, toy.toy_direction())
-    rows = [[tile(x[i]), tile(xs_d[i]), ds.to_uint8(m_d[i]), tile(xs_s[i]), ds.to_uint8(m_s[i]),
-             ds.to_uint8(truth[i])] for i in range(len(z))]
+    rows = [[tile(x[i]), tile(xs_d[i]), ds.unit_to_uint8(m_d[i]), tile(xs_s[i]), ds.unit_to_uint8(m_s[i]),
+             ds.unit_to_uint8(truth[i])] for i in range(len(z))]
     ds.write_png(path, ds.image_grid(rows))
 
 
@@ -143,7 +143,7 @@ def main(steps: str, directions: int, lr: float, lr_directions: float, milestone
     from generator import direction_search as ds
     from generator import toy
     from generator.discover import DiscoverConfig, discover
-    from generator.pipeline import cached_gan
+    from generator.inputs import cached_gan
 
     if quick:
         steps, directions, iou_samples = "10,20", 8, 20

@@ -40,7 +40,8 @@ import numpy as np
 
 from generator.latents import LatentStream
 from generator.masks import FilterConfig, process_batch
-from generator.pipeline import GenConfig, _Host, make_plan
+from generator.config import GenConfig, make_plan
+from generator.render import _Host
 
 BATCH = 64
 
@@ -184,7 +185,7 @@ def bench_stages(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float]]:
     """(stage, CPU microseconds per sample, best of 3 after a warm-up) along the npy write path."""
     import hashlib
 
-    from generator.pipeline import _sample
+    from generator.render import _sample
     from shardset import ShardSetWriter, codec
     from shardset.writer import build_tar, compress
 
@@ -214,7 +215,8 @@ def bench_stages(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float]]:
 
 
 def bench_toy(n: int) -> dict:
-    from generator.pipeline import cached_gan, run
+    from generator.inputs import cached_gan
+    from generator.pipeline import run
     from generator.toy import toy_direction
 
     gan = cached_gan("toy")

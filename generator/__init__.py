@@ -3,7 +3,8 @@
 TensorFlow lives in this package only, and is imported inside the functions that need it, so
 importing any module here (this file included) stays light.
 
-    gan.py               load_gan(bigbigan | toy | PATH | HANDLE) -> Gan; the model contract; resampling
+    gan.py               load_gan(bigbigan | toy | dcgan-faces | PATH | HANDLE) -> Gan; the model contract
+    dcgan.py             the DCGAN of gan-face-generate as a SavedModel (--gan dcgan-faces)
     toy.py               the toy GAN, a procedural stand-in with BigBiGAN's signatures (a test fixture)
     directions.py        load and save segmenting directions (.npy, .pth) as unit vectors + sha256
     torchfile.py         read torch.save files (.pth) without torch, admitting nothing but tensors
@@ -14,7 +15,10 @@ importing any module here (this file included) stays light.
     masks.py             mask rules, connected components, size and histogram filters (pure numpy)
     embed.py             E(I) for a dataset's train images, computed once and cached
     latents.py           per-shard reproducible latent streams: prior or embeddings + alpha noise
-    pipeline.py          GenConfig and run(): accelerator/host overlap, shards, workers, resume
+    config.py            GenConfig (validated where it is resolved) and the shard plan
+    inputs.py            what a run loads: model, direction, latent table, manifest params
+    render.py            the accelerator/host overlap: render batches, masks + filters, write shards
+    pipeline.py          run(): resume, the set's lock, workers and Ray
     preview.py           the preview picture: accepted pairs and masks, rejected samples per filter
     cli.py               the `gen-synth` command (and `gen-synth embed`)
 """

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from generator.masks import gray, lighting_mask
+
 # A pixel class is the index of the operator that explains it (eq. 7).
 CLASS_A1 = 0
 CLASS_A2 = 1
-GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])  # DESIGN.md's gray
 
 
 def identity_pair(bias: float = 0.1) -> np.ndarray:
@@ -114,12 +115,11 @@ def lit_class(ops: np.ndarray, x: np.ndarray, classes: np.ndarray) -> int:
     """The class whose operator brightens its own pixels more (mean gray gain): the object class
     of a "saliency lighting" direction, so the picture can draw it white."""
     ops = _check_ops(ops)
-    weights = GRAY_WEIGHTS
     x = np.asarray(x, np.float64)
     gains = []
     for k in (CLASS_A1, CLASS_A2):
         sel = x[np.asarray(classes) == k]
-        gains.append(-np.inf if sel.size == 0 else float(((apply_affine(ops[k], sel) - sel) @ weights).mean()))
+        gains.append(-np.inf if sel.size == 0 else float(gray((apply_affine(ops[k], sel) - sel)[:, None]).mean()))
     return int(np.argmax(gains))
 
 
@@ -146,9 +146,10 @@ def fit_least_squares(x: np.ndarray, x_shift: np.ndarray, classes: np.ndarray,
 
 
 def lighting_classes(x: np.ndarray, x_shift: np.ndarray) -> np.ndarray:
-    """The lighting rule as a class map: A1 (0) where gray brightens, A2 (1) elsewhere."""
+    """The lighting rule (generator.masks.lighting_mask) as a class map: A1 (0) where gray
+    brightens, A2 (1) elsewhere."""
     x, x_shift = _check_pair(x, x_shift)
-    return (x_shift @ GRAY_WEIGHTS <= x @ GRAY_WEIGHTS).astype(np.uint8)
+    return (~lighting_mask(x, x_shift)).astype(np.uint8)
 
 
 def lighting_init(x: np.ndarray, x_shift: np.ndarray, bias: float = 0.1) -> np.ndarray:

@@ -14,14 +14,14 @@ import errno
 import logging
 import math
 import sys
-from pathlib import Path
 
 import click
 
 from shardset.format import DEFAULT_ENCODING, ENCODINGS
+from shardset.images import DEFAULT_MAX_PIXELS
 
 from .masks import HISTOGRAM_RULES, MASK_RULES, PRESETS
-from .pipeline import NO_HISTOGRAM, GenConfig, GenerationError
+from .config import NO_HISTOGRAM, GenConfig, GenerationError
 
 DATASET_HELP = "cub, flowers, imagenet, duts, ecssd, dut-omron, or folder:PATH (any folder of images)"
 
@@ -67,9 +67,13 @@ class OneLineGroup(click.Group):
                 exc.ctx = None  # the message already says what to change; no usage block
             exc.show()
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.exceptions.Abort:  # Ctrl-C
+            if args and list(args)[:1] == ["embed"] or (args is None and sys.argv[1:2] == ["embed"]):
+                click.echo("Interrupted: nothing was cached; run the same command again to embed.", err=True)
+            else:
+                click.echo("Interrupted: complete shards are kept; run the same command with --resume to "
+                           "finish the set.", err=True)
+            sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -122,6 +126,9 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("--image-size", type=click.IntRange(min=32), default=128, show_default=True,
               help="Side of the set's images in pixels. G(z) of another size is resampled to it on the "
                    "accelerator (bilinear, antialiased when shrinking) before the masks are made.")
+@click.option("--max-image-pixels", type=COUNT, default=str(DEFAULT_MAX_PIXELS), show_default=True,
+              help="Dataset images with more pixels than this (read from the file header) are skipped "
+                   "and counted, never decoded: a guard against decompression bombs.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
               help="Filter preset. [default: flowers for --dataset flowers, else default]")
 @click.option("--mask-rule", type=click.Choice(sorted(MASK_RULES)), default=None,
@@ -149,7 +156,7 @@ def _fail_os(exc: OSError, out: str) -> click.ClickException:
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
 @click.pass_context
 def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shard_size, val_fraction, val_shards,
-         seed, out, name, preview, encoding, image_size, preset, mask_rule, connectivity, components_filter, size_filter, histogram_rule,
+         seed, out, name, preview, encoding, image_size, max_image_pixels, preset, mask_rule, connectivity, components_filter, size_filter, histogram_rule,
          no_histogram_filter, batch_size, num_workers, worker_index, ray_address, resume, cache_dir, verbose):
     """Generate synthetic (image, mask) pairs from a GAN into a shard set.
 
@@ -165,21 +172,19 @@ def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shar
     _setup_logging(verbose)
     if histogram_rule and no_histogram_filter:
         raise click.UsageError("--histogram-rule and --no-histogram-filter contradict each other; pass one")
-    cfg = GenConfig(
-        gan=gan, direction=direction, shift=shift, cache_dir=cache_dir, latents=latents, alpha=alpha,
-        dataset=dataset, data_root=data_root, n=n, shard_size=shard_size, val_fraction=val_fraction,
-        val_shards=val_shards, seed=seed, out=out, name=name, encoding=encoding, image_size=image_size, preset=preset,
-        mask_rule=mask_rule, connectivity=int(connectivity) if connectivity else None,
-        components_filter=components_filter, size_filter=size_filter,
-        histogram_rule=NO_HISTOGRAM if no_histogram_filter else histogram_rule, batch_size=batch_size,
-        num_workers=num_workers, worker_index=worker_index, resume=resume,
-    ).resolved()
-    if preview:
-        cfg = _with_preview(cfg)
     try:
+        cfg = GenConfig(
+            gan=gan, direction=direction, shift=shift, cache_dir=cache_dir, latents=latents, alpha=alpha,
+            dataset=dataset, data_root=data_root, n=n, shard_size=shard_size, val_fraction=val_fraction,
+            val_shards=val_shards, seed=seed, out=out, name=name, encoding=encoding, image_size=image_size,
+            max_image_pixels=max_image_pixels,
+            preview=True if preview else None, preset=preset, mask_rule=mask_rule,
+            connectivity=int(connectivity) if connectivity else None, components_filter=components_filter,
+            size_filter=size_filter, histogram_rule=NO_HISTOGRAM if no_histogram_filter else histogram_rule,
+            batch_size=batch_size, num_workers=num_workers, worker_index=worker_index, resume=resume,
+        ).resolved()
         from . import pipeline
 
-        pipeline.validate(cfg)
         if ray_address is not None:
             result = pipeline.run_ray(cfg, None if ray_address == "local" else ray_address)
         else:
@@ -188,14 +193,8 @@ def main(ctx, gan, direction, shift, latents, alpha, dataset, data_root, n, shar
     except GenerationError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise _fail_os(exc, cfg.out) from None
+        raise _fail_os(exc, out) from None
     _report(result)
-
-
-def _with_preview(cfg: GenConfig) -> GenConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, preview=str(Path(cfg.out) / f"{cfg.name}-preview.png"))
 
 
 def _run_with_bar(cfg: GenConfig):
@@ -245,9 +244,11 @@ def _report(result) -> None:
               help="Folder holding the named datasets. [env BGW_DATA_ROOT]")
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="BGW_CACHE_DIR", default=None,
               help="Model and embeddings cache. [env BGW_CACHE_DIR, default ~/.cache/bgw-seg]")
+@click.option("--max-image-pixels", type=COUNT, default=str(DEFAULT_MAX_PIXELS), show_default=True,
+              help="Images with more pixels than this (read from the header) are skipped and counted.")
 @click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
 @click.pass_context
-def embed_cmd(ctx, dataset, gan, data_root, cache_dir, verbose):
+def embed_cmd(ctx, dataset, gan, data_root, cache_dir, max_image_pixels, verbose):
     """Encode a dataset's train images once (short side 256, centre crop, z_sample) and cache them.
 
     gen-synth runs this itself when the cache is missing; run it alone to prepare a cluster job.
@@ -256,15 +257,15 @@ def embed_cmd(ctx, dataset, gan, data_root, cache_dir, verbose):
     _setup_logging(max(verbose, parent.get("verbose", 0)))
     from tqdm import tqdm
 
-    from . import pipeline
+    from . import inputs
 
     cfg = GenConfig(gan=gan or parent.get("gan") or "bigbigan", dataset=dataset, latents="embeddings",
                     data_root=data_root or parent.get("data_root"),
-                    cache_dir=cache_dir or parent.get("cache_dir"))
+                    cache_dir=cache_dir or parent.get("cache_dir"), max_image_pixels=max_image_pixels)
     try:
-        total = pipeline.count_train_images(cfg)
+        total = inputs.count_train_images(cfg)
         with tqdm(total=total, unit="image", desc=f"embed {dataset}", disable=None) as bar:
-            facts = pipeline.embed_dataset(cfg, progress=bar.update)
+            facts = inputs.embed_dataset(cfg, progress=bar.update)
     except GenerationError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -41,12 +41,12 @@ from typing import Callable
 import numpy as np
 
 from generator import affine
+from generator.masks import lighting_mask
 from shardset.atomic import atomic_write_bytes as write_bytes
 
 log = logging.getLogger(__name__)
 
 JIT = os.environ.get("BGW_FIT_JIT", "1") == "1"
-GRAY = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def lighting_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float) -
     """Mean share of pixels that the lighting rule calls foreground: gray(G(z)) < gray(G(z + shift h))."""
     x = np.asarray(gan.generate(z), np.float32)
     xs = np.asarray(gan.generate(z + shift * np.asarray(direction, np.float32)[None]), np.float32)
-    return float(np.mean(x @ GRAY < xs @ GRAY))
+    return float(np.mean(lighting_mask(x, xs)))
 
 
 def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.ndarray, int, dict]:
@@ -249,8 +249,8 @@ def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.
 # pictures (shared with generator.discover)
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Images in [0, 1] to uint8 (rounded, clipped)."""
+def unit_to_uint8(x: np.ndarray) -> np.ndarray:
+    """Images (or masks) in [0, 1] to uint8 (rounded, clipped)."""
     return np.clip(np.rint(np.asarray(x, np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -296,8 +296,8 @@ def figure10(gan, z: np.ndarray, direction: np.ndarray, ops: np.ndarray, shift: 
     classes = affine.assign_classes(ops, x, xs)
     lit = affine.lit_class(ops, x, classes)
     mask = (classes == lit).astype(np.float64)
-    return [[to_uint8(a) for a in x], [to_uint8(a) for a in xs],
-            [to_uint8(a) for a in approx], [to_uint8(a) for a in mask]]
+    return [[unit_to_uint8(a) for a in x], [unit_to_uint8(a) for a in xs],
+            [unit_to_uint8(a) for a in approx], [unit_to_uint8(a) for a in mask]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ the library functions.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import click
@@ -51,8 +52,14 @@ def _load_candidates(spec: str, latent_dim: int) -> tuple[np.ndarray, str]:
     return arr.astype(np.float32), str(path)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _out_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file; give a folder (it is created when missing)", param_hint="--out")
 
 
 def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume: bool, seed: int,
@@ -62,6 +69,10 @@ def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume:
 
     from generator import discover as dc
 
+    _out_folder(out)
+    if resume and not (out / "config.json").is_file():
+        raise click.BadParameter(f"{out} holds no discovery run to resume (no config.json); run without --resume "
+                                 f"to start one", param_hint="--resume")
     gan = _load_gan(gan_spec)
     if not 1 <= directions <= gan.latent_dim:
         raise click.BadParameter(f"{directions} is not in 1..{gan.latent_dim} (the latent size)",
@@ -69,7 +80,7 @@ def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume:
     cfg = dc.DiscoverConfig(directions=directions, steps=steps, batch=batch, lr=lr,
                             lr_directions=lr if lr_directions is None else lr_directions, init=init, seed=seed,
                             lr_directions_milestones=milestones, lr_directions_gamma=gamma)
-    bar = tqdm(total=steps, desc="discover", unit="step")
+    bar = tqdm(total=steps, desc="discover", unit="step", disable=None)  # no bar when stderr is no terminal
 
     def progress(step: int, metrics: dict) -> None:
         bar.n = step
@@ -93,10 +104,11 @@ def _run_rank(gan_spec: str, candidates: str, out: Path, samples: int, steps: in
     from generator import affine
     from generator import direction_search as ds
 
+    _out_folder(out)
     gan = _load_gan(gan_spec)
     arr, source = _load_candidates(candidates, gan.latent_dim)
     cfg = ds.FitConfig(steps=steps, samples=samples, shift=shift, init=init, seed=seed)
-    with tqdm(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit") as bar:
+    with tqdm(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit", disable=None) as bar:
         try:
             report = ds.rank_directions(gan, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
                                         picture_top=top, orient_winner=orient, progress=bar.update)
@@ -112,7 +124,7 @@ def _run_rank(gan_spec: str, candidates: str, out: Path, samples: int, steps: in
 _gan_opt = click.option("--gan", "gan_spec", default="bigbigan", show_default=True,
                         help="GAN: bigbigan, toy, a SavedModel folder or a TF-Hub handle.")
 _seed_opt = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
-_verbose_opt = click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+_verbose_opt = click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
 
 
 def _steps_list(ctx, param, value):
@@ -129,8 +141,8 @@ def _steps_list(ctx, param, value):
 
 
 def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"{value} must be > 0")
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} must be a finite number > 0")
     return value
 
 

@@ -302,7 +302,7 @@ def write_effects(gan, dirs: np.ndarray, folder: Path, cfg: DiscoverConfig) -> N
     shifts = cfg.picture_shift * np.array([-2, -1, 0, 1, 2], np.float32)
     for k, h in enumerate(dirs):
         zz = (z[:, None, :] + shifts[None, :, None] * h[None, None, :]).reshape(-1, dirs.shape[1])
-        imgs = ds.to_uint8(ds.to_unit_range(gan.generate(zz)))
+        imgs = ds.unit_to_uint8(ds.to_unit_range(gan.generate(zz)))
         imgs = imgs.reshape(len(z), len(shifts), *imgs.shape[1:])
         ds.write_png(folder / f"direction-{k:03d}.png", ds.image_grid([list(row) for row in imgs]))
 

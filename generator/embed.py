@@ -71,7 +71,7 @@ def _resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
                   progress: Callable[[int], object] | None = None,
-                  threads: int = 4) -> tuple[np.ndarray, list[int], int]:
+                  threads: int = 4, max_pixels: int | None = None) -> tuple[np.ndarray, list[int], int]:
     """Encode images with `gan.encode` (z_sample).
 
     Returns (Z float32 [N_ok, D], ok_indices into `paths`, skipped_count). `progress(n)` is
@@ -90,7 +90,7 @@ def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 
     # out to a separate pool (a single shared pool could deadlock with threads=1)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
         def load(batch):
-            return list(pool.map(lambda i: prepare_image(paths[i], size), batch))
+            return list(pool.map(lambda i: prepare_image(paths[i], size, max_pixels), batch))
 
         pending = ahead.submit(load, batches[0]) if batches else None
         for b, batch in enumerate(batches):
@@ -101,7 +101,8 @@ def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 
                 if im is None:
                     skipped += 1
                     # name the first few; a folder of thousands of broken files must not flood the log
-                    (log.warning if skipped <= 5 else log.debug)("skipping unreadable image %s", paths[i])
+                    (log.warning if skipped <= 5 else log.debug)("skipping image %s (unreadable, truncated or "
+                                                                 "over the pixel limit)", paths[i])
             if good:
                 zs.append(np.asarray(gan.encode(np.stack([im for _, im in good])), dtype=np.float32))
                 ok.extend(i for i, _ in good)
@@ -135,19 +136,26 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")[:60] or "dataset"
 
 
-def embeddings_key(file_list: Sequence[tuple[str, int]], gan_fingerprint: str) -> str:
-    """sha256 over the sorted (relative path, size) list and the GAN fingerprint."""
+def embeddings_key(file_list: Sequence[tuple[str, int]], gan_fingerprint: str,
+                   max_pixels: int | None = None) -> str:
+    """sha256 over the sorted (relative path, size) list, the GAN fingerprint and, when it is not
+    the default, the pixel limit (it decides which images are skipped)."""
+    from shardset.images import DEFAULT_MAX_PIXELS
+
     h = hashlib.sha256()
     h.update(f"{CACHE_FORMAT}/{CACHE_VERSION}\0{gan_fingerprint}\0".encode())
+    if max_pixels not in (None, DEFAULT_MAX_PIXELS):
+        h.update(f"max_pixels={int(max_pixels)}\0".encode())
     for rel, size in sorted((str(r), int(s)) for r, s in file_list):
         h.update(f"{rel}\0{size}\n".encode())
     return h.hexdigest()
 
 
 def embeddings_cache_path(cache_dir: str | os.PathLike, dataset_name: str,
-                          file_list: Sequence[tuple[str, int]], gan_fingerprint: str) -> Path:
+                          file_list: Sequence[tuple[str, int]], gan_fingerprint: str,
+                          max_pixels: int | None = None) -> Path:
     """`<cache_dir>/embeddings/<dataset>-<key[:20]>.npy`; the sidecar is the same name with .json."""
-    key = embeddings_key(file_list, gan_fingerprint)
+    key = embeddings_key(file_list, gan_fingerprint, max_pixels)
     return Path(cache_dir) / "embeddings" / f"{_safe_name(dataset_name)}-{key[:20]}.npy"
 
 
@@ -195,7 +203,8 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
                                data_root: str | os.PathLike | None = None,
                                root: str | os.PathLike | None = None,
                                batch_size: int = 32,
-                               progress: Callable[[int], object] | None = None) -> tuple[np.ndarray, dict]:
+                               progress: Callable[[int], object] | None = None,
+                               max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Z float32 [N_ok, D] for a dataset's train images (rows in sorted relative-path order), cached.
 
     `source` is a dataset spec (`ecssd`, `folder:PATH`, ... resolved by evaluator.datasets under
@@ -228,8 +237,8 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
         root = Path(os.path.commonpath([str(Path(p).absolute().parent) for p in paths]))
     root = Path(root).absolute()
     files = file_list_of(paths, root)
-    key = embeddings_key(files, gan.fingerprint)
-    npy = embeddings_cache_path(cache_dir, dataset_name, files, gan.fingerprint)
+    key = embeddings_key(files, gan.fingerprint, max_pixels)
+    npy = embeddings_cache_path(cache_dir, dataset_name, files, gan.fingerprint, max_pixels)
 
     def info(z: np.ndarray, digest: str, skipped: int) -> dict:
         return {"name": dataset_name, "train_images": len(files), "skipped": int(skipped),
@@ -242,7 +251,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
         return hit[0], info(hit[0], hit[1], len(files) - len(hit[0]))
     log.info("embeddings cache miss: encoding %d images of %s into %s", len(files), dataset_name, npy)
     ordered = [root / rel for rel, _ in files]
-    z, ok, skipped = encode_images(gan, ordered, batch_size=batch_size, progress=progress)
+    z, ok, skipped = encode_images(gan, ordered, batch_size=batch_size, progress=progress, max_pixels=max_pixels)
     if len(ok) == 0:
         raise ValueError(f"none of the {len(files)} images of {dataset_name} under {root} could be read")
     npy.parent.mkdir(parents=True, exist_ok=True)
@@ -268,5 +277,6 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, sidecar)  # written last: its presence marks a complete entry
     if skipped:
-        log.warning("%d of %d images of %s were unreadable and skipped", skipped, len(files), dataset_name)
+        log.warning("%d of %d images of %s were skipped (unreadable, truncated or over the pixel limit)",
+                    skipped, len(files), dataset_name)
     return z, info(z, digest, skipped)

@@ -17,10 +17,13 @@ TensorFlow and tensorflow_hub are imported inside functions, never at module imp
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +38,41 @@ MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are mean
 ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open
 
 
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold back what TensorFlow's C++ layer writes to stderr while it starts (CUDA probing, "All log
+    messages before absl::InitializeLog()", cuInit errors: lines TF_CPP_MIN_LOG_LEVEL does not
+    reach), unless logging is at INFO or finer (-v). The text is replayed if the block fails."""
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _hub():
-    """tensorflow_hub, imported quietly: its import of pkg_resources warns on every run (setuptools<81 is pinned)."""
+    """tensorflow_hub (and TensorFlow), imported quietly: TF's start-up lines are held back
+    (`quiet_native_stderr`), and the import of pkg_resources warns on every run (setuptools<81 is pinned)."""
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_native_stderr():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import tensorflow as tf
         import tensorflow_hub
 
+        tf.config.list_logical_devices("GPU")  # the first device query probes CUDA: quiet it too
     return tensorflow_hub
 
 
@@ -69,6 +99,7 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
     """
     from generator import dcgan, toy
 
+    _hub()  # TensorFlow starts here, quietly, before anything builds a module with it
     cache = Path(cache_dir) if cache_dir is not None else toy.default_cache_dir()
     if spec == toy.TOY_HANDLE:
         try:

@@ -27,7 +27,7 @@ FILTER_LABELS = {
 }
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
+def signed_to_uint8(x: np.ndarray) -> np.ndarray:
     """Images in [-1, 1] (float) -> uint8 by round((x + 1) * 127.5), clipped; the shard rule."""
     return np.clip(np.rint((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
@@ -50,11 +50,12 @@ class PreviewCollector:
         for i, reason in enumerate(reasons):
             if reason is None:
                 if len(self.accepted) < self.rows:
-                    self.accepted.append((to_uint8(x[i]), to_uint8(x_shift[i]), np.asarray(masks[i], np.uint8)))
+                    self.accepted.append((signed_to_uint8(x[i]), signed_to_uint8(x_shift[i]),
+                                          np.asarray(masks[i], np.uint8)))
             else:
                 bucket = self.rejected.setdefault(reason, [])
                 if len(bucket) < self.per_reason:
-                    bucket.append((to_uint8(x[i]), np.asarray(masks[i], np.uint8)))
+                    bucket.append((signed_to_uint8(x[i]), np.asarray(masks[i], np.uint8)))
 
 
 def _tile(rgb: np.ndarray) -> np.ndarray:

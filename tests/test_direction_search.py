@@ -162,8 +162,10 @@ def toy_env(tmp_path_factory):
 
 
 def _lighting(gan, z, h):
+    from generator.masks import lighting_mask
+
     x, xs = gan.generate_pair(z, h, 5.0)
-    return x @ ds.GRAY < xs @ ds.GRAY
+    return lighting_mask(x, xs)
 
 
 def _iou(a, b):
@@ -363,3 +365,25 @@ def test_cli_discover_refuses_an_existing_run_without_resume(cli_env, tmp_path):
     res = CliRunner().invoke(cli_env, ["discover", "--gan", "toy", "--steps", "1", "--out", str(tmp_path / "e"),
                                        "--lr-directions-milestones", "8000,soon"])
     assert res.exit_code == 2 and "comma-separated list of steps" in res.output and "Traceback" not in res.output
+
+
+def test_cli_bad_out_resume_and_shift_fail_before_any_work(cli_env, tmp_path, monkeypatch):
+    from generator import direction_search as ds
+    from generator import discover as dc
+
+    calls = []
+    monkeypatch.setattr(ds, "score_candidates", lambda *a, **k: calls.append("fit"))
+    monkeypatch.setattr(dc, "discover", lambda *a, **k: calls.append("discover"))
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for args, needle in (
+        (["discover", "--gan", "toy", "--steps", "1", "--out", str(a_file)], "is a file"),
+        (["rank", "--gan", "toy", "--candidates", "axes", "--out", str(a_file)], "is a file"),
+        (["rank", "--gan", "toy", "--candidates", "axes", "--out", str(tmp_path / "r"), "--shift", "nan"],
+         "finite number > 0"),
+        (["discover", "--gan", "toy", "--steps", "1", "--resume", "--out", str(tmp_path / "none")],
+         "holds no discovery run to resume"),
+    ):
+        res = CliRunner().invoke(cli_env, args)
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    assert calls == [] and not (tmp_path / "none").exists()

@@ -9,7 +9,8 @@ import pytest
 pytest.importorskip("tensorflow_hub")
 pytest.importorskip("torch")
 
-from generator.pipeline import GenConfig, run  # noqa: E402
+from generator.config import GenConfig  # noqa: E402
+from generator.pipeline import run  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.train import train  # noqa: E402
 

@@ -187,7 +187,7 @@ def test_embed_subcommand_caches_the_embeddings(tmp_path):
 
 @tf_only
 def test_filters_that_reject_everything_stop_with_one_line(tmp_path, monkeypatch):
-    import generator.pipeline as pipeline
+    import generator.render as render
 
     from generator import masks
 
@@ -196,8 +196,8 @@ def test_filters_that_reject_everything_stop_with_one_line(tmp_path, monkeypatch
         n = len(res.reason)
         return masks.BatchResult(res.masks, np.zeros(n, bool), ["histogram"] * n, res.fg_fraction)
 
-    monkeypatch.setattr(pipeline, "GIVE_UP_EMPTY", 64)
-    monkeypatch.setattr(pipeline, "process_batch", reject_all)
+    monkeypatch.setattr(render, "GIVE_UP_EMPTY", 64)
+    monkeypatch.setattr(render, "process_batch", reject_all)
     assert_one_line_error(invoke("--gan", "toy", "--latents", "prior", "--n", "10", "--batch-size", "32",
                                  "--out", tmp_path), "0 of 10 samples accepted in 64 draws", "histogram 64")
     assert not list(tmp_path.glob("*.tar.zst"))
@@ -207,3 +207,98 @@ def test_filters_that_reject_everything_stop_with_one_line(tmp_path, monkeypatch
                  "--no-histogram-filter")
     assert res.exit_code == 0, res.output
     assert len(list(tmp_path.glob("*.tar.zst"))) == 1
+
+
+# ------------------------------------------------------------------ integrity at the edges
+
+
+@tf_only
+def test_resume_with_other_settings_names_the_one_that_differs(done_when):
+    line = assert_one_line_error(invoke("--gan", "toy", "--latents", "prior", "--n", "120", "--shard-size", "30",
+                                        "--out", done_when, "--name", "t", "--seed", "1", "--batch-size", "32",
+                                        "--shift", "4", "--resume"), "params.direction.shift", "5.0", "4.0")
+    assert len(line) < 400 and "overwrite" not in line
+
+
+@tf_only
+def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from shardset.lock import FileLock\n"
+        f"lock = FileLock({str(tmp_path / 'toy-prior.lock')!r})\n"
+        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in ([], ["--resume"]):
+            assert_one_line_error(invoke("--gan", "toy", "--latents", "prior", "--n", "10", "--out", tmp_path, *extra),
+                                  "in use", f"pid {holder.pid}", socket.gethostname())
+        assert not list(tmp_path.glob("*.tar.zst")) and not (tmp_path / "toy-prior.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    res = invoke("--gan", "toy", "--latents", "prior", "--n", "10", "--out", tmp_path)  # free again
+    assert res.exit_code == 0, res.output
+
+
+def _gen_synth_process(*args, **kwargs):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "gen-synth"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+
+
+@tf_only
+def test_tensorflow_start_up_lines_are_held_back(tmp_path):
+    proc = _gen_synth_process("--gan", "toy", "--latents", "prior", "--n", "10", "--out", tmp_path,
+                              "--cache-dir", tmp_path / "cache")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err.strip() == "", err  # no absl preamble, no CUDA probing, no cuInit error
+    assert "10 samples in 1 shards" in out
+
+
+@tf_only
+def test_ctrl_c_says_how_to_finish_the_set(tmp_path):
+    import signal
+    import time
+
+    proc = _gen_synth_process("--gan", "toy", "--latents", "prior", "--n", "100000", "--shard-size", "50",
+                              "--out", tmp_path, "--cache-dir", tmp_path / "cache")
+    deadline = time.time() + 240
+    while not list(tmp_path.glob("toy-prior-*.tar.zst")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err
+    assert lines and "--resume" in lines[-1] and "Traceback" not in err
+    # and the set is incomplete but consistent: a resume with the same command would keep its shards
+    from shardset import verify_set
+
+    report = verify_set(str(tmp_path / "toy-prior.json"))
+    assert not report.bad
+
+
+@tf_only
+def test_images_over_the_pixel_limit_are_skipped_and_counted(tmp_path):
+    import cv2
+
+    from test_images import bomb_png
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(data / f"{i}.jpg"), np.full((120, 160, 3), 60 * i, np.uint8))
+    (data / "bomb.png").write_bytes(bomb_png(20000, 20000))  # 400 MP from a small file
+    res = invoke("embed", "--dataset", f"folder:{data}", "--gan", "toy", "--cache-dir", tmp_path / "cache")
+    assert res.exit_code == 0, res.output
+    assert "3 embeddings" in res.output and "1 unreadable images skipped" in res.output
+    res = invoke("embed", "--dataset", f"folder:{data}", "--gan", "toy", "--cache-dir", tmp_path / "cache",
+                 "--max-image-pixels", "10000")  # 120 x 160 = 19,200 pixels: over this limit too
+    assert_one_line_error(res, "none of the 4 images")

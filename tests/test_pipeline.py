@@ -15,7 +15,9 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_hub")
 
 from generator import pipeline  # noqa: E402
-from generator.pipeline import GenConfig, GenerationError, make_plan, run  # noqa: E402
+from generator.config import GenConfig, GenerationError, make_plan  # noqa: E402
+from generator.inputs import cached_gan  # noqa: E402
+from generator.pipeline import run  # noqa: E402
 
 pytestmark = pytest.mark.tf
 
@@ -92,7 +94,7 @@ def test_image_is_the_rounded_generator_output(reference):
     from generator.toy import toy_direction
 
     s = _samples(reference)[0]
-    x, _ = pipeline.cached_gan("toy").generate_pair(s["z"][None], toy_direction(), 5.0)
+    x, _ = cached_gan("toy").generate_pair(s["z"][None], toy_direction(), 5.0)
     expected = np.clip(np.rint((x[0] + 1) * 127.5), 0, 255).astype(np.uint8)
     # the batch shape may change the last float bit of a TF kernel: allow one grey level
     assert np.abs(expected.astype(int) - s["image"].astype(int)).max() <= 1
@@ -187,7 +189,7 @@ def _write_images(folder: Path, n: int = 10) -> None:
     """Toy renders upsampled to 256 as PNG: a small 'dataset' whose encodings are meaningful."""
     folder.mkdir(parents=True)
     z = np.random.default_rng(5).standard_normal((n, 120)).astype(np.float32)
-    x = pipeline.cached_gan("toy").generate(z)
+    x = cached_gan("toy").generate(z)
     for i, img in enumerate(x):
         rgb = np.clip(np.rint((img + 1) * 127.5), 0, 255).astype(np.uint8)
         cv2.imwrite(str(folder / f"img{i:02d}.png"), cv2.resize(rgb[..., ::-1], (256, 256)))
@@ -213,7 +215,7 @@ def test_embeddings_path_end_to_end(tmp_path):
     from generator.embed import load_or_compute_embeddings
 
     paths = sorted(data.glob("*.png"))
-    table, _ = load_or_compute_embeddings(pipeline.cached_gan("toy"), paths, dataset_name="data", root=data,
+    table, _ = load_or_compute_embeddings(cached_gan("toy"), paths, dataset_name="data", root=data,
                                           cache_dir=tmp_path / "cache")
     assert len(table) == 10
     samples = _samples(tmp_path / "out", "data")
@@ -263,10 +265,9 @@ def test_plan_and_defaults():
     ({"mask_rule": "median"}, "unknown mask rule"),
     ({"encoding": "gif"}, "encoding"),
 ])
-def test_validate_names_the_bad_value(change, match):
-    cfg = dataclasses.replace(BASE, **change).resolved()
+def test_resolving_validates_and_names_the_bad_value(change, match):
     with pytest.raises(GenerationError, match=match):
-        pipeline.validate(cfg)
+        dataclasses.replace(BASE, **change).resolved()
 
 
 def test_write_threads_and_set_size_do_not_change_shards(reference, tmp_path):

@@ -1,0 +1,225 @@
+"""gen-synth's settings: `GenConfig` (every setting, validated once where it is resolved) and the
+shard plan (`make_plan`: shard sizes and the train/val split).
+
+Split: the last ``num_val`` shards are the validation split (``val_shards``, or
+ceil(val_fraction x shards), always leaving one training shard).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardset.format import DEFAULT_ENCODING
+from shardset.images import DEFAULT_MAX_PIXELS
+
+from .gan import MIN_IMAGE_SIZE
+from .latents import LATENT_SOURCES
+from .masks import PRESETS, FilterConfig, UnknownRuleError
+
+# Datasets whose latents use alpha = 0.2 by default (paper, section 3.3); imagenet uses 0.
+SMALL_DATASETS = ("cub", "flowers", "duts", "ecssd", "dut-omron")
+DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Flowers uses `mean`)
+NO_HISTOGRAM = "none"  # GenConfig.histogram_rule value that switches the histogram filter off
+MAX_SHARDS = 1_000_000  # shard indices are 6 digits
+GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters reject everything
+# models whose segmenting direction ships with this project (toy: by construction; dcgan-faces:
+# rank's winner of the discovery run in README, "A real GAN")
+SHIPPED_DIRECTIONS = ("toy", "dcgan-faces")
+
+
+class GenerationError(Exception):
+    """A run cannot start or continue; the message is one line naming the cause and the fix."""
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Every setting of a gen-synth run. ``None`` means "derived" (see ``resolved``)."""
+
+    # -- model
+    gan: str = "bigbigan"  # "bigbigan", "toy", "dcgan-faces", a local SavedModel folder or a TF-Hub handle
+    direction: str | None = None  # .npy/.pth file of h_bg [latent_dim]; None = the model's shipped one
+    shift: float = 5.0  # r: latent units moved along the unit direction, x' = G(z + r h)
+    cache_dir: str | None = None  # model and embeddings cache folder; None = $BGW_CACHE_DIR or ~/.cache/bgw-seg
+    # -- latents
+    latents: str | None = None  # "prior" | "embeddings"; None = embeddings when a dataset is given
+    alpha: float | None = None  # noise scale of z = E(I) + alpha xi; None = 0.2 (0 for imagenet)
+    dataset: str | None = None  # cub, flowers, imagenet, duts, ecssd, dut-omron, folder:PATH
+    data_root: str | None = None  # folder of the named datasets; None = $BGW_DATA_ROOT
+    # -- size and split
+    n: int = 1000  # accepted samples in the whole set (the last shard may be short)
+    shard_size: int = 1000  # accepted samples per shard
+    val_fraction: float = 0.01  # share of shards held out as validation (rounded up), when val_shards is None
+    val_shards: int | None = None  # number of validation shards (the last ones); overrides val_fraction
+    seed: int = 0  # with the shard index, fixes every draw
+    # -- output
+    out: str = "shards"  # folder of the set
+    name: str | None = None  # set name; None = from the dataset (or the model for the prior)
+    encoding: str = DEFAULT_ENCODING  # image encoding in the shards: png | webp | jpg | npy (default: raw npy)
+    image_size: int = 128  # side of the set's images in pixels; G(z) of another size is resampled to it
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # dataset images larger than this are skipped (read from the header)
+    preview: str | bool | None = None  # path of a preview PNG to write; True = OUT/NAME-preview.png; None = none
+    # -- masks and filters (None = the preset's value)
+    preset: str | None = None  # key of generator.masks.PRESETS; None = the dataset's ("flowers") or "default"
+    mask_rule: str | None = None  # "lighting" | "mean"
+    connectivity: int | None = None  # 4 (paper) | 8 (reference code)
+    components_filter: bool | None = None  # drop components < 0.2 x the largest; False = keep every component
+    size_filter: bool | None = None  # reject masks with foreground fraction > 0.5
+    histogram_rule: str | None = None  # "paper" | "bimodal" | "none"
+    # -- execution
+    batch_size: int = 64  # pairs per accelerator call
+    num_workers: int = 1  # W: this process renders shards k with k % W == worker_index
+    worker_index: int = 0  # I in 0..W-1
+    resume: bool = False  # keep verified complete shards of an existing set with the same params
+    queue_depth: int = 2  # rendered batches waiting for the host thread (memory bound)
+    write_threads: int = 0  # threads encoding + writing full shards in parallel; 0 = min(4, CPU cores)
+    max_draws_per_sample: int = 200  # give up on a shard after this many draws per sample needed
+    # set by resolved(): every derived setting is filled in and the whole config was validated
+    is_resolved: bool = dataclasses.field(default=False, repr=False, compare=False)
+
+    def resolved(self) -> "GenConfig":
+        """A copy with every derived (None) setting filled in, validated: the one place where a
+        config is checked. Raises GenerationError (one line naming the value and the fix)."""
+        if self.is_resolved:
+            return self
+        dataset_name = _dataset_name(self.dataset)
+        latents = self.latents or ("embeddings" if self.dataset else "prior")
+        alpha = self.alpha
+        if alpha is None:
+            alpha = 0.0 if dataset_name == "imagenet" else 0.2
+        preset = self.preset or DATASET_PRESETS.get(dataset_name, "default")
+        name = self.name or _default_name(self)
+        write_threads = self.write_threads or min(4, os.cpu_count() or 1)
+        preview = str(Path(self.out) / f"{name}-preview.png") if self.preview is True else self.preview or None
+        cfg = dataclasses.replace(self, latents=latents, alpha=float(alpha), preset=preset, name=name,
+                                  write_threads=write_threads, preview=preview)
+        _validate(cfg)
+        return dataclasses.replace(cfg, is_resolved=True)
+
+    def filter_config(self) -> FilterConfig:
+        """The FilterConfig: the preset with this config's overrides."""
+        base = PRESETS[self.preset or "default"]
+        over = {}
+        if self.mask_rule is not None:
+            over["mask_rule"] = self.mask_rule
+        if self.connectivity is not None:
+            over["connectivity"] = self.connectivity
+        if self.components_filter is False:
+            over["min_component_ratio"] = 0.0
+        if self.size_filter is not None:
+            over["size_filter"] = self.size_filter
+        if self.histogram_rule is not None:
+            over["histogram_rule"] = None if self.histogram_rule == NO_HISTOGRAM else self.histogram_rule
+        return dataclasses.replace(base, **over)
+
+
+def _dataset_name(spec: str | None) -> str | None:
+    if spec is None:
+        return None
+    return "folder" if spec.startswith("folder:") else spec
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() or c in "_-" else "-" for c in text).strip("-")
+    return (out or "set")[:64]
+
+
+def _default_name(cfg: GenConfig) -> str:
+    if cfg.dataset:
+        if cfg.dataset.startswith("folder:"):
+            return _slug(Path(cfg.dataset[len("folder:"):]).expanduser().resolve().name or "folder")
+        return _slug(cfg.dataset)
+    gan = cfg.gan if cfg.gan in ("bigbigan", *SHIPPED_DIRECTIONS) else Path(cfg.gan.rstrip("/")).name
+    return _slug(f"{gan}-prior")
+
+
+# --------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Shard sizes and the train/val split of a set."""
+
+    sizes: tuple[int, ...]  # accepted samples per shard
+    num_val: int  # the last num_val shards are validation
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.sizes)
+
+    def split(self, index: int) -> str:
+        return "val" if index >= self.num_shards - self.num_val else "train"
+
+    def shards_of(self, worker_index: int, num_workers: int) -> list[int]:
+        return [k for k in range(self.num_shards) if k % num_workers == worker_index]
+
+    def planned(self, n: int) -> dict:
+        """The `planned` block of the manifest."""
+        return {"samples": n, "shards": self.num_shards, "val_shards": self.num_val}
+
+
+def make_plan(cfg: GenConfig) -> Plan:
+    full, rest = divmod(cfg.n, cfg.shard_size)
+    sizes = (cfg.shard_size,) * full + ((rest,) if rest else ())
+    if cfg.val_shards is not None:
+        num_val = cfg.val_shards
+    else:
+        num_val = math.ceil(cfg.val_fraction * len(sizes))
+    # At least one training shard: a set that is all validation trains nothing.
+    num_val = max(0, min(num_val, len(sizes) - 1))
+    return Plan(sizes, num_val)
+
+
+def _validate(cfg: GenConfig) -> None:
+    """Reject a bad config before anything loads; GenerationError names the value and the fix."""
+    from shardset.format import ENCODINGS, NAME_RE
+
+    def bad(msg: str):
+        raise GenerationError(msg)
+
+    for field, value in (("n", cfg.n), ("shard_size", cfg.shard_size), ("batch_size", cfg.batch_size),
+                         ("image_size", cfg.image_size), ("max_image_pixels", cfg.max_image_pixels),
+                         ("num_workers", cfg.num_workers), ("queue_depth", cfg.queue_depth),
+                         ("write_threads", cfg.write_threads),
+                         ("max_draws_per_sample", cfg.max_draws_per_sample)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            bad(f"{field} must be a positive integer, got {value!r}")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        bad(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
+    if math.ceil(cfg.n / cfg.shard_size) > MAX_SHARDS:
+        bad(f"n={cfg.n} with shard_size={cfg.shard_size} needs over {MAX_SHARDS} shards; raise the shard size")
+    if not 0 <= cfg.worker_index < cfg.num_workers:
+        bad(f"worker_index must be in 0..{cfg.num_workers - 1}, got {cfg.worker_index}")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        bad(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    if not math.isfinite(cfg.shift):
+        bad(f"shift must be a finite number, got {cfg.shift!r}")
+    if cfg.latents not in LATENT_SOURCES:
+        bad(f"latents {cfg.latents!r} is unknown; choose from {', '.join(LATENT_SOURCES)}")
+    if cfg.latents == "embeddings" and not cfg.dataset:
+        bad("latents 'embeddings' need a dataset: pass --dataset NAME (or --latents prior)")
+    if cfg.alpha is None or not math.isfinite(cfg.alpha) or cfg.alpha < 0:
+        bad(f"alpha must be a finite number >= 0, got {cfg.alpha!r}")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        bad(f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
+    if cfg.val_shards is not None:
+        shards = math.ceil(cfg.n / cfg.shard_size)
+        if cfg.val_shards < 0 or (cfg.val_shards > 0 and cfg.val_shards >= shards):
+            bad(f"val_shards={cfg.val_shards} must leave a training shard: the set has {shards} shard(s)")
+    if cfg.encoding not in ENCODINGS:
+        bad(f"encoding {cfg.encoding!r} is unknown; choose from {', '.join(ENCODINGS)}")
+    if not cfg.name or not NAME_RE.fullmatch(cfg.name):
+        bad(f"set name {cfg.name!r} is invalid: use 1-64 characters from [A-Za-z0-9_-]")
+    if cfg.preset not in PRESETS:
+        bad(f"filter preset {cfg.preset!r} is unknown; choose from {', '.join(PRESETS)}")
+    try:
+        cfg.filter_config()
+    except (UnknownRuleError, ValueError) as exc:
+        bad(str(exc))

@@ -1,0 +1,221 @@
+"""What a gen-synth run loads before it renders: the model, the direction, the latent table (the
+dataset's embeddings) and the manifest's parameters. Every failure is one GenerationError line."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, first_line, make_plan
+from .directions import PUBLISHED_DIRECTIONS
+from .gan import resample_record
+from .latents import DRAW_BLOCK
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inputs:
+    """Everything loaded before rendering: model, direction, latent table, manifest params."""
+
+    gan: object
+    direction: np.ndarray  # float32 unit [D]
+    direction_sha256: str
+    embeddings: np.ndarray | None  # float32 [N, D] or None for the prior
+    params: dict
+
+
+_GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_dir) -> Gan
+
+
+def cached_gan(spec: str, cache_dir: str | None = None):
+    """generator.gan.load_gan, memoised per process (several runs in one process share a model)."""
+    from . import gan as gan_mod
+
+    key = (spec, cache_dir)
+    if key not in _GANS:
+        _GANS[key] = gan_mod.load_gan(spec, cache_dir=cache_dir)
+    return _GANS[key]
+
+
+def _load_gan(cfg: GenConfig):
+    try:
+        return cached_gan(cfg.gan, cfg.cache_dir)
+    except GenerationError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise GenerationError(first_line(exc)) from None
+
+
+def require_direction(cfg: GenConfig) -> None:
+    """Fail before the model loads when a run has no direction to use (embedding needs none)."""
+    if cfg.direction is None and cfg.gan not in (*SHIPPED_DIRECTIONS, *PUBLISHED_DIRECTIONS):
+        raise GenerationError(f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
+                              f"one float per latent dimension; the paper's h_bg, or one from find-direction)")
+
+
+def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
+    """(unit direction, sha256, description) for the run."""
+    from .directions import DirectionError, as_unit_vector, load_direction, published_direction_path
+
+    if cfg.direction is None and cfg.gan in PUBLISHED_DIRECTIONS:
+        try:
+            path = published_direction_path(cfg.gan, cfg.cache_dir)
+            vec, digest = load_direction(path, dim=latent_dim)
+        except DirectionError as exc:
+            raise GenerationError(first_line(exc)) from None
+        return vec, digest, f"{cfg.gan}:published:{path.name}"
+    if cfg.direction is None:
+        if cfg.gan not in SHIPPED_DIRECTIONS:
+            raise GenerationError(
+                f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
+                f"[{latent_dim}] floats; find one with find-direction)")
+        if cfg.gan == "toy":
+            from .toy import toy_direction
+
+            vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
+            return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
+        from .dcgan import DcganError, default_direction_path
+
+        try:
+            path = default_direction_path()
+            vec, digest = load_direction(path, dim=latent_dim)
+        except (DcganError, DirectionError) as exc:
+            raise GenerationError(first_line(exc)) from None
+        return vec, digest, f"{cfg.gan}:shipped:{path.name}"
+    try:
+        vec, digest = load_direction(cfg.direction, dim=latent_dim)
+    except DirectionError as exc:
+        raise GenerationError(first_line(exc)) from None
+    return vec, digest, Path(cfg.direction).name
+
+
+def train_images(cfg: GenConfig) -> tuple[str, list[Path], Path]:
+    """(dataset name, sorted train image paths, their root) of ``cfg.dataset``.
+
+    ``folder:PATH`` takes the images in PATH/images when that folder exists, else those in PATH
+    itself (any folder of images; no masks needed). Named datasets come from
+    evaluator.datasets under ``data_root``."""
+    from evaluator.datasets import IMAGE_EXTS
+
+    from . import embed
+
+    spec = cfg.dataset
+    if spec.startswith("folder:"):
+        folder = Path(spec[len("folder:"):]).expanduser()
+        if not folder.is_dir():
+            raise GenerationError(f"--dataset {spec}: {folder} is not a folder; pass folder:PATH to a folder of images")
+        images = folder / "images" if (folder / "images").is_dir() else folder
+        paths = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not paths:
+            raise GenerationError(f"--dataset {spec}: no images ({', '.join(IMAGE_EXTS)}) in {images}; "
+                                  f"point folder:PATH at a folder of images")
+        return _slug(folder.resolve().name or "folder"), paths, images
+    name, paths, root = embed.dataset_train_images(spec, cfg.data_root)
+    return name, paths, Path(root) if root is not None else Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def dataset_fingerprint(paths: list[Path], root: Path) -> str:
+    """sha256 over the sorted (relative path, size) list of the train images."""
+    from .embed import file_list_of
+
+    h = hashlib.sha256()
+    for rel, size in file_list_of(paths, root):
+        h.update(f"{rel}\0{size}\n".encode())
+    return h.hexdigest()
+
+
+def _listing(cfg: GenConfig) -> tuple[str, list[Path], Path] | None:
+    """The dataset's train images (before any model loads, so a bad --dataset fails fast)."""
+    if not cfg.dataset:
+        return None
+    try:
+        return train_images(cfg)
+    except GenerationError:
+        raise
+    except Exception as exc:  # DatasetError, ValueError, OSError: one line, never a traceback
+        if isinstance(exc, (OSError, ValueError)) or type(exc).__name__.endswith("Error"):
+            raise GenerationError(first_line(exc)) from None
+        raise
+
+
+def _dataset(cfg: GenConfig, gan, listing, progress: Callable[[int], object] | None = None
+             ) -> tuple[np.ndarray | None, dict | None, dict | None]:
+    """(embedding table or None, dataset facts, embeddings facts) for the manifest."""
+    if listing is None:
+        return None, None, None
+    from . import embed
+
+    name, paths, root = listing
+    facts = {"spec": cfg.dataset, "name": name, "train_images": len(paths),
+             "fingerprint": dataset_fingerprint(paths, root)}
+    if cfg.latents != "embeddings":
+        return None, facts, None
+    if not gan.has_encoder:
+        raise GenerationError(f"{cfg.gan} has no 'encode' signature, so latents 'embeddings' cannot be made: "
+                              f"pass --latents prior (z ~ N(0, I))")
+    try:
+        table, info = embed.load_or_compute_embeddings(gan, paths, dataset_name=name, root=root,
+                                                       cache_dir=cfg.cache_dir, progress=progress,
+                                                       max_pixels=cfg.max_image_pixels)
+    except (OSError, ValueError) as exc:  # e.g. no image readable: one line
+        raise GenerationError(first_line(exc)) from None
+    facts["skipped"] = int(info.get("skipped", 0))
+    return np.asarray(table, np.float32), facts, dict(info["embeddings"])
+
+
+def load_inputs(cfg: GenConfig) -> Inputs:
+    """Load the model, the direction and the latent table; build the manifest params."""
+    listing = _listing(cfg)
+    gan = _load_gan(cfg)
+    dim = int(gan.latent_dim)
+    direction, digest, direction_src = _direction(cfg, dim)
+    embeddings, dataset_facts, emb_facts = _dataset(cfg, gan, listing)
+    if embeddings is not None and (embeddings.ndim != 2 or embeddings.shape[1] != dim or len(embeddings) == 0):
+        raise GenerationError(f"embeddings of {cfg.dataset} have shape {embeddings.shape}, expected [N, {dim}]; "
+                              f"recompute them with gen-synth embed --dataset {cfg.dataset}")
+    plan = make_plan(cfg)
+    params = {
+        "generator": {"spec": cfg.gan, "handle": str(gan.handle), "fingerprint": str(gan.fingerprint),
+                      "latent_dim": dim, "image_size": int(gan.image_size), "encoder": bool(gan.has_encoder)},
+        "direction": {"source": direction_src, "sha256": digest, "shift": float(cfg.shift)},
+        "latents": {"source": cfg.latents, "alpha": float(cfg.alpha) if cfg.latents == "embeddings" else None,
+                    "draw_block": DRAW_BLOCK},
+        "dataset": dataset_facts,
+        "embeddings": emb_facts,
+        "filters": {"preset": cfg.preset, **dataclasses.asdict(cfg.filter_config())},
+        "n": cfg.n,
+        "shard_size": cfg.shard_size,
+        "num_shards": plan.num_shards,
+        "val_shards": plan.num_val,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "image": {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": cfg.encoding,
+                  "size": cfg.image_size, "resample": resample_record(gan.image_size, cfg.image_size)["method"]},
+    }
+    return Inputs(gan, direction, digest, embeddings, params)
+
+
+def embed_dataset(config: GenConfig, progress: Callable[[int], object] | None = None) -> dict:
+    """Compute (or find cached) the embeddings of ``config.dataset`` with ``config.gan``.
+
+    ``progress(k)`` is called with the images handled after each encoder batch. Returns
+    {"dataset": facts, "embeddings": facts} as they go into a manifest."""
+    cfg = dataclasses.replace(config, latents="embeddings").resolved()
+    if not cfg.dataset:
+        raise GenerationError("embed needs a dataset: pass --dataset NAME (cub, flowers, imagenet, ...) or folder:PATH")
+    listing = _listing(cfg)
+    gan = _load_gan(cfg)
+    _, facts, emb = _dataset(cfg, gan, listing, progress)
+    return {"dataset": facts, "embeddings": emb}
+
+
+def count_train_images(config: GenConfig) -> int:
+    """Number of train images of ``config.dataset`` (for a progress bar's total)."""
+    return len(_listing(config.resolved())[1])

@@ -1,0 +1,247 @@
+"""The accelerator/host overlap of a gen-synth run.
+
+The main thread renders batches on the accelerator (the TF call releases the GIL) while a host
+thread runs masks + filters and builds the samples, and a small pool of threads
+(``write_threads``) encodes and writes full shards (cv2 and zstd release the GIL too). A
+bounded queue, at most MAX_OPEN_SHARDS shards filling and ``write_threads`` shards writing at
+once keep memory flat whatever ``n`` is. The renderer moves on to the next shard as soon as the
+batches in flight are expected to fill the current one (a running acceptance estimate) and comes
+back if they do not, so about one partial batch per shard is rendered and dropped.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable
+
+import numpy as np
+
+from shardset.format import sample_key
+
+from .config import GIVE_UP_EMPTY, GenConfig, GenerationError, Plan
+from .inputs import Inputs
+from .latents import LatentStream
+from .masks import REASONS, FilterConfig, process_batch
+from .preview import PreviewCollector, signed_to_uint8
+
+log = logging.getLogger(__name__)
+
+
+class _ShardFill:
+    """Accepted samples and counts of one shard while it fills (host thread only)."""
+
+    def __init__(self, index: int, target: int):
+        self.index = index
+        self.target = target
+        self.samples: list[dict] = []
+        self.drawn = 0  # draws used (up to the last accepted one)
+        self.processed = 0  # draws the host has seen, including those past the shard's end
+        self.rejected = {r: 0 for r in REASONS}
+
+    @property
+    def full(self) -> bool:
+        return len(self.samples) >= self.target
+
+
+def _sample(name: str, seed: int, shard: int, i: int, x, mask, z, source: int, draw: int, frac: float) -> dict:
+    return {
+        "__key__": sample_key(name, shard, i),
+        "image": signed_to_uint8(x),
+        "mask": np.ascontiguousarray(mask, dtype=np.uint8),
+        "z": np.ascontiguousarray(z, dtype=np.float32),
+        "meta": {"source_index": int(source), "fg_fraction": float(frac), "stream": [seed, shard, int(draw)]},
+    }
+
+
+class _Host(threading.Thread):
+    """Consumes rendered batches: masks + filters, fills shards, writes them.
+
+    Several shards may be open at once (the renderer moves on to the next shard as soon as the
+    batches in flight are expected to fill the current one); each shard's batches arrive in its
+    stream order, so which draws a shard accepts never depends on that interleaving."""
+
+    def __init__(self, cfg: GenConfig, plan: Plan, writer, filters: FilterConfig,
+                 progress: Callable[[int, int], None] | None, collector: PreviewCollector | None):
+        super().__init__(name="gen-synth-host", daemon=True)
+        self.cfg, self.plan, self.writer, self.filters = cfg, plan, writer, filters
+        self.progress, self.collector = progress, collector
+        self.inbox: queue.Queue = queue.Queue(maxsize=cfg.queue_depth)
+        self.filled: set[int] = set()  # shards with all their samples (read by the main thread)
+        self.done: set[int] = set()  # shards written and recorded
+        self.fills: dict[int, _ShardFill] = {}  # open shards (read by the main thread)
+        self.accepted_total = 0  # over all shards: the renderer's acceptance estimate
+        self.drawn_total = 0
+        self.changed = threading.Event()  # set after every batch, so a waiting renderer wakes up
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        # PNG encoding costs ~1 ms per image; cv2 and zstd release the GIL, so full shards are
+        # encoded and written on a small pool while this thread filters the next batches.
+        self._pool = ThreadPoolExecutor(cfg.write_threads, thread_name_prefix="gen-synth-write") \
+            if cfg.write_threads > 1 else None
+        self._writing: dict[int, Future] = {}
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                item = self.inbox.get()
+                if item is None:
+                    break
+                self._consume(*item)
+                self.changed.set()
+            if not self.stop.is_set():
+                self._reap(wait_all=True)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self.error = exc
+        finally:
+            if self._pool is not None:  # no write may still run when the main thread cleans up
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self.changed.set()
+
+    def _write(self, shard: int, fill: "_ShardFill") -> None:
+        self.writer.write_shard(shard, fill.samples, split=self.plan.split(shard),
+                                stats={"drawn": fill.drawn, "rejected": dict(fill.rejected)})
+        self.done.add(shard)
+
+    def _reap(self, *, wait_all: bool = False, limit: int | None = None) -> None:
+        """Collect finished writes (re-raising their errors); block until at most `limit` remain,
+        or until none remain with `wait_all`."""
+        while self._writing:
+            for shard, fut in list(self._writing.items()):
+                if fut.done():
+                    del self._writing[shard]
+                    fut.result()
+            if not self._writing or (not wait_all and (limit is None or len(self._writing) <= limit)):
+                return
+            wait(list(self._writing.values()), return_when=FIRST_COMPLETED)
+
+    def _consume(self, shard: int, lat, x: np.ndarray, x_shift: np.ndarray) -> None:
+        self._reap(limit=self.cfg.write_threads)
+        if shard in self.filled:
+            return  # a batch rendered past the shard's end
+        fill = self.fills.get(shard)
+        if fill is None:
+            fill = self.fills[shard] = _ShardFill(shard, self.plan.sizes[shard])
+        res = process_batch(x, x_shift, self.filters)
+        if self.collector is not None and not self.collector.full:
+            self.collector.add(x, x_shift, res.masks, res.reason)
+        accepted = drawn = 0
+        for j in range(len(lat)):
+            if fill.full:
+                break
+            fill.drawn += 1
+            drawn += 1
+            if res.accepted[j]:
+                fill.samples.append(_sample(self.cfg.name, self.cfg.seed, shard, len(fill.samples), x[j],
+                                            res.masks[j], lat.z[j], lat.source_index[j], lat.draw_index[j],
+                                            res.fg_fraction[j]))
+                accepted += 1
+            else:
+                fill.rejected[res.reason[j]] += 1
+        fill.processed += len(lat)
+        self.accepted_total += accepted
+        self.drawn_total += drawn
+        if self.progress is not None:
+            self.progress(accepted, drawn)
+        if fill.full:
+            self.filled.add(shard)
+            del self.fills[shard]
+            if self._pool is None:
+                self._write(shard, fill)
+            else:
+                self._writing[shard] = self._pool.submit(self._write, shard, fill)
+        elif fill.drawn >= self.cfg.max_draws_per_sample * fill.target or (
+                fill.drawn >= GIVE_UP_EMPTY and not fill.samples):
+            rejected = ", ".join(f"{k} {v}" for k, v in fill.rejected.items())
+            raise GenerationError(
+                f"shard {shard}: only {len(fill.samples)} of {fill.target} samples accepted in {fill.drawn} draws "
+                f"(rejected: {rejected}); the filters reject nearly everything: check --direction/--shift or "
+                f"relax the filters (--histogram-rule bimodal, --no-histogram-filter, --no-size-filter)")
+
+    def acceptance(self) -> float:
+        """Running acceptance estimate (optimistic before any evidence)."""
+        return (self.accepted_total + 1) / (self.drawn_total + 1)
+
+    def needs_more(self, shard: int, rendered: int) -> bool:
+        """Whether shard may still need draws beyond the `rendered` ones sent so far."""
+        if shard in self.filled:
+            return False
+        fill = self.fills.get(shard)
+        have, processed = (len(fill.samples), fill.processed) if fill else (0, 0)
+        expected = have + (rendered - processed) * self.acceptance()
+        return expected < self.plan.sizes[shard]
+
+
+MAX_OPEN_SHARDS = 3  # shards filling at once: bounds host memory (each holds <= shard_size samples)
+
+
+def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> None:
+    """Main thread: render fixed-size batches of the shards' streams until the host has them all.
+
+    Batch j of shard k is always draws [j B, (j + 1) B) of k's stream, whatever the timing. The
+    next batch goes to the oldest open shard whose batches in flight may not fill it; when
+    every open shard looks covered, a new shard opens; when none may open, wait for the host.
+    So few batches are rendered past a shard's end (the waste is about one partial batch)."""
+    pending = list(shards)
+    streams: dict[int, LatentStream] = {}
+    rendered: dict[int, int] = {}
+    while True:
+        if host.error is not None or not host.is_alive():
+            return
+        open_ = [k for k in streams if k not in host.filled]
+        for k in [k for k in streams if k in host.filled]:
+            del streams[k]
+        shard = next((k for k in open_ if host.needs_more(k, rendered[k])), None)
+        if shard is None and pending and len(open_) < MAX_OPEN_SHARDS:
+            shard = pending.pop(0)
+            streams[shard] = LatentStream(cfg.seed, shard, inputs.direction.size, embeddings=inputs.embeddings,
+                                          alpha=cfg.alpha)
+            rendered[shard] = 0
+        if shard is None:
+            if not open_ and not pending:
+                return
+            host.changed.wait(0.05)
+            host.changed.clear()
+            continue
+        lat = streams[shard].take(cfg.batch_size)
+        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
+        rendered[shard] += len(lat)
+        item = (shard, lat, np.asarray(x, np.float32), np.asarray(x_shift, np.float32))
+        while True:  # put, but notice a host thread that died instead of blocking forever
+            try:
+                host.inbox.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                if host.error is not None or not host.is_alive():
+                    return
+
+
+def _preview_only(inputs: Inputs, cfg: GenConfig, filters: FilterConfig, collector: PreviewCollector) -> None:
+    """Render a few batches of shard 0's stream for the preview when the run rendered nothing."""
+    stream = LatentStream(cfg.seed, 0, inputs.direction.size, embeddings=inputs.embeddings, alpha=cfg.alpha)
+    for _ in range(8):
+        lat = stream.take(cfg.batch_size)
+        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
+        res = process_batch(x, x_shift, filters)
+        collector.add(x, x_shift, res.masks, res.reason)
+        if collector.full:
+            return
+
+
+def _drain(q: queue.Queue) -> None:
+    try:
+        while True:
+            q.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _put_forever(host: _Host, item) -> None:
+    while host.is_alive():
+        try:
+            host.inbox.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            if host.stop.is_set():
+                _drain(host.inbox)
