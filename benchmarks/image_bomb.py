@@ -98,8 +98,8 @@ def main() -> None:
 
             write_disc_set(tmp / "discs", "discs", n_train=32, n_val=8, size=32, shard_size=8)
             subprocess.run([str(BIN / "train-unet"), "--shards", str(tmp / "discs" / "discs.json"), "--out", str(run),
-                            "--size", "32", "--width", "4", "--batch", "4", "--steps", "2", "--val-every", "0",
-                            "--num-workers", "0", "--ckpt-every", "2", "--device", "cpu", "--lr-milestones", "1"],
+                            "--size", "32", "--width", "4", "--batch-size", "4", "--steps", "2", "--val-every", "0",
+                            "--workers", "0", "--ckpt-every", "2", "--device", "cpu", "--lr-milestones", "1"],
                            env=env, cwd=tmp, check=True, capture_output=True)
             runs["eval-seg"] = [str(BIN / "eval-seg"), "--ckpt", str(run), "--dataset", f"folder:{data}",
                                 "--device", "cpu", "--out", str(tmp / "eval")]

@@ -82,7 +82,7 @@ CONFIGS = {
 @click.command()
 @click.option("--n", type=click.IntRange(min=1), default=4096, show_default=True, help="samples per configuration")
 @click.option("--quick", is_flag=True, help="small run: --n 512")
-@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", "batch", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--size", type=click.IntRange(min=8), default=128, show_default=True, help="image side")
 def main(n: int, quick: bool, batch: int, size: int):
     cv2.setNumThreads(1)

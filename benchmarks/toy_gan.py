@@ -2,7 +2,7 @@
 
 Two tables:
   1. speed: images per wall second of `Gan.generate`, `Gan.generate_pair` (2 images per latent)
-     and the raw `generate` signature, best of 3 repeats of `--reps` batches of `--batch`;
+     and the raw `generate` signature, best of 3 repeats of `--reps` batches of `--batch-size`;
   2. filters, once per histogram rule (bimodal, the default, and paper):
      `generator.masks.process_batch(G(z), G(z + 5h), preset with that rule)` on `--n` prior latents
      (seed `--seed`) with the shipped direction h = toy_direction(): acceptance, rejections per
@@ -47,7 +47,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @click.command()
 @click.option("--n", type=click.IntRange(1), default=None, help="prior latents for the filter table [512; quick 128]")
-@click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="latents per call")
+@click.option("--batch-size", "batch", type=click.IntRange(1), default=64, show_default=True, help="latents per call")
 @click.option("--reps", type=click.IntRange(1), default=None, help="calls per timing repeat [10; quick 3]")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the prior latents")
 @click.option("--preset", "preset_name", default="default", show_default=True, help="generator.masks preset")

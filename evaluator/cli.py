@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,17 +20,21 @@ from typing import Callable
 import click
 import numpy as np
 
-from .datasets import DATASETS, ENV_ROOT, Dataset, DatasetError, dataset_names, get_dataset
-from .predict import FG_PROB, CheckpointSource, PredDirSource, PredictionError, figure_rows, iter_predictions
+from core.cli import Command, common_options, progress_bar
+from core.errors import UserError
+from core.version import package_version
+
+from .datasets import DATASETS, ENV_ROOT, Dataset, dataset_names, get_dataset
+from .predict import FG_PROB, CheckpointSource, PredDirSource, figure_rows, iter_predictions
 from .protocols import PROTOCOLS
-from .report import OutputError, aggregate, pick_examples, terminal_table, write_outputs
+from .report import aggregate, pick_examples, terminal_table, write_outputs
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EvalConfig", "evaluate", "main", "EvalError"]
 
 
-class EvalError(Exception):
+class EvalError(UserError):
     """A bad evaluation request; one line naming the value and the fix."""
 
 
@@ -63,12 +66,7 @@ class _NoProgress:
 
 
 def _tool_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("bgw-seg")
-    except Exception:  # not installed (running from a checkout): say so rather than guess
-        return "unknown"
+    return package_version()  # "unknown" when not installed (running from a checkout): no guess
 
 
 def _split_result(computed: dict) -> tuple[dict, dict, dict]:
@@ -117,7 +115,7 @@ class _BoxMetrics:
 
     def update(self, pred: np.ndarray, boxes) -> None:
         if not len(boxes):
-            raise ValueError("an image of a box dataset has no ground-truth box; check localization.txt")
+            raise EvalError("an image of a box dataset has no ground-truth box; check localization.txt")
         score = pred.astype(np.float32) / 255.0
         size = (pred.shape[1], pred.shape[0])  # the map is at the image's size: boxes need no scaling
         self.v1.update(score, np.asarray(boxes), size)
@@ -309,16 +307,13 @@ def _check_dataset(ctx, param, values):
 
 
 def _tqdm_progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    # disable=None: no bar (and no \r frames in logs) when stderr is not a terminal
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
+    return progress_bar(total=total, desc=desc, unit="img", leave=False)
 
 
 _DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=Command)
 @click.option("--ckpt", "ckpts", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="train-unet run folder or .safetensors file; repeat for mean ± std over runs.")
 @click.option("--pred-dir", type=click.Path(path_type=Path), default=None,
@@ -338,25 +333,18 @@ _DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()
 @click.option("--fg-prob", type=click.Choice(list(FG_PROB)), default=None,
               help="--ckpt only: how the two logits become the foreground probability. "
                    + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, fg_prob, verbose):
+@common_options()
+def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, fg_prob):
     """Score segmentation checkpoints or saved maps on the paper's benchmarks.
 
     Mask datasets are scored under two protocols, both reported: `paper` (maps as they are,
     ground truth >= 128: the paper's maxFβ, IoU, accuracy) and `sod-toolkit` (each map min-max
     normalised, ground truth > 128: the saliency toolkits' maxFβ, Sα, Eξ, MAE, wFβ).
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     cfg = EvalConfig(datasets=datasets, ckpts=tuple(ckpts), pred_dir=pred_dir, data_root=data_root, out=out,
                      batch_size=batch_size, device=device, limit=limit, workers=workers, method=method,
                      fg_prob=fg_prob)
-    try:
-        results = evaluate(cfg, progress=_tqdm_progress)
-    except (EvalError, DatasetError, PredictionError, OutputError) as e:
-        raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    except ValueError as e:  # metric input checks: already one line naming the shapes
-        raise click.ClickException(str(e).splitlines()[0]) from None
+    results = evaluate(cfg, progress=_tqdm_progress)
     click.echo(terminal_table(results))
     if out is not None:
         click.echo(f"wrote {out}/results.json, results.md and the figures")

@@ -20,7 +20,7 @@ Protocols (how an image reaches the model and how its prediction reaches the met
 Ground truth is binarised at >= 0.5 of its range (>= 128 for 8-bit, >= 32768 for 16-bit);
 a uint8 map whose values are all in {0, 1} is read as a label map (1 = foreground).
 
-Images and ground truth are read by `shardset.images.read_user_image`: an image over the pixel
+Images and ground truth are read by `core.images.read_user_image`: an image over the pixel
 limit (`max_pixels`, checked from the header before decoding) or one that does not decode
 (truncated, corrupt, missing) is skipped with a warning by `Dataset.iter_loaded`, and recorded
 in `Dataset.skipped` (item id -> reason) for the command's summary. `read_image` / `read_gt`
@@ -38,7 +38,8 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
-from shardset.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+from core.errors import UserError, first_line
+from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ INPUT_SIZE = 128  # pixels: the U-Net's training resolution (BigBiGAN samples ar
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset could not be found or read; the message is one line with the fix."""
 
 

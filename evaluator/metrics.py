@@ -6,7 +6,7 @@ Every metric has ``update(pred, gt)`` (one image) and ``compute() -> dict`` (the
 histograms ONCE per image for all of them. The classes here are the only implementation of each
 metric; a protocol only prepares the inputs and picks the thresholds' conventions.
 
-Inputs (validated, never normalised silently; a mismatch raises a one-line ``ValueError``):
+Inputs (validated, never normalised silently; a mismatch raises a one-line ``MetricError``):
 
 - ``pred``: ``uint8 [H, W]``, value ``v`` in 0..255 meaning probability ``v / 255`` (the
   canonical path: 8-bit PNG predictions are exactly this), or a float ``[H, W]`` array in
@@ -57,6 +57,13 @@ from typing import Callable, Iterable, NamedTuple
 import cv2
 import numpy as np
 
+from core.errors import UserError
+
+class MetricError(UserError, ValueError):
+    """A map or mask the metrics cannot score (wrong shape, dtype or range, no pixels), or a
+    metric asked for a result before any image was scored; one line naming what was given."""
+
+
 # pysodmetrics' (and MATLAB's) epsilon in the S- and E-measure formulas.
 EPS = np.spacing(1)
 N_LEVELS = 256  # 8-bit prediction levels
@@ -76,17 +83,17 @@ def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
     """Return the 8-bit prediction ``v`` (prob = v / 255) of a uint8 or float [0, 1] map."""
     pred = np.asarray(pred)
     if pred.ndim != 2:
-        raise ValueError(f"prediction must be 2-D [H, W], got {_describe(pred)}")
+        raise MetricError(f"prediction must be 2-D [H, W], got {_describe(pred)}")
     if pred.dtype == np.uint8:
         return pred
     if not np.issubdtype(pred.dtype, np.floating):
-        raise ValueError(
+        raise MetricError(
             f"prediction must be uint8 (0..255) or float in [0, 1], got {_describe(pred)}; "
             "convert it explicitly (e.g. mask.astype(np.uint8) * 255)"
         )
     lo, hi = (float(pred.min()), float(pred.max())) if pred.size else (0.0, 0.0)
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN (comparisons are False)
-        raise ValueError(
+        raise MetricError(
             f"float prediction must lie in [0, 1], got {_describe(pred)} with range "
             f"[{lo}, {hi}]; apply a sigmoid/softmax or rescale before scoring"
         )
@@ -106,7 +113,7 @@ def binarize_gt(mask: np.ndarray, *, strict: bool = False) -> np.ndarray:
         return mask
     if mask.dtype == np.uint8:
         if mask.size and mask.max() == 1:
-            raise ValueError(
+            raise MetricError(
                 f"uint8 ground truth {_describe(mask)} holds only 0/1; pass mask.astype(bool) "
                 "(binarize_gt thresholds 8-bit masks at 128)"
             )
@@ -114,9 +121,9 @@ def binarize_gt(mask: np.ndarray, *, strict: bool = False) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.floating):
         lo, hi = (float(mask.min()), float(mask.max())) if mask.size else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(f"float ground truth must lie in [0, 1], got range [{lo}, {hi}]")
+            raise MetricError(f"float ground truth must lie in [0, 1], got range [{lo}, {hi}]")
         return mask > 0.5 if strict else mask >= 0.5
-    raise ValueError(f"ground truth must be bool, uint8 or float, got {_describe(mask)}")
+    raise MetricError(f"ground truth must be bool, uint8 or float, got {_describe(mask)}")
 
 
 class ScoreMap(NamedTuple):
@@ -131,25 +138,25 @@ def check_pair(pred: np.ndarray | ScoreMap, gt: np.ndarray) -> tuple[np.ndarray,
     ``prob`` is a ``ScoreMap``'s float map and None for a plain map (its prob is v / 255)."""
     gt = np.asarray(gt)
     if gt.dtype != bool:
-        raise ValueError(
+        raise MetricError(
             f"ground truth must be bool, got {_describe(gt)}; use evaluator.metrics.binarize_gt"
         )
     prob = None
     if isinstance(pred, ScoreMap):
         pred, prob = np.asarray(pred.levels), np.asarray(pred.prob, dtype=np.float64)
         if pred.dtype != np.uint8 or prob.shape != pred.shape:
-            raise ValueError(f"a ScoreMap holds uint8 levels and a float map of one shape, got "
+            raise MetricError(f"a ScoreMap holds uint8 levels and a float map of one shape, got "
                              f"{_describe(pred)} and {_describe(prob)}")
         if prob.size and not (0.0 <= prob.min() and prob.max() <= 1.0):
-            raise ValueError(f"a ScoreMap's prob must lie in [0, 1], got [{prob.min()}, {prob.max()}]")
+            raise MetricError(f"a ScoreMap's prob must lie in [0, 1], got [{prob.min()}, {prob.max()}]")
     pred_shape = np.shape(pred)
     if pred_shape != gt.shape:
-        raise ValueError(
+        raise MetricError(
             f"prediction {getattr(pred, 'dtype', type(pred).__name__)}{list(pred_shape)} and ground "
             f"truth {_describe(gt)} differ in shape; resize the prediction to the ground truth first"
         )
     if gt.size == 0:
-        raise ValueError(f"prediction and ground truth {_describe(gt)} have no pixels; nothing to score")
+        raise MetricError(f"prediction and ground truth {_describe(gt)} have no pixels; nothing to score")
     return prediction_to_uint8(pred), gt, prob
 
 
@@ -285,7 +292,7 @@ class Metric:
 
     def compute(self) -> dict:
         if self.n_images == 0:
-            raise ValueError(f"{type(self).__name__}.compute() before any update(): no images were scored")
+            raise MetricError(f"{type(self).__name__}.compute() before any update(): no images were scored")
         return self._compute()
 
     def _compute(self) -> dict:  # pragma: no cover - abstract
@@ -548,7 +555,7 @@ class WeightedFMeasure(_PerImageScalar):
         try:
             from scipy import ndimage
         except ImportError as e:
-            raise ValueError(f"weighted_f needs scipy ({e}); pip install 'bgw-seg[eval]'") from e
+            raise MetricError(f"weighted_f needs scipy ({e}); pip install 'bgw-seg[eval]'") from e
         self._ndimage = ndimage
         self.beta2 = float(beta2)
         self._kernel = _gaussian_kernel(7, 5.0)

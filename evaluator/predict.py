@@ -27,6 +27,8 @@ from typing import Iterable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
+from core.errors import UserError, first_line
+
 from .datasets import INPUT_SIZE, Dataset, Item, binarize_gt, prepare_gt, prepare_image, restore_map
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ __all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction",
            "figure_rows", "resolve_device", "sha256_file", "align_prediction", "FG_PROB", "foreground_probability"]
 
 
-class PredictionError(Exception):
+class PredictionError(UserError):
     """A prediction could not be produced or read; the message is one line with the fix."""
 
 
@@ -136,7 +138,7 @@ class CheckpointSource:
             model, meta = load_for_inference(self.path)
             sidecar = find_sidecar(self.path)
         except CheckpointError as e:
-            raise PredictionError(str(e).splitlines()[0]) from e
+            raise PredictionError(first_line(e)) from e
         self.meta = meta
         self.weights_path = sidecar.parent / meta["files"]["weights"]["name"]
         # load_for_inference verified the file against the sidecar's sha256, so it is the file's

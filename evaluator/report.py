@@ -19,7 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from shardset.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ COLUMN_NAMES = {"max_f": "maxFβ", "mean_f": "meanFβ", "adaptive_f": "adpFβ", 
 PROTOCOL_TAGS = {"sod-toolkit": "SOD "}  # results.md: "ecssd SOD maxFβ" beside the paper's "ecssd maxFβ"
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """--out could not be written; the message is one line naming the path and the reason."""
 
 

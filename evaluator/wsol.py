@@ -31,6 +31,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .metrics import MetricError
+
 RESIZE_LENGTH = 224
 
 
@@ -45,9 +47,9 @@ def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
     """Min-max normalise to [0, 1] (float32); a constant map gives zeros."""
     score_map = np.asarray(score_map, dtype=np.float32)
     if score_map.ndim != 2 or score_map.size == 0:
-        raise ValueError(f"score map must be a non-empty 2-D array, got shape {list(score_map.shape)}")
+        raise MetricError(f"score map must be a non-empty 2-D array, got shape {list(score_map.shape)}")
     if not np.isfinite(score_map).all():
-        raise ValueError("score map holds NaN or inf values; fix the model output before scoring")
+        raise MetricError("score map holds NaN or inf values; fix the model output before scoring")
     lo, hi = score_map.min(), score_map.max()
     if lo == hi:
         return np.zeros_like(score_map)
@@ -60,7 +62,7 @@ def prepare_scoremap(score_map: np.ndarray, resize: int | None = RESIZE_LENGTH) 
     """Resize (bicubic) to ``resize`` x ``resize``, then min-max normalise (reference order)."""
     score_map = np.asarray(score_map, dtype=np.float32)
     if score_map.ndim != 2:
-        raise ValueError(f"score map must be 2-D [H, W], got shape {list(score_map.shape)}")
+        raise MetricError(f"score map must be 2-D [H, W], got shape {list(score_map.shape)}")
     if resize is not None and score_map.shape != (resize, resize):
         score_map = cv2.resize(score_map, (resize, resize), interpolation=cv2.INTER_CUBIC)
     return normalize_scoremap(score_map)
@@ -70,7 +72,7 @@ def resize_mask(mask: np.ndarray, resize: int | None = RESIZE_LENGTH) -> np.ndar
     """Nearest-neighbour resize of a bool mask (the reference's INTER_NEAREST)."""
     mask = np.asarray(mask)
     if mask.dtype != bool:
-        raise ValueError(
+        raise MetricError(
             f"mask must be bool, got {mask.dtype}; binarise it first (evaluator.metrics.binarize_gt)"
         )
     if resize is None or mask.shape == (resize, resize):
@@ -87,12 +89,12 @@ def check_boxes(boxes) -> np.ndarray:
     if arr.ndim == 1 and arr.size == 4:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
-        raise ValueError(f"boxes must be [K, 4] (x0, y0, x1, y1) with K >= 1, got shape {list(arr.shape)}")
+        raise MetricError(f"boxes must be [K, 4] (x0, y0, x1, y1) with K >= 1, got shape {list(arr.shape)}")
     if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.floor(arr)):
-        raise ValueError("box coordinates must be whole pixels (x0, y0, x1, y1)")
+        raise MetricError("box coordinates must be whole pixels (x0, y0, x1, y1)")
     arr = arr.astype(np.int64)
     if (arr[:, 2] < arr[:, 0]).any() or (arr[:, 3] < arr[:, 1]).any():
-        raise ValueError(f"boxes must satisfy x0 <= x1 and y0 <= y1, got {arr.tolist()}")
+        raise MetricError(f"boxes must satisfy x0 <= x1 and y0 <= y1, got {arr.tolist()}")
     return arr
 
 
@@ -126,9 +128,9 @@ def boxes_from_scoremap(
     """Boxes (int64 [n_t, 4]) at each CAM threshold of a normalised [0, 1] map (see module doc)."""
     scoremap = np.asarray(scoremap)
     if scoremap.ndim != 2 or scoremap.size == 0:
-        raise ValueError(f"score map must be a non-empty 2-D array, got shape {list(scoremap.shape)}")
+        raise MetricError(f"score map must be a non-empty 2-D array, got shape {list(scoremap.shape)}")
     if not (scoremap.min() >= 0.0 and scoremap.max() <= 1.0):
-        raise ValueError("score map must be normalised to [0, 1] (use prepare_scoremap)")
+        raise MetricError("score map must be normalised to [0, 1] (use prepare_scoremap)")
     height, width = scoremap.shape
     image = (scoremap * 255).astype(np.uint8)  # truncation, as the reference
     peak = int(image.max())
@@ -210,7 +212,7 @@ class MaxBoxAcc:
 
     def compute(self) -> dict:
         if self.n_images == 0:
-            raise ValueError(f"{type(self).__name__}.compute() before any update(): no images were scored")
+            raise MetricError(f"{type(self).__name__}.compute() before any update(): no images were scored")
         out: dict = {}
         maxima = []
         for iou, correct in self._correct.items():
@@ -260,7 +262,7 @@ class PxAP:
         scoremap = prepare_scoremap(score_map, self.resize)
         gt = resize_mask(gt_mask, self.resize)
         if gt.shape != scoremap.shape:
-            raise ValueError(
+            raise MetricError(
                 f"score map {list(np.shape(score_map))} and mask {list(np.shape(gt_mask))} differ in "
                 "shape; pass resize=224 (default) or masks of the map's size"
             )
@@ -268,7 +270,7 @@ class PxAP:
         if ignore is not None:
             ign = resize_mask(ignore, self.resize)
             if ign.shape != gt.shape:
-                raise ValueError(
+                raise MetricError(
                     f"ignore mask {list(np.shape(ignore))} and mask {list(np.shape(gt_mask))} differ in shape"
                 )
             counted = ~(ign & ~gt)  # the reference: ignore box region minus the foreground
@@ -278,13 +280,13 @@ class PxAP:
 
     def compute(self) -> dict:
         if self.n_images == 0:
-            raise ValueError("PxAP.compute() before any update(): no images were scored")
+            raise MetricError("PxAP.compute() before any update(): no images were scored")
         tp = np.cumsum(self._fg_hist[::-1])  # score >= 2, >= 1, >= t_last, ..., >= t_0
         fp = np.cumsum(self._bg_hist[::-1])
         if tp[-1] == 0:
-            raise ValueError("PxAP: no ground-truth foreground pixel in the evaluation set")
+            raise MetricError("PxAP: no ground-truth foreground pixel in the evaluation set")
         if (tp + fp)[-1] == 0:
-            raise ValueError("PxAP: no predicted pixel in the evaluation set")
+            raise MetricError("PxAP: no predicted pixel in the evaluation set")
         predicted = tp + fp
         precision = np.full(len(tp), np.nan)
         np.divide(tp, predicted, out=precision, where=predicted > 0)

@@ -1,24 +1,26 @@
 """python -m experiments run RECIPE [--tiny] [--seeds N] | table | list"""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from experiments.recipe import RecipeError, list_recipes, load_recipe
-from experiments.runner import StageError, run_recipe
+from core.cli import Group, common_options
+from experiments.recipe import list_recipes, load_recipe
+from experiments.runner import run_recipe
 from experiments.table import write_table
 
 WORK = Path("runs") / "experiments"
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log every stage's command line.")
-def cli(verbose: bool) -> None:
-    """Recipes that reproduce the paper's tables: generation -> training -> evaluation per seed."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+@click.group(cls=Group)
+@common_options(fmt="%(message)s")
+def cli() -> None:
+    """Recipes that reproduce the paper's tables: generation -> training -> evaluation per seed.
+
+    -v logs every stage's command line.
+    """
 
 
 @cli.command("list")
@@ -37,10 +39,7 @@ def list_cmd() -> None:
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Override the recipe's number of seeds.")
 def run(recipe: str, work: Path, tiny: bool, seeds: int | None) -> None:
     """Run RECIPE (a name from `list` or a .toml path) for every seed."""
-    try:
-        out = run_recipe(load_recipe(recipe, tiny=tiny), work, tiny=tiny, seeds=seeds)
-    except (RecipeError, StageError) as exc:
-        raise click.ClickException(str(exc)) from None
+    out = run_recipe(load_recipe(recipe, tiny=tiny), work, tiny=tiny, seeds=seeds)
     click.echo(f"results: {out}")
 
 

@@ -63,9 +63,9 @@ def main() -> int:
         ])
         run = OUT / "run"
         _step("2/3 train the U-Net on the shards (CPU)", run / "DONE", "train", [
-            "--shards", str(manifest), "--out", str(run), "--steps", str(STEPS), "--batch", str(BATCH),
+            "--shards", str(manifest), "--out", str(run), "--steps", str(STEPS), "--batch-size", str(BATCH),
             "--width", str(WIDTH), "--size", str(SIZE), "--lr", "3e-3", "--lr-milestones", str(STEPS * 3 // 4),
-            "--val-every", str(max(STEPS // 3, 1)), "--ckpt-every", str(max(STEPS // 3, 1)), "--num-workers", "1",
+            "--val-every", str(max(STEPS // 3, 1)), "--ckpt-every", str(max(STEPS // 3, 1)), "--workers", "1",
             "--seed", "0",
         ] + (["--resume"] if run.exists() and not (run / "DONE").exists() else []))
         evaluation = OUT / "eval"

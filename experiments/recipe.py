@@ -24,12 +24,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import UserError
+
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 STAGES = ("discover", "rank", "generate", "import", "train", "evaluate")
 PAPER_TABLES = ("1", "2", "3", "4", "5", "6")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot run: the message names the file and the problem."""
 
 

@@ -16,23 +16,28 @@ from pathlib import Path
 
 import click
 
+from core.cli import os_error_message
+from core.errors import UserError, first_line
 from experiments.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
+# stage -> (the tool's click entry point, its sub-command or None)
 ENTRY_POINTS = {
-    "discover": "generator.directions_cli:main",
-    "rank": "generator.directions_cli:main",
-    "generate": "generator.cli:main",
-    "import": "shardset.cli:cli",
-    "train": "trainer.cli:main",
-    "evaluate": "evaluator.cli:main",
+    "discover": ("generator.directions_cli:main", "discover"),
+    "rank": ("generator.directions_cli:main", "rank"),
+    "generate": ("generator.cli:main", None),
+    "import": ("shardset.cli:cli", "import"),
+    "train": ("trainer.cli:main", None),
+    "evaluate": ("evaluator.cli:main", None),
 }
+TOOLS = {"discover": "find-direction discover", "rank": "find-direction rank", "generate": "gen-synth",
+         "import": "shardset import", "train": "train-unet", "evaluate": "eval-seg"}
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BGW_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage failed; the message names the stage, the recipe and the tool's own one-line error."""
 
 
@@ -40,34 +45,68 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def to_args(opts: dict) -> list[str]:
-    """{"shard_size": 500, "preview": True, "datasets": [a, b]} -> --shard-size 500 --preview --dataset a ..."""
+def _entry_point(stage: str) -> click.Command:
+    target, _ = ENTRY_POINTS[stage]
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def command_of(stage: str) -> click.Command:
+    """The click command that runs `stage` (a tool, or its sub-command)."""
+    tool, sub = _entry_point(stage), ENTRY_POINTS[stage][1]
+    return tool.commands[sub] if sub else tool
+
+
+def _long_flag(opts: list[str]) -> str:
+    return max(opts, key=len)
+
+
+def to_args(command: click.Command, opts: dict, tool: str | None = None) -> list[str]:
+    """A stage's options as `command`'s flags, found by click introspection: each key is the name
+    of one of its parameters, which is the field of the tool's config it sets (`shard_size` ->
+    --shard-size, `batch` -> train-unet's --batch-size). A list is a repeated option (`datasets`
+    -> --dataset a --dataset b), True and False an on/off pair (`size_filter = false` ->
+    --no-size-filter) or a plain flag, None leaves the option at its default."""
+    params = {p.name: p for p in command.params if isinstance(p, click.Option) and p.expose_value}
     args: list[str] = []
     for key, value in opts.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            singular = flag[:-1] if flag.endswith("s") else flag
-            for v in value:
-                args += [singular, str(v)]
-        elif value is not None:
-            args += [flag, str(value)]
+        param = params.get(key)
+        if param is None:
+            raise StageError(f"option {key!r} is not one of {tool or command.name}'s; "
+                             f"choose from {', '.join(sorted(params))}")
+        if value is None:
+            continue
+        if param.is_flag:
+            if value:
+                args.append(_long_flag(param.opts))
+            elif param.secondary_opts:
+                args.append(_long_flag(param.secondary_opts))
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            args += [_long_flag(param.opts), str(v)]
     return args
+
+
+def stage_args(stage: str, opts: dict) -> list[str]:
+    """The command line of a stage: its sub-command, if any, and its flags."""
+    sub = ENTRY_POINTS[stage][1]
+    return ([sub] if sub else []) + to_args(command_of(stage), opts, TOOLS[stage])
 
 
 def invoke(stage: str, args: list[str]) -> None:
     """Run a tool's click command in this process (TensorFlow and torch coexist here)."""
-    module, attr = ENTRY_POINTS[stage].split(":")
-    cmd = getattr(importlib.import_module(module), attr)
-    log.info("%s %s", ENTRY_POINTS[stage], " ".join(args))
+    cmd = _entry_point(stage)
+    log.info("%s %s", ENTRY_POINTS[stage][0], " ".join(args))
     try:
-        cmd.main(args=args, prog_name=module.split(".")[0], standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        if exc.exit_code:
-            raise StageError(f"{stage} exited with {exc.exit_code}") from None
+        code = cmd.main(args=args, prog_name=cmd.name, standalone_mode=False)
     except click.ClickException as exc:
         raise StageError(f"{stage}: {exc.format_message()}") from None
+    except UserError as exc:  # the tool's one-line error, named by the stage
+        raise StageError(f"{stage}: {first_line(exc)}") from None
+    except OSError as exc:
+        raise StageError(f"{stage}: {os_error_message(exc)}") from None
+    if isinstance(code, int) and code:
+        raise StageError(f"{stage} exited with {code}")
 
 
 class Workspace:
@@ -134,7 +173,7 @@ def find_direction(recipe: Recipe, ws: Workspace) -> dict:
     disc = {k: ws.resolve(v) for k, v in recipe.stage("discover").items()}
 
     def discover_args(out, resume):
-        return ["discover"] + to_args({**disc, "out": str(out)}) + (["--resume"] if resume else [])
+        return stage_args("discover", {**disc, "out": str(out), "resume": resume})
 
     disc_dir = _stage(ws, "discover", disc, discover_args, resumable=True)
     found = {"@discovered": str(disc_dir / "directions.npy")}
@@ -142,7 +181,7 @@ def find_direction(recipe: Recipe, ws: Workspace) -> dict:
     rank_key = {"discover": disc_dir.name, "rank": rank}
 
     def rank_args(out, resume):
-        return ["rank"] + to_args({**rank, "out": str(out)})
+        return stage_args("rank", {**rank, "out": str(out)})
 
     rank_dir = _stage(ws, "rank", rank_key, rank_args, resumable=False)
     return {**found, "@direction": str(rank_dir / "direction.npy")}
@@ -157,14 +196,13 @@ def run_seed(recipe: Recipe, ws: Workspace, seed: int) -> dict:
         data_kind, data_key = "generate", gen
 
         def data_args(out, resume):
-            args = to_args({**gen, "out": str(out), "name": "set"})
-            return args + (["--resume"] if resume else [])
+            return stage_args("generate", {**gen, "out": str(out), "name": "set", "resume": resume})
     else:
         imp = {k: ws.resolve(v) for k, v in recipe.stage("import").items()}
         data_kind, data_key = "import", imp
 
         def data_args(out, resume):
-            return ["import"] + to_args({**imp, "out": str(out), "name": "set"})
+            return stage_args("import", {**imp, "out": str(out), "name": "set"})
 
     data_dir = _stage(ws, data_kind, data_key, data_args, resumable=data_kind == "generate")
     shards = str(data_dir / "set.json")
@@ -173,8 +211,7 @@ def run_seed(recipe: Recipe, ws: Workspace, seed: int) -> dict:
     train_key = {"data": data_dir.name, "train": train, "seed": seed}
 
     def train_args(out, resume):
-        args = to_args({**train, "shards": shards, "out": str(out), "seed": seed})
-        return args + (["--resume"] if resume else [])
+        return stage_args("train", {**train, "shards": shards, "out": str(out), "seed": seed, "resume": resume})
 
     run_dir = _stage(ws, "train", train_key, train_args, resumable=True)
 
@@ -182,7 +219,7 @@ def run_seed(recipe: Recipe, ws: Workspace, seed: int) -> dict:
     eval_key = {"run": run_dir.name, "evaluate": ev}
 
     def eval_args(out, resume):
-        return to_args({**ev, "ckpt": str(run_dir), "out": str(out)})
+        return stage_args("evaluate", {**ev, "ckpts": [str(run_dir)], "out": str(out)})
 
     eval_dir = _stage(ws, "evaluate", eval_key, eval_args, resumable=False)
     return json.loads((eval_dir / "results.json").read_text())

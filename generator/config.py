@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardset.format import DEFAULT_ENCODING
-from shardset.images import DEFAULT_MAX_PIXELS
+from core.errors import UserError
+from core.images import DEFAULT_MAX_PIXELS
 
 from .gan import MIN_IMAGE_SIZE
 from .latents import LATENT_SOURCES
@@ -30,13 +31,8 @@ GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters re
 SHIPPED_DIRECTIONS = ("toy", "dcgan-faces")
 
 
-class GenerationError(Exception):
+class GenerationError(UserError):
     """A run cannot start or continue; the message is one line naming the cause and the fix."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 @dataclass(frozen=True)
@@ -75,8 +71,8 @@ class GenConfig:
     histogram_rule: str | None = None  # "paper" | "bimodal" | "none"
     # -- execution
     batch_size: int = 64  # pairs per accelerator call
-    num_workers: int = 1  # W: this process renders shards k with k % W == worker_index
-    worker_index: int = 0  # I in 0..W-1
+    nodes: int = 1  # N: the shards are split over N independent processes (machines, array jobs)
+    node_index: int = 0  # I in 0..N-1: this process renders the shards k with k % N == I
     resume: bool = False  # keep verified complete shards of an existing set with the same params
     queue_depth: int = 2  # rendered batches waiting for the host thread (memory bound)
     write_threads: int = 0  # threads encoding + writing full shards in parallel; 0 = min(4, CPU cores)
@@ -157,8 +153,8 @@ class Plan:
     def split(self, index: int) -> str:
         return "val" if index >= self.num_shards - self.num_val else "train"
 
-    def shards_of(self, worker_index: int, num_workers: int) -> list[int]:
-        return [k for k in range(self.num_shards) if k % num_workers == worker_index]
+    def shards_of(self, node_index: int, nodes: int) -> list[int]:
+        return [k for k in range(self.num_shards) if k % nodes == node_index]
 
     def planned(self, n: int) -> dict:
         """The `planned` block of the manifest."""
@@ -186,7 +182,7 @@ def _validate(cfg: GenConfig) -> None:
 
     for field, value in (("n", cfg.n), ("shard_size", cfg.shard_size), ("batch_size", cfg.batch_size),
                          ("image_size", cfg.image_size), ("max_image_pixels", cfg.max_image_pixels),
-                         ("num_workers", cfg.num_workers), ("queue_depth", cfg.queue_depth),
+                         ("nodes", cfg.nodes), ("queue_depth", cfg.queue_depth),
                          ("write_threads", cfg.write_threads),
                          ("max_draws_per_sample", cfg.max_draws_per_sample)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -195,8 +191,8 @@ def _validate(cfg: GenConfig) -> None:
         bad(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
     if math.ceil(cfg.n / cfg.shard_size) > MAX_SHARDS:
         bad(f"n={cfg.n} with shard_size={cfg.shard_size} needs over {MAX_SHARDS} shards; raise the shard size")
-    if not 0 <= cfg.worker_index < cfg.num_workers:
-        bad(f"worker_index must be in 0..{cfg.num_workers - 1}, got {cfg.worker_index}")
+    if not 0 <= cfg.node_index < cfg.nodes:
+        bad(f"node_index must be in 0..{cfg.nodes - 1}, got {cfg.node_index}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         bad(f"seed must be an integer >= 0, got {cfg.seed!r}")
     if not math.isfinite(cfg.shift):

@@ -40,13 +40,24 @@ from typing import Callable
 
 import numpy as np
 
+from core.atomic import atomic_write_bytes as write_bytes
+from core.errors import UserError
 from generator import affine
 from generator.masks import lighting_mask
-from shardset.atomic import atomic_write_bytes as write_bytes
 
 log = logging.getLogger(__name__)
 
 JIT = os.environ.get("BGW_FIT_JIT", "1") == "1"
+
+
+# rank_directions' defaults (find-direction rank's too): score +h and -h, orient the winner, draw 3
+BOTH_SIGNS = True
+ORIENT_WINNER = True
+PICTURE_TOP = 3
+
+
+class RankError(UserError, ValueError):
+    """The candidates cannot be ranked (a zero row, another latent size, every one dropped)."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +89,14 @@ class CandidateScore:
 
 
 def unit_rows(candidates: np.ndarray) -> np.ndarray:
-    """Candidates ``[C, D]`` scaled to unit norm; raises ValueError naming a zero row."""
+    """Candidates ``[C, D]`` scaled to unit norm; raises RankError naming a zero row."""
     c = np.asarray(candidates, np.float64)
     if c.ndim != 2:
-        raise ValueError(f"candidates must be a [C, D] array; got shape {c.shape}")
+        raise RankError(f"candidates must be a [C, D] array; got shape {c.shape}")
     norms = np.linalg.norm(c, axis=1)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
-        raise ValueError(f"candidate {int(bad[0])} is zero or not finite; every row needs a direction")
+        raise RankError(f"candidate {int(bad[0])} is zero or not finite; every row needs a direction")
     return (c / norms[:, None]).astype(np.float32)
 
 
@@ -206,7 +217,7 @@ def score_candidates(gan, candidates: np.ndarray, config: FitConfig = FitConfig(
     ``progress(n)`` is called after each chunk with the number of candidates it finished."""
     dirs = unit_rows(candidates)
     if dirs.shape[1] != gan.latent_dim:
-        raise ValueError(f"candidates have dimension {dirs.shape[1]}, the GAN's latent has {gan.latent_dim}")
+        raise RankError(f"candidates have dimension {dirs.shape[1]}, the GAN's latent has {gan.latent_dim}")
     z = draw_latents(config.samples, gan.latent_dim, config.seed)
     x = to_unit_range(gan.generate(z))
     scores: list[CandidateScore] = []
@@ -305,8 +316,8 @@ def figure10(gan, z: np.ndarray, direction: np.ndarray, ops: np.ndarray, shift: 
 
 
 def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, config: FitConfig = FitConfig(),
-                    rule: affine.RankRule = affine.RankRule(), *, source: str = "array", both_signs: bool = True,
-                    picture_top: int = 3, picture_samples: int = 4, orient_winner: bool = True,
+                    rule: affine.RankRule = affine.RankRule(), *, source: str = "array", both_signs: bool = BOTH_SIGNS,
+                    picture_top: int = PICTURE_TOP, picture_samples: int = 4, orient_winner: bool = ORIENT_WINNER,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Score, rank and write: ``ranking.json``, ``direction.npy`` (the winner, unit norm,
     float32 [D]) and ``ranking.png`` (figure 10 for the ``picture_top`` best entries).
@@ -333,7 +344,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
                                      [s.balance for s in scores], rule)
     ranked = sorted((e for e in entries if e.rank is not None), key=lambda e: e.rank)
     if not ranked:
-        raise ValueError(f"all {len(entries)} candidates were dropped (one class holds >= "
+        raise RankError(f"all {len(entries)} candidates were dropped (one class holds >= "
                          f"{100 * rule.max_class_fraction:g}% of pixels); try other candidates or a larger shift")
     best = ranked[0]
     winner = signed[best.index]

@@ -20,20 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from shardset.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
+from core.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pth", ".pt")
 
 
-class DirectionError(ValueError):
+class DirectionError(UserError, ValueError):
     """A direction file is missing, unreadable or not a usable [D] vector (one-line message)."""
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _from_torch(path: Path, data: bytes) -> np.ndarray:
@@ -44,7 +40,7 @@ def _from_torch(path: Path, data: bytes) -> np.ndarray:
     try:
         obj = load(path, data)
     except TorchFileError as e:
-        raise DirectionError(f"{_first_line(e)}; save the direction with torch.save(tensor) or as .npy") from None
+        raise DirectionError(f"{first_line(e)}; save the direction with torch.save(tensor) or as .npy") from None
     if isinstance(obj, dict):
         tensors = [v for v in obj.values() if isinstance(v, np.ndarray)]
         if len(tensors) != 1:
@@ -61,8 +57,8 @@ def _from_torch(path: Path, data: bytes) -> np.ndarray:
 def _from_npy(path: Path, data: bytes) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:  # ValueError for pickled object arrays, others for corrupt headers
-        raise DirectionError(f"{path}: not a readable .npy array ({_first_line(e)}); save the "
+    except Exception as e:  # noqa: BLE001 - the file-reading boundary: numpy raises many kinds for a corrupt header
+        raise DirectionError(f"{path}: not a readable .npy array ({first_line(e)}); save the "
                              f"direction with np.save(path, vec.astype(np.float32))") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
         kind = getattr(arr, "dtype", type(arr).__name__)
@@ -78,7 +74,7 @@ def as_unit_vector(vec, name: str = "direction", dim: int | None = None) -> np.n
     try:
         arr = np.asarray(vec, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise DirectionError(f"{name}: not a numeric vector ({_first_line(e)})") from None
+        raise DirectionError(f"{name}: not a numeric vector ({first_line(e)})") from None
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
     if arr.ndim != 1 or arr.size == 0:
@@ -164,7 +160,7 @@ def published_direction_path(gan: str, cache_dir: str | os.PathLike | None = Non
         download_with_checksum(url, dest, os.environ.get("BGW_BIGBIGAN_DIRECTION_SHA256"), timeout_s=timeout_s)
     except OSError as exc:
         raise DirectionError(
-            f"could not download the paper's {gan} direction ({_first_line(exc)}): fetch {url} to {dest} "
+            f"could not download the paper's {gan} direction ({first_line(exc)}): fetch {url} to {dest} "
             f"on a machine that is online, or pass --direction FILE") from None
     return dest
 

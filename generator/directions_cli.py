@@ -7,7 +7,8 @@
 `discover` learns K directions (Voynov & Babenko 2020, `generator.discover`); `rank` fits the
 two-operator model to each candidate and picks the segmenting one (paper, appendix B;
 `generator.direction_search`). Thin click layer: it parses, validates, shows progress and calls
-the library functions.
+the library functions. Defaults come from DiscoverConfig and FitConfig (and the GAN's from
+GenConfig); each option is named as the field it sets.
 """
 from __future__ import annotations
 
@@ -18,16 +19,19 @@ from pathlib import Path
 import click
 import numpy as np
 
+from core.cli import Group, common_options, progress_bar, verbosity_option
+
+from .config import GenConfig
+from .direction_search import BOTH_SIGNS, ORIENT_WINNER, PICTURE_TOP, FitConfig
+from .discover import DiscoverConfig
+
 log = logging.getLogger(__name__)
 
 
 def _load_gan(spec: str):
-    from generator.gan import GanLoadError, load_gan
+    from generator.gan import load_gan
 
-    try:
-        return load_gan(spec)
-    except GanLoadError as e:
-        raise click.BadParameter(str(e), param_hint="--gan") from None
+    return load_gan(spec)  # GanLoadError: one line at the edge (core.cli)
 
 
 def _load_candidates(spec: str, latent_dim: int) -> tuple[np.ndarray, str]:
@@ -52,35 +56,27 @@ def _load_candidates(spec: str, latent_dim: int) -> tuple[np.ndarray, str]:
     return arr.astype(np.float32), str(path)
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-
-
 def _out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{out} is a file; give a folder (it is created when missing)", param_hint="--out")
 
 
-def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume: bool, seed: int,
-                  batch: int, lr: float, lr_directions: float | None, init: str,
-                  milestones: tuple[int, ...] = (), gamma: float = 0.1) -> Path:
-    from tqdm import tqdm
+_DISCOVER = DiscoverConfig()
+_FIT = FitConfig()
 
+
+def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Path:
     from generator import discover as dc
 
     _out_folder(out)
     if resume and not (out / "config.json").is_file():
         raise click.BadParameter(f"{out} holds no discovery run to resume (no config.json); run without --resume "
                                  f"to start one", param_hint="--resume")
-    gan = _load_gan(gan_spec)
-    if not 1 <= directions <= gan.latent_dim:
-        raise click.BadParameter(f"{directions} is not in 1..{gan.latent_dim} (the latent size)",
+    model = _load_gan(gan)
+    if not 1 <= cfg.directions <= model.latent_dim:
+        raise click.BadParameter(f"{cfg.directions} is not in 1..{model.latent_dim} (the latent size)",
                                  param_hint="--directions")
-    cfg = dc.DiscoverConfig(directions=directions, steps=steps, batch=batch, lr=lr,
-                            lr_directions=lr if lr_directions is None else lr_directions, init=init, seed=seed,
-                            lr_directions_milestones=milestones, lr_directions_gamma=gamma)
-    bar = tqdm(total=steps, desc="discover", unit="step", disable=None)  # no bar when stderr is no terminal
+    bar = progress_bar(total=cfg.steps, desc="discover", unit="step")
 
     def progress(step: int, metrics: dict) -> None:
         bar.n = step
@@ -88,32 +84,24 @@ def _run_discover(gan_spec: str, directions: int, steps: int, out: Path, resume:
         bar.refresh()
 
     try:
-        dc.discover(gan, out, cfg, resume=resume, progress=progress)
-    except (dc.RunExists, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        dc.discover(model, out, cfg, resume=resume, progress=progress)
     finally:
         bar.close()
     click.echo(f"wrote {out / 'directions.npy'} and {out / 'effects'}/ (TensorBoard: {out / 'tensorboard'})")
     return out / "directions.npy"
 
 
-def _run_rank(gan_spec: str, candidates: str, out: Path, samples: int, steps: int, seed: int,
-              shift: float, init: str, top: int, orient: bool, both_signs: bool = True) -> dict:
-    from tqdm import tqdm
-
+def _run_rank(gan: str, candidates: str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
+              orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS) -> dict:
     from generator import affine
     from generator import direction_search as ds
 
     _out_folder(out)
-    gan = _load_gan(gan_spec)
-    arr, source = _load_candidates(candidates, gan.latent_dim)
-    cfg = ds.FitConfig(steps=steps, samples=samples, shift=shift, init=init, seed=seed)
-    with tqdm(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit", disable=None) as bar:
-        try:
-            report = ds.rank_directions(gan, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
-                                        picture_top=top, orient_winner=orient, progress=bar.update)
-        except ValueError as e:
-            raise click.ClickException(str(e)) from None
+    model = _load_gan(gan)
+    arr, source = _load_candidates(candidates, model.latent_dim)
+    with progress_bar(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit") as bar:
+        report = ds.rank_directions(model, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
+                                    picture_top=top, orient_winner=orient, progress=bar.update)
     w = report["winner"]
     best = report["entries"][w["entry"]]
     click.echo(f"winner: candidate {w['candidate']} (sign {w['sign'] * w['orient_sign']:+d}; L_h {best['L_h']:.4f}, "
@@ -121,16 +109,21 @@ def _run_rank(gan_spec: str, candidates: str, out: Path, samples: int, steps: in
     return report
 
 
-_gan_opt = click.option("--gan", "gan_spec", default="bigbigan", show_default=True,
-                        help="GAN: bigbigan, toy, a SavedModel folder or a TF-Hub handle.")
-_seed_opt = click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random draw.")
-_verbose_opt = click.option("-v", "--verbose", count=True, help="-v: info logs, -vv: debug.")
+_gan_opt = click.option("--gan", "gan", default=GenConfig.gan, show_default=True,
+                        help="GAN: bigbigan, toy, dcgan-faces, a SavedModel folder or a TF-Hub handle.")
+
+
+def _seed_opt(default: int):
+    return click.option("--seed", "seed", default=default, show_default=True, type=int,
+                        help="Seed of every random draw.")
 
 
 def _steps_list(ctx, param, value):
     """'8000,16000' -> (8000, 16000); '' -> ()."""
     if not value:
         return ()
+    if isinstance(value, tuple):
+        return value
     try:
         steps = tuple(sorted(int(v) for v in value.split(",") if v.strip()))
     except ValueError:
@@ -146,77 +139,95 @@ def _positive(ctx, param, value):
     return value
 
 
-@click.group(invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
+def _out_opt(help: str):
+    return click.option("--out", type=click.Path(path_type=Path), required=True, help=help)
+
+
+@click.group(cls=Group, invoke_without_command=True)
 @_gan_opt
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/find-direction"), show_default=True,
-              help="Run folder (no sub-command): discovery in OUT, ranking in OUT/rank.")
-@click.option("--directions", default=120, show_default=True, type=int, help="K directions to discover.")
-@click.option("--discover-steps", default=100_000, show_default=True, type=int, callback=_positive)
-@click.option("--rank-steps", default=200, show_default=True, type=int, help="Adam steps per candidate.")
-@click.option("--samples", default=32, show_default=True, type=int, callback=_positive)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder: discovery in OUT, ranking in OUT/rank. [required without a sub-command]")
+@click.option("--directions", default=_DISCOVER.directions, show_default=True, type=int,
+              help="K directions to discover.")
+@click.option("--discover-steps", default=_DISCOVER.steps, show_default=True, type=int, callback=_positive,
+              help="Training steps of discover.")
+@click.option("--rank-steps", default=_FIT.steps, show_default=True, type=int, help="Adam steps per candidate.")
+@click.option("--samples", default=_FIT.samples, show_default=True, type=int, callback=_positive,
+              help="Latents z drawn once for rank.")
 @click.option("--resume", is_flag=True, help="Continue the discovery run in OUT.")
-@_seed_opt
-@_verbose_opt
+@_seed_opt(_DISCOVER.seed)
+@common_options()
 @click.pass_context
-def main(ctx, gan_spec, out, directions, discover_steps, rank_steps, samples, resume, seed, verbose):
-    """Find a GAN's segmenting latent direction: `discover`, then `rank` (both when no sub-command)."""
+def main(ctx, gan, out, directions, discover_steps, rank_steps, samples, resume, seed):
+    """Find a GAN's segmenting latent direction: `discover`, then `rank` (both when no sub-command).
+
+    \b
+    Examples:
+      find-direction --gan toy --out runs/dirs
+      find-direction discover --gan toy --directions 120 --steps 2000 --out runs/dirs
+      find-direction rank --gan toy --candidates runs/dirs/directions.npy --out runs/dirs/rank
+    """
     if ctx.invoked_subcommand is not None:
         return
-    _setup_logging(verbose)
-    path = _run_discover(gan_spec, directions, discover_steps, out, resume, seed, 32, 1e-4, None, "random")
-    _run_rank(gan_spec, str(path), out / "rank", samples, rank_steps, seed, 5.0, "lighting", 3, True)
+    if out is None:
+        raise click.UsageError("missing --out: name the run folder, e.g. --out runs/dirs (or use discover / rank)")
+    path = _run_discover(gan, out, resume, DiscoverConfig(directions=directions, steps=discover_steps, seed=seed))
+    _run_rank(gan, str(path), out / "rank", FitConfig(steps=rank_steps, samples=samples, seed=seed))
 
 
 @main.command()
 @_gan_opt
-@click.option("--directions", default=120, show_default=True, type=int, help="K directions to learn.")
-@click.option("--steps", default=100_000, show_default=True, type=int, callback=_positive, help="Training steps.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--directions", default=_DISCOVER.directions, show_default=True, type=int,
+              help="K directions to learn.")
+@click.option("--steps", default=_DISCOVER.steps, show_default=True, type=int, callback=_positive,
+              help="Training steps.")
+@_out_opt("Run folder.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
-@click.option("--batch", default=32, show_default=True, type=int, callback=_positive)
-@click.option("--lr", default=1e-4, show_default=True, type=float, callback=_positive, help="Adam lr.")
+@click.option("--batch-size", "batch", default=_DISCOVER.batch, show_default=True, type=int, callback=_positive,
+              help="Latents per training step.")
+@click.option("--lr", default=_DISCOVER.lr, show_default=True, type=float, callback=_positive,
+              help="Adam lr of the reconstructor.")
 @click.option("--lr-directions", default=None, type=float, callback=_positive,
               help="Adam lr of the directions (default: --lr).")
-@click.option("--lr-directions-milestones", "milestones", default="", callback=_steps_list,
+@click.option("--lr-directions-milestones", "lr_directions_milestones", callback=_steps_list,
+              default=",".join(map(str, _DISCOVER.lr_directions_milestones)),
               help="Steps (comma-separated) at which the directions' lr is multiplied by --lr-directions-gamma.")
-@click.option("--lr-directions-gamma", "gamma", default=0.1, show_default=True, type=float, callback=_positive,
+@click.option("--lr-directions-gamma", "lr_directions_gamma", default=_DISCOVER.lr_directions_gamma,
+              show_default=True, type=float, callback=_positive,
               help="Factor of the directions' lr at each milestone.")
-@click.option("--init", type=click.Choice(["random", "identity"]), default="random", show_default=True,
+@click.option("--init", type=click.Choice(["random", "identity"]), default=_DISCOVER.init, show_default=True,
               help="Start at a random rotation (the authors' runs) or next to the coordinate axes.")
-@_seed_opt
-@_verbose_opt
-def discover(gan_spec, directions, steps, out, resume, batch, lr, lr_directions, milestones, gamma, init, seed,
-             verbose):
+@_seed_opt(_DISCOVER.seed)
+@verbosity_option()
+def discover(gan, out, resume, lr_directions, **fields):
     """Learn K interpretable directions (Voynov & Babenko 2020); writes OUT/directions.npy [K, D]."""
-    _setup_logging(verbose)
-    _run_discover(gan_spec, directions, steps, out, resume, seed, batch, lr, lr_directions, init, milestones, gamma)
+    cfg = DiscoverConfig(lr_directions=fields["lr"] if lr_directions is None else lr_directions, **fields)
+    _run_discover(gan, out, resume, cfg)
 
 
 @main.command()
 @_gan_opt
 @click.option("--candidates", required=True, help="'axes' or a .npy file of directions [C, D].")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--samples", default=32, show_default=True, type=int, callback=_positive,
+@_out_opt("Output folder.")
+@click.option("--samples", default=_FIT.samples, show_default=True, type=int, callback=_positive,
               help="Latents z drawn once; Adam batches come from them; scores use all.")
-@click.option("--steps", default=200, show_default=True, type=int, help="Adam steps per candidate.")
-@click.option("--shift", default=5.0, show_default=True, type=float, callback=_positive,
+@click.option("--steps", default=_FIT.steps, show_default=True, type=int, help="Adam steps per candidate.")
+@click.option("--shift", default=_FIT.shift, show_default=True, type=float, callback=_positive,
               help="Candidates are made unit, then scaled by this.")
-@click.option("--init", type=click.Choice(["lighting", "identity"]), default="lighting", show_default=True,
+@click.option("--init", type=click.Choice(["lighting", "identity"]), default=_FIT.init, show_default=True,
               help="Start of each fit: least squares on the lighting split, or identity +- 0.1.")
-@click.option("--top", default=3, show_default=True, type=int, help="Candidates drawn in ranking.png.")
-@click.option("--both-signs/--plus-only", default=True, show_default=True,
+@click.option("--top", default=PICTURE_TOP, show_default=True, type=int, help="Candidates drawn in ranking.png.")
+@click.option("--both-signs/--plus-only", default=BOTH_SIGNS, show_default=True,
               help="Score every candidate as +h and -h (discovered directions have no sign).")
-@click.option("--orient/--no-orient", default=True, show_default=True,
+@click.option("--orient/--no-orient", default=ORIENT_WINNER, show_default=True,
               help="Flip the winner so that the lighting rule's foreground is the smaller part.")
-@_seed_opt
-@_verbose_opt
-def rank(gan_spec, candidates, out, samples, steps, shift, init, top, both_signs, orient, seed, verbose):
+@_seed_opt(_FIT.seed)
+@verbosity_option()
+def rank(gan, candidates, out, top, both_signs, orient, **fields):
     """Rank candidate directions by the appendix-B rule; writes ranking.json, direction.npy, ranking.png."""
-    _setup_logging(verbose)
-    if steps < 0:
-        raise click.BadParameter(f"{steps} must be >= 0", param_hint="--steps")
-    _run_rank(gan_spec, candidates, out, samples, steps, seed, shift, init, top, orient, both_signs)
+    if fields["steps"] < 0:
+        raise click.BadParameter(f"{fields['steps']} must be >= 0", param_hint="--steps")
+    _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs)
 
 
 if __name__ == "__main__":

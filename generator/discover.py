@@ -37,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.errors import UserError
 from generator import direction_search as ds
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,11 @@ def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: Di
     return z, idx, eps
 
 
-class RunExists(RuntimeError):
+class DiscoveryError(UserError, ValueError):
+    """Discovery cannot start or resume with these settings; the message says what to change."""
+
+
+class RunExists(DiscoveryError):
     """The output folder already holds a run and `resume` was not asked for."""
 
 
@@ -201,11 +206,11 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     out = Path(out_dir)
     d = int(gan.latent_dim)
     if not 1 <= cfg.directions <= d:
-        raise ValueError(f"directions must be in 1..{d} (the latent size); got {cfg.directions}")
+        raise DiscoveryError(f"directions must be in 1..{d} (the latent size); got {cfg.directions}")
     if cfg.init not in INITS:
-        raise ValueError(f"unknown init {cfg.init!r}; choose from {INITS}")
+        raise DiscoveryError(f"unknown init {cfg.init!r}; choose from {INITS}")
     if any(int(m) != m or m < 1 for m in cfg.lr_directions_milestones) or cfg.lr_directions_gamma <= 0:
-        raise ValueError(f"lr_directions_milestones must be steps >= 1 and lr_directions_gamma > 0; got "
+        raise DiscoveryError(f"lr_directions_milestones must be steps >= 1 and lr_directions_gamma > 0; got "
                          f"{list(cfg.lr_directions_milestones)} and {cfg.lr_directions_gamma}")
     cfg_path = out / "config.json"
     ckpt_dir = out / "checkpoints"
@@ -216,7 +221,7 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     if old is not None:
         diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
         if diff:
-            raise ValueError(f"cannot resume {out}: settings differ from the run's config.json: "
+            raise DiscoveryError(f"cannot resume {out}: settings differ from the run's config.json: "
                              + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
     out.mkdir(parents=True, exist_ok=True)
 

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 ENCODE_SIZE = 256
@@ -37,15 +39,19 @@ CACHE_FORMAT = "bgw-embeddings"
 CACHE_VERSION = 1
 
 
+class EmbeddingError(UserError, ValueError):
+    """A dataset's images cannot be embedded (none listed, none readable); one line with the fix."""
+
+
 def prepare_image(path: str | os.PathLike, size: int = ENCODE_SIZE,
                   max_pixels: int | None = None) -> np.ndarray | None:
     """Read an image as float32 [size,size,3] RGB in [-1, 1] (short side -> size, centre crop).
 
     Returns None when the file is skipped: over `max_pixels` pixels (from its header, before
-    decoding; None = shardset.images.DEFAULT_MAX_PIXELS, 64 MP; logged with its size), truncated,
-    corrupt or unreadable. The reading policy is shardset.images.read_user_image's.
+    decoding; None = core.images.DEFAULT_MAX_PIXELS, 64 MP; logged with its size), truncated,
+    corrupt or unreadable. The reading policy is core.images.read_user_image's.
     """
-    from shardset.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+    from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 
     # grayscale and RGBA come back as 3-channel BGR
     bgr = read_user_image(path, cv2.IMREAD_COLOR, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
@@ -140,7 +146,7 @@ def embeddings_key(file_list: Sequence[tuple[str, int]], gan_fingerprint: str,
                    max_pixels: int | None = None) -> str:
     """sha256 over the sorted (relative path, size) list, the GAN fingerprint and, when it is not
     the default, the pixel limit (it decides which images are skipped)."""
-    from shardset.images import DEFAULT_MAX_PIXELS
+    from core.images import DEFAULT_MAX_PIXELS
 
     h = hashlib.sha256()
     h.update(f"{CACHE_FORMAT}/{CACHE_VERSION}\0{gan_fingerprint}\0".encode())
@@ -193,7 +199,7 @@ def dataset_train_images(spec: str, data_root: str | os.PathLike | None = None) 
     ds = get_dataset(spec, root=data_root)
     paths = ds.train_images()
     if not paths:
-        raise ValueError(f"dataset {spec!r} lists no training images under {ds.root}; check --data-root")
+        raise EmbeddingError(f"dataset {spec!r} lists no training images under {ds.root}; check --data-root")
     return ds.name, paths, ds.root
 
 
@@ -216,7 +222,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
     holds no absolute paths, so manifests agree across machines:
     `{"name", "train_images", "skipped", "embeddings": {"sha256", "key", "count", "dim", "gan_fingerprint"}}`.
     On a miss, encodes every image (skipping unreadable ones) and writes the .npy, then the
-    JSON sidecar, each atomically (temp name, then os.replace). Raises ValueError when no image
+    JSON sidecar, each atomically (temp name, then os.replace). Raises EmbeddingError when no image
     at all could be read.
     """
     if isinstance(source, str):
@@ -253,7 +259,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
     ordered = [root / rel for rel, _ in files]
     z, ok, skipped = encode_images(gan, ordered, batch_size=batch_size, progress=progress, max_pixels=max_pixels)
     if len(ok) == 0:
-        raise ValueError(f"none of the {len(files)} images of {dataset_name} under {root} could be read")
+        raise EmbeddingError(f"none of the {len(files)} images of {dataset_name} under {root} could be read")
     npy.parent.mkdir(parents=True, exist_ok=True)
     tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:

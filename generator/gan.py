@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError, first_line
+
 log = logging.getLogger(__name__)
 
 BIGBIGAN_HANDLE = "https://tfhub.dev/deepmind/bigbigan-resnet50/1"
@@ -76,7 +78,7 @@ def _hub():
     return tensorflow_hub
 
 
-class GanLoadError(RuntimeError):
+class GanLoadError(UserError, RuntimeError):
     """A GAN could not be loaded; the message is one line that says what to do."""
 
 
@@ -104,7 +106,7 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
     if spec == toy.TOY_HANDLE:
         try:
             path = toy.ensure_toy_module(cache)
-        except Exception as e:  # noqa: BLE001 - one-line message for the CLI
+        except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
             raise GanLoadError(f"could not build the toy GAN under {cache}: {e}") from e
         return _load_path(toy.TOY_HANDLE, path, cache)
     if spec == dcgan.DCGAN_HANDLE:
@@ -112,7 +114,7 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
             path, digest = dcgan.ensure_dcgan_module(cache)
         except dcgan.DcganError as e:
             raise GanLoadError(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - one-line message for the CLI
+        except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
             raise GanLoadError(f"could not build {spec} under {cache}: {e}") from e
         return _load_path(dcgan.DCGAN_HANDLE, path, cache, fingerprint=digest)
     handle = GAN_ALIASES.get(spec, spec)
@@ -133,8 +135,8 @@ def _resolve_handle(handle: str) -> Path:
     cached = hub_cache_path(handle)
     try:
         return Path(hub.resolve(handle))
-    except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP, or a corrupt archive
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - the model-loading boundary: offline, DNS, HTTP, a corrupt archive
+        reason = first_line(e)
         raise GanLoadError(
             f"cannot fetch {handle} ({type(e).__name__}: {reason[:160]}); offline? pass --gan PATH "
             f"to a local copy of the module, or place it at {cached} "
@@ -145,8 +147,8 @@ def _load_path(handle: str, path: Path, cache: Path, fingerprint: str | None = N
     hub = _hub()
     try:
         module = hub.load(str(path))
-    except Exception as e:  # noqa: BLE001
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - the model-loading boundary: any folder or handle a user names
+        reason = first_line(e)
         raise GanLoadError(f"{path} is not a loadable SavedModel / TF-Hub module: {reason[:200]}") from e
     contract = check_signatures(module, where=str(path))
     return Gan(handle=handle, path=Path(path), module=module, contract=contract, cache_dir=cache,

@@ -12,7 +12,9 @@ from typing import Callable
 
 import numpy as np
 
-from .config import SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, first_line, make_plan
+from core.errors import UserError, first_line
+
+from .config import SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, make_plan
 from .directions import PUBLISHED_DIRECTIONS
 from .gan import resample_record
 from .latents import DRAW_BLOCK
@@ -49,7 +51,7 @@ def _load_gan(cfg: GenConfig):
         return cached_gan(cfg.gan, cfg.cache_dir)
     except GenerationError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (UserError, OSError) as exc:  # GanLoadError, a cache folder that cannot be written
         raise GenerationError(first_line(exc)) from None
 
 
@@ -139,10 +141,8 @@ def _listing(cfg: GenConfig) -> tuple[str, list[Path], Path] | None:
         return train_images(cfg)
     except GenerationError:
         raise
-    except Exception as exc:  # DatasetError, ValueError, OSError: one line, never a traceback
-        if isinstance(exc, (OSError, ValueError)) or type(exc).__name__.endswith("Error"):
-            raise GenerationError(first_line(exc)) from None
-        raise
+    except (UserError, OSError) as exc:  # DatasetError, EmbeddingError, an unreadable folder
+        raise GenerationError(first_line(exc)) from None
 
 
 def _dataset(cfg: GenConfig, gan, listing, progress: Callable[[int], object] | None = None
@@ -164,7 +164,7 @@ def _dataset(cfg: GenConfig, gan, listing, progress: Callable[[int], object] | N
         table, info = embed.load_or_compute_embeddings(gan, paths, dataset_name=name, root=root,
                                                        cache_dir=cfg.cache_dir, progress=progress,
                                                        max_pixels=cfg.max_image_pixels)
-    except (OSError, ValueError) as exc:  # e.g. no image readable: one line
+    except (UserError, OSError) as exc:  # e.g. no image readable (EmbeddingError): one line
         raise GenerationError(first_line(exc)) from None
     facts["skipped"] = int(info.get("skipped", 0))
     return np.asarray(table, np.float32), facts, dict(info["embeddings"])

@@ -45,6 +45,8 @@ from typing import Callable, Generic, TypeVar
 import cv2
 import numpy as np
 
+from core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # R, G, B, as the reference code's rgb2gray
@@ -59,7 +61,7 @@ T = TypeVar("T")
 
 # ----------------------------------------------------------------------------------- registries
 
-class UnknownRuleError(KeyError):
+class UnknownRuleError(UserError, KeyError):
     """An unknown registry key; the message lists the close matches and every valid choice."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes

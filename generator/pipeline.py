@@ -3,17 +3,18 @@
 ``run(GenConfig(...))`` writes (its share of) a shard set. Shard k is filled from its own latent
 stream (generator.latents): draws are rendered in batches, G(z) and G(z + r h) in one call, and
 the first ``size_k`` accepted draws in stream order make the shard. So a shard's bytes depend on
-(params, seed, k) only: not on the worker count, on which worker renders it, or on a crash and
+(params, seed, k) only: not on the node count, on which node renders it, or on a crash and
 resume in between (on a deterministic device; the batch size is a recorded parameter because a
 float kernel may round differently per batch shape).
 
 The pieces: generator.config (settings and the shard plan), generator.inputs (model, direction,
 latents), generator.render (the accelerator/host overlap); this module runs them, resumes, and
-distributes shards over workers or Ray.
+distributes shards over nodes or Ray.
 
-Workers: worker I of W renders shards k with k % W == I into the shared folder (the writer
-locks the manifest); whichever worker completes the set last writes the final manifest, equal to
-a single-worker run's except its creation time.
+Nodes: node I of N (`--nodes N --node-index I`: N independent processes, on as many machines
+or array jobs) renders the shards k with k % N == I into the shared folder (the writer locks the
+manifest); whichever node completes the set last writes the final manifest, equal to a
+single-node run's except its creation time.
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import GenConfig, GenerationError, Plan, first_line, make_plan
+from core.errors import first_line
+from shardset.format import shard_filename, shard_glob
+
+from .config import GenConfig, GenerationError, Plan, make_plan
 from .inputs import Inputs, load_inputs, require_direction
 from .preview import PreviewCollector, write_preview
 from .render import _drain, _Host, _preview_only, _put_forever, _render
@@ -37,32 +41,32 @@ class RunResult:
 
     manifest_path: Path
     written: list[int]
-    skipped: list[int]  # complete shards kept from before (resume / other workers)
+    skipped: list[int]  # complete shards kept from before (resume / other nodes)
     complete: bool
     manifest: dict | None
     preview: Path | None
 
 
-def worker_target(cfg: GenConfig) -> int:
-    """Accepted samples this worker's shards hold (the progress bar's total)."""
+def node_target(cfg: GenConfig) -> int:
+    """Accepted samples this node's shards hold (the progress bar's total)."""
     cfg = cfg.resolved()
     plan = make_plan(cfg)
-    return sum(plan.sizes[k] for k in plan.shards_of(cfg.worker_index, cfg.num_workers))
+    return sum(plan.sizes[k] for k in plan.shards_of(cfg.node_index, cfg.nodes))
 
 
 def _lock_mode(cfg: GenConfig) -> str:
-    """Workers of a multi-worker run share the set's lock (each writes its own shards); any other
-    run holds it alone, so two single-worker runs, --resume or not, cannot write one set."""
-    return "shared" if cfg.num_workers > 1 else "exclusive"
+    """Nodes of a multi-node run share the set's lock (each writes its own shards); any other
+    run holds it alone, so two single-node runs, --resume or not, cannot write one set."""
+    return "shared" if cfg.nodes > 1 else "exclusive"
 
 
 def _open_writer(cfg: GenConfig, params: dict):
-    from shardset import LockHeldError, ShardSetExistsError, ShardSetWriter
+    from shardset import LockHeldError, ShardSetError, ShardSetExistsError, ShardSetWriter
 
-    # Workers of a multi-worker run share one folder: each joins the set (same params) and
+    # Nodes of a multi-node run share one folder: each joins the set (same params) and
     # writes its own shard indices, so they open it in "resume" mode whatever started first.
-    mode = "resume" if (cfg.resume or cfg.num_workers > 1) else "new"
-    if cfg.num_workers == 1 and _holds_no_shards(cfg):
+    mode = "resume" if (cfg.resume or cfg.nodes > 1) else "new"
+    if cfg.nodes == 1 and _holds_no_shards(cfg):
         mode = "overwrite"  # a set header from a run that wrote nothing (e.g. stopped by the filters)
     try:
         return ShardSetWriter(cfg.out, cfg.name, encoding=cfg.encoding, shard_size=cfg.shard_size,
@@ -73,7 +77,7 @@ def _open_writer(cfg: GenConfig, params: dict):
         raise GenerationError(
             f"{Path(cfg.out) / cfg.name}.json exists: pass --resume to complete that set (same parameters), "
             f"or choose another --name or --out") from None
-    except ValueError as exc:  # params differ from the existing set's
+    except ShardSetError as exc:  # params differ from the existing set's
         raise GenerationError(f"{first_line(exc)} (the set in {cfg.out} was made with other parameters; "
                               f"choose another --name or --out)") from None
 
@@ -81,14 +85,14 @@ def _open_writer(cfg: GenConfig, params: dict):
 def _holds_no_shards(cfg: GenConfig) -> bool:
     """True when OUT holds no shard file and no shard record of set NAME (nothing to keep)."""
     out = Path(cfg.out)
-    if list(out.glob(f"{cfg.name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar.zst")):
+    if list(out.glob(shard_glob(cfg.name))):
         return False
     return not list((out / f".{cfg.name}.records").glob("[0-9]*.json"))
 
 
 def check_existing(cfg: GenConfig) -> None:
     """Fail fast, before the model loads, when the set is being written by another process or a
-    single-worker run would refuse an existing set."""
+    single-node run would refuse an existing set."""
     from shardset import LockHeldError
     from shardset.lock import FileLock
 
@@ -101,7 +105,7 @@ def check_existing(cfg: GenConfig) -> None:
                      hint="wait for that run to finish, or write to another --name or --out").release()
         except LockHeldError as exc:
             raise GenerationError(str(exc)) from None
-    if cfg.resume or cfg.num_workers > 1:
+    if cfg.resume or cfg.nodes > 1:
         return
     if _holds_no_shards(cfg):
         return
@@ -112,7 +116,7 @@ def check_existing(cfg: GenConfig) -> None:
 
 
 def run(config: GenConfig, progress: Callable[[int, int], None] | None = None) -> RunResult:
-    """Generate this worker's shards of the set described by ``config``.
+    """Generate this node's shards of the set described by ``config``.
 
     ``progress(accepted, drawn)`` is called from the host thread after every batch with the
     samples accepted and draws used in it, and once at the start with the samples of shards
@@ -131,7 +135,7 @@ def run(config: GenConfig, progress: Callable[[int, int], None] | None = None) -
 
 
 def _run_locked(cfg: GenConfig, plan: Plan, inputs: Inputs, writer, progress) -> RunResult:
-    mine = plan.shards_of(cfg.worker_index, cfg.num_workers)
+    mine = plan.shards_of(cfg.node_index, cfg.nodes)
     completed = writer.completed()
     todo = [k for k in mine if k not in completed]
     skipped = [k for k in mine if k in completed]
@@ -183,10 +187,8 @@ def _run_locked(cfg: GenConfig, plan: Plan, inputs: Inputs, writer, progress) ->
 
 
 def _remove_uncommitted(writer, cfg: GenConfig, todo: list[int]) -> None:
-    """After a failure (a full disk, say), delete this worker's shard files that have no record,
+    """After a failure (a full disk, say), delete this node's shard files that have no record,
     so nothing that looks like a complete shard is left behind."""
-    from shardset.format import shard_filename
-
     try:
         committed = writer.completed()
     except OSError:
@@ -215,8 +217,8 @@ def run_ray(config: GenConfig, address: str | None = None) -> RunResult:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tasks = max(1, min(plan.num_shards, gpus or cpus))
     remote = ray.remote(num_gpus=1 if gpus else 0)(_ray_worker)
-    # Every task joins the set as one of `tasks` workers; the last to finish finalizes it.
-    results = ray.get([remote.remote(dataclasses.replace(cfg, num_workers=tasks, worker_index=i, preview=None,
+    # Every task joins the set as one of `tasks` nodes; the last to finish finalizes it.
+    results = ray.get([remote.remote(dataclasses.replace(cfg, nodes=tasks, node_index=i, preview=None,
                                                          resume=True))
                        for i in range(tasks)])
     done = [r for r in results if r.complete]

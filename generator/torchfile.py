@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError, first_line
+
 # torch's storage types -> numpy dtypes (little-endian unless the file says otherwise)
 STORAGE_DTYPES = {
     "DoubleStorage": "f8", "FloatStorage": "f4", "HalfStorage": "f2", "BFloat16Storage": "bf16",
@@ -35,7 +37,7 @@ LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError, ValueError):
     """A torch file could not be read safely; the message is one line naming the file and why."""
 
 
@@ -180,5 +182,4 @@ def load(path: str | os.PathLike, data: bytes | None = None) -> object:
         raise TorchFileError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError,
             IndexError, struct.error, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TorchFileError(f"{path}: not a readable torch.save file ({text[:120]})") from None
+        raise TorchFileError(f"{path}: not a readable torch.save file ({first_line(exc)[:120]})") from None

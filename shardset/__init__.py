@@ -1,10 +1,10 @@
 """shardset: the shard-set format shared by the generator, the trainer and other teams.
 
 Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset lazily, in wds).
+It imports `core` (atomic writes, the user-image reader, UserError) and no other package here.
 
-    format.py    member names, encodings, keys, Limits, FORMAT_VERSION, ShardError
+    format.py    member names, encodings, keys, shard file names, Limits, FORMAT_VERSION, the errors
     codec.py     encode/decode one sample's members; image headers checked before decoding
-    atomic.py    atomic file writes (temporary name, fsync, rename) used by every package
     manifest.py  manifest schema v1: build, validate, load, atomic write, fingerprint
     writer.py    ShardSetWriter: atomic shards + per-shard records + manifest; resume; parallel workers
     lock.py      flock on a lock file naming its holder (one writer per set, one trainer per run folder)
@@ -14,7 +14,6 @@ Numpy, zstandard, OpenCV and JSON only: neither TensorFlow nor torch (webdataset
     wds.py       webdataset `zstd:` URL scheme and safe pipeline stages
     verify.py    re-hash shards against the manifest and decode every sample
     inspect.py   summary table and image | mask contact sheet
-    images.py    read_user_image: user images sized from their headers, skipped over a pixel limit
     importer.py  labelled folder -> shard set
     synthetic.py tiny deterministic sets for tests and demos
     export.py    shard set -> image and mask files
@@ -27,7 +26,9 @@ from .format import (
     FORMAT_VERSION,
     LOSSLESS_ENCODINGS,
     Limits,
+    NothingMatchedError,
     ShardError,
+    ShardSetError,
     ShardSetExistsError,
     manifest_filename,
     sample_key,
@@ -48,7 +49,9 @@ __all__ = [
     "Limits",
     "LockHeldError",
     "ManifestError",
+    "NothingMatchedError",
     "ShardError",
+    "ShardSetError",
     "ShardSetExistsError",
     "ShardSetRef",
     "ShardSetWriter",

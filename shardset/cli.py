@@ -1,44 +1,34 @@
-"""`shardset` command: inspect, verify, import and export shard sets (thin click layer)."""
+"""`shardset` command: inspect, verify, import and export shard sets (thin click layer).
+
+Errors are one line (core.cli): a ShardError, ManifestError or any other UserError names the file
+and the fix."""
 from __future__ import annotations
 
-import functools
-import logging
 import sys
 
 import click
 
-from .format import DEFAULT_ENCODING, ENCODINGS, ShardError, ShardSetExistsError
-from .images import DEFAULT_MAX_PIXELS
-from .manifest import ManifestError
+from core.cli import Group, common_options, progress_bar
+from core.images import DEFAULT_MAX_PIXELS
+
+from .format import DEFAULT_ENCODING, ENCODINGS, ShardSetError, check_name
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _errors_as_one_line(fn):
-    """Known failures become a one-line click error instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ShardError, ManifestError, ShardSetExistsError, ValueError, OSError) as exc:
-            raise click.ClickException(_one_line(exc)) from None
-
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.group(cls=Group)
+@common_options()
+def cli() -> None:
     """Shard sets: tar.zst shards of (image, mask, z, meta) samples plus a manifest NAME.json.
 
     SET is a manifest (shards/NAME.json), a folder holding one set, a glob ('shards/NAME-*'),
     a brace range (NAME-{000000..000009}.tar.zst), or a file://, http(s):// or fsspec URL.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _set_name(ctx, param, value: str) -> str:
+    try:
+        return check_name(value)
+    except ShardSetError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command("inspect")
@@ -48,7 +38,6 @@ def cli(verbose: int) -> None:
 @click.option("--n", "n_preview", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Samples in the contact sheet.")
 @click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True, help="Pairs per row.")
-@_errors_as_one_line
 def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols: int) -> None:
     """Print a summary table of SET (samples, bytes, encoding, parameters, rejections)."""
     from .inspect import format_table, summarize, write_preview
@@ -64,20 +53,17 @@ def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols
 @cli.command("verify")
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
 @click.option("--no-decode", is_flag=True, help="Only re-hash shards; skip decoding every sample.")
-@_errors_as_one_line
 def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
     """Re-hash every shard of SET against the manifest and decode every sample.
 
     Exits 0 when all hold; otherwise 1, naming each bad shard. A set whose manifest says it is
     incomplete, or whose listed shards are missing or not selected by SET, also fails.
     """
-    from tqdm import tqdm
-
     from .urls import resolve
     from .verify import verify_set
 
     ref = resolve(list(spec))
-    with tqdm(total=len(ref.urls), unit="shard", desc="verify", disable=None, file=sys.stderr) as bar:
+    with progress_bar(total=len(ref.urls), unit="shard", desc="verify") as bar:
         report = verify_set(ref, decode=not no_decode, progress=lambda _: bar.update(1))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
@@ -96,7 +82,7 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of <id>.jpg|png.")
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of <id>.png masks.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder of the set.")
-@click.option("--name", required=True, help="Set name: [A-Za-z0-9_-]+ (shards are NAME-000000.tar.zst).")
+@click.option("--name", required=True, callback=_set_name, help="Set name: [A-Za-z0-9_-]+ (shards are NAME-000000.tar.zst).")
 @click.option("--size", type=click.IntRange(8, 8192), default=128, show_default=True,
               help="Short side resize, then center crop to size x size.")
 @click.option("--shard-size", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
@@ -108,32 +94,24 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/val split.")
 @click.option("--mode", type=click.Choice(["new", "resume", "overwrite"]), default="new", show_default=True,
               help="new refuses an existing set; resume keeps verified shards; overwrite replaces the set.")
-@click.option("--num-workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Processes writing shards in parallel.")
+@click.option("--workers", "workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Local processes reading, resizing and writing shards in parallel.")
 @click.option("--max-image-pixels", type=click.IntRange(1, None), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Skip (and count) images and masks with more pixels than this, read from the file header "
                    "before decoding: decompression bombs never reach memory.")
-@_errors_as_one_line
-def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, num_workers,
+def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, workers,
                max_image_pixels) -> None:
     """Turn a labelled folder (images <id>.jpg|png, masks <id>.png) into a shard set.
 
     Pairs whose image or mask is over --max-image-pixels, truncated or corrupt are skipped with a
     warning; the summary counts them and the manifest records why (rejected.*).
     """
-    from tqdm import tqdm
-
-    from .format import check_name
     from .importer import import_folder
 
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise click.ClickException(f"--name: {exc}") from None
-    with tqdm(unit="sample", desc="import", disable=None, file=sys.stderr) as bar:
+    with progress_bar(unit="sample", desc="import") as bar:
         manifest = import_folder(images, masks, out, name, size=size, shard_size=shard_size,
                                  val_fraction=val_fraction, encoding=encoding, seed=seed, mode=mode,
-                                 num_workers=num_workers, max_pixels=max_image_pixels, progress=bar.update)
+                                 num_workers=workers, max_pixels=max_image_pixels, progress=bar.update)
     t = manifest["totals"]
     skipped = sum(t["rejected"].values())
     click.echo(f"wrote {t['shards']} shards, {t['samples']} samples ({skipped} skipped) to {out}/{name}.json")
@@ -143,16 +121,13 @@ def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encodin
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (images/, masks/).")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Export at most this many samples.")
-@_errors_as_one_line
 def export_cmd(spec: tuple[str, ...], out: str, limit: int | None) -> None:
     """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255)."""
-    from tqdm import tqdm
-
     from .export import export_set
     from .urls import resolve
 
     ref = resolve(list(spec))
-    with tqdm(unit="sample", desc="export", disable=None, file=sys.stderr) as bar:
+    with progress_bar(unit="sample", desc="export") as bar:
         n = export_set(ref, out, limit=limit, progress=bar.update)
     click.echo(f"wrote {n} samples to {out}")
 

@@ -17,9 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.images import PNG_SIGNATURE, HeaderError, jpeg_size, png_header, webp_size
+
 from .format import ALLOWED_MEMBERS_HINT, MEMBER_RE, Limits, ShardError, check_encoding
 
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _NPY_MAGIC = b"\x93NUMPY"
 # Parameters chosen so that encoding is deterministic and fast; see benchmarks/shard_io.py.
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
@@ -113,7 +114,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
     rows[:, 0] = 0  # each row's filter type byte: none
     rows[:, 1:] = np.packbits(arr, axis=1)
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
-    return b"".join((_PNG_SIG, _png_chunk(b"IHDR", ihdr),
+    return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr),
                      _png_chunk(b"IDAT", zlib.compress(rows.data, MASK_ZLIB_LEVEL)), _PNG_IEND))
 
 
@@ -160,62 +161,15 @@ def encode_sample(sample: dict, encoding: str) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# header parsing (before decoding)
+# header parsing (before decoding): the parsers are core.images', shared with user images
 
 
-def _png_header(data: bytes) -> tuple[int, int, int, int]:
-    """(width, height, bit depth, colour type) from the IHDR chunk."""
-    if len(data) < 33 or not data.startswith(_PNG_SIG) or data[12:16] != b"IHDR":
-        raise DecodeError("not a PNG file (bad signature or missing IHDR)")
-    w, h, depth, ctype = struct.unpack(">IIBB", data[16:26])
-    return w, h, depth, ctype
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    if not data.startswith(b"\xff\xd8"):
-        raise DecodeError("not a JPEG file (bad SOI marker)")
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise DecodeError("corrupt JPEG marker stream")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        seglen = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            if i + 9 > n:
-                break
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return w, h
-        if marker in (0xD9, 0xDA):
-            break
-        i += 2 + seglen
-    raise DecodeError("JPEG has no frame header before its scan data")
-
-
-def _webp_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        raise DecodeError("not a WebP file (bad RIFF header)")
-    chunk = data[12:16]
-    if chunk == b"VP8X":
-        w = int.from_bytes(data[24:27], "little") + 1
-        h = int.from_bytes(data[27:30], "little") + 1
-        return w, h
-    if chunk == b"VP8L":
-        if data[20] != 0x2F:
-            raise DecodeError("corrupt lossless WebP header")
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8 ":
-        if data[23:26] != b"\x9d\x01\x2a":
-            raise DecodeError("corrupt lossy WebP header")
-        w, h = struct.unpack("<HH", data[26:30])
-        return w & 0x3FFF, h & 0x3FFF
-    raise DecodeError(f"unknown WebP chunk {chunk!r}")
+def _header(parse, data: bytes):
+    """A core.images header parser, its HeaderError as the DecodeError the reader wraps."""
+    try:
+        return parse(data)
+    except HeaderError as exc:
+        raise DecodeError(str(exc)) from None
 
 
 # The header numpy writes for plain arrays; matched by a regex first because numpy's own
@@ -256,12 +210,12 @@ def _npy_header(data: bytes, what: str) -> tuple[tuple[int, ...], np.dtype, int]
 def image_size(data: bytes, encoding: str) -> tuple[int, int]:
     """(width, height) read from the encoded header, without decoding pixels."""
     if encoding == "png":
-        w, h, _, _ = _png_header(data)
+        w, h, _, _ = _header(png_header, data)
         return w, h
     if encoding == "jpg":
-        return _jpeg_size(data)
+        return _header(jpeg_size, data)
     if encoding == "webp":
-        return _webp_size(data)
+        return _header(webp_size, data)
     if encoding == "npy":
         shape, _, _ = _npy_header(data, "image")
         if len(shape) != 3:
@@ -308,7 +262,7 @@ def decode_image(data: bytes, encoding: str, limits: Limits = Limits()) -> np.nd
 
 def decode_mask(data: bytes, limits: Limits = Limits()) -> np.ndarray:
     """1-bit grayscale PNG -> uint8 [H, W] in {0, 1}."""
-    w, h, depth, ctype = _png_header(data)
+    w, h, depth, ctype = _header(png_header, data)
     _check_size(w, h, limits, "mask")
     if depth != 1 or ctype != 0:
         raise DecodeError(f"mask must be a 1-bit grayscale PNG, got bit depth {depth}, colour type {ctype}")

@@ -15,7 +15,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .format import Limits
+from .format import Limits, ShardSetError
 from .reader import iter_samples
 from .urls import ShardSetRef, resolve
 
@@ -65,7 +65,7 @@ def export_set(spec: str | list[str] | ShardSetRef, out: str | os.PathLike, *, l
     ref = spec if isinstance(spec, ShardSetRef) else resolve(spec)
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; name a folder")
+        raise ShardSetError(f"--out {out} is a file; name a folder")
     samples = (s for url in ref.urls for s in iter_samples(url, limits=limits, expect=ref.record(url)))
     made = _Made()
     meta_tmp = out / "meta.jsonl.tmp"

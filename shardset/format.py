@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import UserError
+
 FORMAT_NAME = "bgw-shardset"
 FORMAT_VERSION = 1
 
@@ -65,14 +67,30 @@ def manifest_filename(name: str) -> str:
     return f"{name}.json"
 
 
+def key_prefix(name: str, shard: int) -> str:
+    """`NAME-000123-`: what every sample key of shard `shard` of set `name` starts with."""
+    return f"{name}-{shard:06d}-"
+
+
 def sample_key(name: str, shard: int, i: int) -> str:
     """Globally unique key of sample `i` of shard `shard` in set `name`."""
-    return f"{name}-{shard:06d}-{i:06d}"
+    return f"{key_prefix(name, shard)}{i:06d}"
+
+
+def shard_glob(name: str) -> str:
+    """The glob pattern matching exactly the shard files of set `name` (fnmatch syntax)."""
+    return f"{name}-" + "[0-9]" * 6 + ".tar.zst"
+
+
+def parse_shard_filename(filename: str) -> tuple[str, int] | None:
+    """(set name, shard index) of a shard file name `NAME-000123.tar.zst`; None for any other name."""
+    m = SHARD_FILE_RE.fullmatch(filename)
+    return (m["name"], int(m["index"])) if m else None
 
 
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(
+        raise ShardSetError(
             f"set name {name!r} is invalid: use 1-64 characters from [A-Za-z0-9_-] (no dots or slashes)"
         )
     return name
@@ -80,7 +98,7 @@ def check_name(name: str) -> str:
 
 def check_encoding(encoding: str) -> str:
     if encoding not in ENCODINGS:
-        raise ValueError(f"image encoding {encoding!r} is unknown: choose one of {', '.join(ENCODINGS)}")
+        raise ShardSetError(f"image encoding {encoding!r} is unknown: choose one of {', '.join(ENCODINGS)}")
     return encoding
 
 
@@ -101,7 +119,17 @@ class Limits:
     max_samples: int = 1 << 20  # samples per shard
 
 
-class ShardError(Exception):
+class ShardSetError(UserError, ValueError):
+    """A shard set named or used wrongly: a bad set name or encoding, a spec that names no set,
+    settings that differ from the set's on resume. The message says what to change."""
+
+
+class NothingMatchedError(ShardSetError):
+    """A shard-set spec that names no shard: a glob matching nothing, a path that does not exist,
+    a folder holding no set."""
+
+
+class ShardError(UserError):
     """A shard (or one sample of it) is corrupt, truncated, tampered or over a bound.
 
     `url` names the shard so that every message says which file to look at.
@@ -116,7 +144,7 @@ class ShardError(Exception):
         return (ShardError, (self.url, self.reason))
 
 
-class ShardSetExistsError(FileExistsError):
+class ShardSetExistsError(UserError, FileExistsError):
     """Mode `new` found a set of that name already in the folder."""
 
     def __str__(self) -> str:  # FileExistsError's default adds errno noise

@@ -20,8 +20,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .format import DEFAULT_ENCODING
-from .images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+from .format import DEFAULT_ENCODING, ShardSetError
+from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from .writer import ShardSetWriter
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def find_pairs(images_dir: Path, masks_dir: Path) -> tuple[list[tuple[str, Path,
     for p in images_dir.iterdir():
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
             if p.stem in images:
-                raise ValueError(f"{images_dir} holds two images with id {p.stem!r}; keep one")
+                raise ShardSetError(f"{images_dir} holds two images with id {p.stem!r}; keep one")
             images[p.stem] = p
     masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png" and p.is_file()}
     ids = sorted(images.keys() & masks.keys())
@@ -139,16 +139,16 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
     images_dir, masks_dir = Path(images), Path(masks)
     for d, what in ((images_dir, "images"), (masks_dir, "masks")):
         if not d.is_dir():
-            raise ValueError(f"{what} folder {d} does not exist")
+            raise ShardSetError(f"{what} folder {d} does not exist")
     if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an int >= 8, got {size!r}")
+        raise ShardSetError(f"size must be an int >= 8, got {size!r}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ShardSetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be an int >= 1, got {max_pixels!r}")
+        raise ShardSetError(f"max_pixels must be an int >= 1, got {max_pixels!r}")
     pairs, lone_images, lone_masks = find_pairs(images_dir, masks_dir)
     if not pairs:
-        raise ValueError(f"no image/mask pairs: {images_dir} and {masks_dir} share no <id> (images <id>.jpg|png, "
+        raise ShardSetError(f"no image/mask pairs: {images_dir} and {masks_dir} share no <id> (images <id>.jpg|png, "
                          f"masks <id>.png)")
     params = {
         "source": "import",

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .format import Limits
+from .format import Limits, ShardSetError
 from .reader import iter_samples
 from .urls import ShardSetRef, resolve
 
@@ -65,7 +65,7 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 def contact_sheet(samples: list[dict], cols: int = 4, pad: int = 2) -> np.ndarray:
     """RGB uint8 grid of image | mask pairs (mask drawn white on black). Pure numpy."""
     if not samples:
-        raise ValueError("no samples to draw")
+        raise ShardSetError("no samples to draw")
     h = max(s["image"].shape[0] for s in samples)
     w = max(s["image"].shape[1] for s in samples)
     cols = max(1, min(cols, len(samples)))

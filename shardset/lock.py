@@ -33,8 +33,10 @@ import threading
 import weakref
 from pathlib import Path
 
+from core.errors import UserError
 
-class LockHeldError(OSError):
+
+class LockHeldError(UserError, OSError):
     """Another process holds the lock; the message names it (pid, host) and what to do."""
 
     def __str__(self) -> str:  # OSError's default adds errno noise

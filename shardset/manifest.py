@@ -18,27 +18,24 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
-from .atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported: writer imports them here)
-from .format import FORMAT_NAME, FORMAT_VERSION, ENCODINGS, SPLITS, SHARD_FILE_RE, NAME_RE
+from core.atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported: writer imports them here)
+from core.version import package_version
+
+from .format import FORMAT_NAME, FORMAT_VERSION, ENCODINGS, SPLITS, SHARD_FILE_RE, NAME_RE, ShardSetError
 
 log = logging.getLogger(__name__)
 
 TOOL_NAME = "bgw-seg"
 
 
-class ManifestError(ValueError):
+class ManifestError(ShardSetError):
     """A manifest is missing, not JSON, or breaks the schema; the message names the file and field."""
 
 
 @functools.lru_cache(maxsize=1)
 def tool_info() -> dict:
     """{"name", "version", "git_commit"}; the commit is best effort ("unknown" outside a checkout)."""
-    try:
-        from importlib.metadata import version
-
-        ver = version(TOOL_NAME)
-    except Exception:  # not installed: running from a source tree
-        ver = "0+unknown"
+    ver = package_version(missing="0+unknown")  # not installed: running from a source tree
     commit = "unknown"
     try:
         res = subprocess.run(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .format import SHARD_FILE_RE, ShardError
+from .format import SHARD_FILE_RE, NothingMatchedError, ShardError, ShardSetError
 from .manifest import ManifestError, is_manifest_file, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,15 @@ def expand_braces(spec: str) -> list[str]:
         lo_s, hi_s = rng.groups()
         lo, hi = int(lo_s), int(hi_s)
         if hi < lo:
-            raise ValueError(f"brace range {{{body}}} in {spec!r} runs backwards; write {{{lo_s}..{hi_s}}} low..high")
+            raise ShardSetError(f"brace range {{{body}}} in {spec!r} runs backwards; write {{{lo_s}..{hi_s}}} low..high")
         if hi - lo >= _MAX_EXPANSION:
-            raise ValueError(f"brace range {{{body}}} in {spec!r} names over {_MAX_EXPANSION} shards")
+            raise ShardSetError(f"brace range {{{body}}} in {spec!r} names over {_MAX_EXPANSION} shards")
         width = max(len(lo_s), len(hi_s)) if (lo_s.startswith("0") or hi_s.startswith("0")) else 0
         choices = [str(i).zfill(width) for i in range(lo, hi + 1)]
     elif "," in body:
         choices = body.split(",")
     else:
-        raise ValueError(f"brace group {{{body}}} in {spec!r} is neither a range {{000..099}} nor a list {{a,b}}")
+        raise ShardSetError(f"brace group {{{body}}} in {spec!r} is neither a range {{000..099}} nor a list {{a,b}}")
     head, tail = spec[: m.start()], spec[m.end() :]
     return [out for c in choices for out in expand_braces(head + c + tail)]
 
@@ -120,7 +120,7 @@ class ShardSetRef:
         Without a manifest every shard counts as train (there is no record of a split).
         """
         if split not in ("train", "val"):
-            raise ValueError(f"split {split!r} is unknown: choose train or val")
+            raise ShardSetError(f"split {split!r} is unknown: choose train or val")
         if self.manifest is None:
             log.warning("no manifest for %s: treating every shard as train", self.specs)
             return list(self.urls) if split == "train" else []
@@ -157,10 +157,10 @@ def _from_folder(folder: Path, spec: str) -> ShardSetRef:
         return _from_manifest(str(manifests[0]))
     if len(manifests) > 1:
         names = ", ".join(str(p) for p in manifests)
-        raise ValueError(f"{spec} holds several shard sets ({names}); name one manifest")
+        raise ShardSetError(f"{spec} holds several shard sets ({names}); name one manifest")
     shards = sorted(str(p) for p in folder.glob("*.tar.zst"))
     if not shards:
-        raise ValueError(f"{spec} holds no shard set (no NAME.json and no *.tar.zst)")
+        raise NothingMatchedError(f"{spec} holds no shard set (no NAME.json and no *.tar.zst)")
     return ShardSetRef(urls=shards, specs=[spec])
 
 
@@ -188,7 +188,7 @@ def _resolve_one(spec: str) -> ShardSetRef:
             try:
                 import fsspec
             except ImportError:
-                raise ValueError(f"globbing {scheme}:// URLs needs fsspec: pip install 'bgw-seg[remote]'") from None
+                raise ShardSetError(f"globbing {scheme}:// URLs needs fsspec: pip install 'bgw-seg[remote]'") from None
             urls = []
             for s in expanded:
                 fs, _, paths = fsspec.get_fs_token_paths(s)
@@ -205,12 +205,12 @@ def _resolve_one(spec: str) -> ShardSetRef:
         if any(ch in s for ch in "*?["):
             matches = sorted(m for m in glob.glob(s) if m.endswith(".tar.zst"))
             if not matches:
-                raise ValueError(f"{s!r} matches no *.tar.zst files; check the path, or name a folder or NAME.json")
+                raise NothingMatchedError(f"{s!r} matches no *.tar.zst files; check the path, or name a folder or NAME.json")
             urls += matches
         elif os.path.isfile(s):
             urls.append(s)
         else:
-            raise ValueError(f"{s!r} does not exist (expected a shard, a manifest NAME.json, a folder or a glob)")
+            raise NothingMatchedError(f"{s!r} does not exist (expected a shard, a manifest NAME.json, a folder or a glob)")
     return _attach_manifest(urls, spec)
 
 
@@ -222,7 +222,7 @@ def resolve(spec: str | list[str] | tuple[str, ...]) -> ShardSetRef:
         return _resolve_one(os.fspath(spec))
     refs = [_resolve_one(os.fspath(s)) for s in spec]
     if not refs:
-        raise ValueError("empty shard-set spec: name at least one shard, glob, folder or manifest")
+        raise NothingMatchedError("empty shard-set spec: name at least one shard, glob, folder or manifest")
     urls = list(dict.fromkeys(u for r in refs for u in r.urls))
     manifests = {r.manifest_url for r in refs}
     if len(manifests) == 1 and refs[0].manifest is not None:

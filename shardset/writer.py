@@ -19,7 +19,7 @@ Writers of one set. Every writer takes `flock` on NAME.lock before it writes any
 it until `close()` (or until it is garbage collected, or its process ends): modes "new" and
 "overwrite" exclusively, mode "resume" shared (override with `lock=`). A second writer whose
 lock conflicts fails at once with `LockHeldError` naming the holder's pid and host. Shared
-holders are the workers of one run (gen-synth --num-workers, shardset import --num-workers):
+holders are the processes of one run (gen-synth --nodes, shardset import --workers):
 each joins the set only if its params, seed, encoding and shard size equal the set header's
 (compared under .NAME.lock), so sharers compute the same shard for the same index, and a shard's
 rename and its record are committed together under .NAME.lock, so a file and its record always
@@ -56,11 +56,15 @@ from .format import (
     TAR_UID,
     TAR_UNAME,
     ZSTD_LEVEL,
+    ShardSetError,
     ShardSetExistsError,
     check_encoding,
     check_name,
+    key_prefix,
     manifest_filename,
+    sample_key,
     shard_filename,
+    shard_glob,
 )
 from .lock import FileLock, LockHeldError  # noqa: F401  (LockHeldError: re-exported for callers)
 from .manifest import atomic_write_text, build_manifest, dumps, fsync_dir, tool_info, utc_now, write_manifest
@@ -273,7 +277,7 @@ class ShardSetWriter:
                 if diffs:
                     more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
                     self.close()
-                    raise ValueError(f"cannot resume {self.manifest_path}: this run's settings differ from "
+                    raise ShardSetError(f"cannot resume {self.manifest_path}: this run's settings differ from "
                                      f"the set's in {', '.join(diffs[:3])}{more}")
             else:
                 self.records_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +319,7 @@ class ShardSetWriter:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _shard_files(self) -> list[Path]:
-        return sorted(self.out_dir.glob(f"{self.name}-[0-9][0-9][0-9][0-9][0-9][0-9].tar.zst"))
+        return sorted(self.out_dir.glob(shard_glob(self.name)))
 
     def _existing(self) -> str:
         parts = []
@@ -406,10 +410,10 @@ class ShardSetWriter:
 
     def encode_shard(self, index: int, samples: list[dict]) -> bytes:
         """The compressed bytes of shard `index` (pure: no files touched)."""
-        prefix = f"{self.name}-{index:06d}-"
+        prefix = key_prefix(self.name, index)
         members: dict[str, bytes] = {}
         for i, sample in enumerate(samples):
-            key = sample.get("__key__") or f"{prefix}{i:06d}"
+            key = sample.get("__key__") or sample_key(self.name, index, i)
             if not KEY_RE.fullmatch(key) or not key.startswith(prefix):
                 raise ValueError(f"sample {i} of shard {index}: key {key!r} must match {prefix}[A-Za-z0-9_-]+")
             try:

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from experiments.recipe import PAPER_TABLES, RecipeError, list_recipes, load_recipe
-from experiments.runner import digest, to_args
+from experiments.runner import StageError, command_of, digest, stage_args, to_args
 from experiments.table import render
 
 pytest.importorskip("tensorflow_hub")
@@ -40,9 +40,21 @@ def test_full_recipe_keeps_the_papers_protocol(name):
             assert gen["preset"] == "flowers"
 
 
-def test_to_args_spells_click_flags():
-    assert to_args({"shard_size": 5, "preview": True, "size_filter": False, "datasets": ["a", "b"], "x": None}) == [
-        "--shard-size", "5", "--preview", "--no-size-filter", "--dataset", "a", "--dataset", "b"]
+def test_to_args_spells_each_tools_own_flags():
+    gen = to_args(command_of("generate"), {"shard_size": 5, "preview": True, "size_filter": False,
+                                           "histogram_filter": False, "resume": False, "alpha": None})
+    assert gen == ["--shard-size", "5", "--preview", "--no-size-filter", "--no-histogram-filter"]
+    # the key is the config field; the flag is the tool's (train-unet: --batch-size, --workers)
+    assert to_args(command_of("train"), {"batch": 95, "num_workers": 0, "shards": "s.json"}) == [
+        "--batch-size", "95", "--workers", "0", "--shards", "s.json"]
+    assert to_args(command_of("evaluate"), {"datasets": ["a", "b"], "ckpts": ["r"]}) == [
+        "--dataset", "a", "--dataset", "b", "--ckpt", "r"]
+    assert stage_args("discover", {"batch": 4, "resume": True}) == ["discover", "--batch-size", "4", "--resume"]
+
+
+def test_an_unknown_recipe_option_is_a_one_line_error():
+    with pytest.raises(StageError, match="'batch_sise' is not one of train-unet's; choose from .*batch"):
+        stage_args("train", {"batch_sise": 95})
 
 
 def test_bad_recipes_are_one_line_errors(tmp_path):

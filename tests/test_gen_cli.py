@@ -45,7 +45,7 @@ def test_count_accepts_integers_in_any_spelling(text, value):
     (["--n", "lots"], ["lots", "not a number"]),
     (["--shard-size", "0"], ["--shard-size"]),
     (["--mask-rule", "median"], ["median", "lighting"]),
-    (["--num-workers", "2", "--worker-index", "2", "--gan", "toy"], ["worker_index", "0..1"]),
+    (["--nodes", "2", "--node-index", "2", "--gan", "toy"], ["node_index", "0..1"]),
     (["--histogram-rule", "paper", "--no-histogram-filter"], ["contradict"]),
     (["--gan", "toy", "--latents", "embeddings"], ["--dataset"]),
     (["--gan", "toy", "--name", "a.b"], ["a.b"]),

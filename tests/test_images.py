@@ -1,4 +1,4 @@
-"""shardset.images: header sizes of every supported format, the pixel limit checked before
+"""core.images: header sizes of every supported format, the pixel limit checked before
 decoding, truncated and corrupt files skipped with a reason; and the one policy (warn, skip,
 count) in every reader of user images: eval-seg's folders, `shardset import`, gen-synth's
 embedding images."""
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from shardset.images import DEFAULT_MAX_PIXELS, Skip, image_header_size, read_user_image
+from core.images import DEFAULT_MAX_PIXELS, Skip, image_header_size, read_user_image
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -115,7 +115,7 @@ def test_masks_agree_with_the_toy_truth(reference):
 
 def test_two_workers_give_the_same_set(reference, tmp_path):
     for i in (1, 0):  # order does not matter; the last one to finish writes the final manifest
-        res = run(dataclasses.replace(BASE, out=str(tmp_path), num_workers=2, worker_index=i))
+        res = run(dataclasses.replace(BASE, out=str(tmp_path), nodes=2, node_index=i))
         assert res.written == make_plan(BASE).shards_of(i, 2)
     assert res.complete
     assert _shards(tmp_path) == _shards(reference)
@@ -257,7 +257,7 @@ def test_plan_and_defaults():
 @pytest.mark.parametrize("change, match", [
     ({"n": 0}, "n must be a positive integer"),
     ({"shard_size": -1}, "shard_size must be"),
-    ({"worker_index": 2, "num_workers": 2}, "worker_index must be in 0..1"),
+    ({"node_index": 2, "nodes": 2}, "node_index must be in 0..1"),
     ({"latents": "embeddings"}, "need a dataset"),
     ({"alpha": float("nan")}, "alpha must be"),
     ({"val_shards": 4}, "must leave a training shard"),
@@ -290,7 +290,7 @@ def test_ray_path_runs_the_shards_as_tasks(reference, tmp_path, monkeypatch):
             self.fn = fn
 
         def remote(self, cfg):
-            calls.append((cfg.worker_index, cfg.num_workers))
+            calls.append((cfg.node_index, cfg.nodes))
             return cfg
 
     fake = types.SimpleNamespace(

@@ -167,7 +167,7 @@ def test_cli_round_trip_and_errors(folder, tmp_path):
     assert "matches no" in _one_line_error(runner.invoke(cli, ["verify", str(tmp_path / "nowhere-*.tar.zst")]))
     assert "does not exist" in _one_line_error(runner.invoke(cli, ["verify", str(tmp_path / "nowhere.tar.zst")]))
     bad_name = [a if a != "hand" else "a.b" for a in args]
-    assert "--name: set name 'a.b' is invalid" in _one_line_error(runner.invoke(cli, bad_name))
+    assert "Invalid value for '--name': set name 'a.b' is invalid" in _one_line_error(runner.invoke(cli, bad_name))
     (tmp_path / "bad.json").write_text('{"format": "bgw-shardset", "format_version": 7}')
     assert "format_version 7" in _one_line_error(runner.invoke(cli, ["inspect", str(tmp_path / "bad.json")]))
 

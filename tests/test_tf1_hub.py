@@ -118,7 +118,7 @@ def test_discover_steps_reach_the_directions(offline_bigbigan, tmp_path):
 
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["discover", "--gan", "bigbigan", "--directions", "4", "--steps", "3",
-                                    "--batch", "4", "--out", str(out), "--lr-directions", "0.01"])
+                                    "--batch-size", "4", "--out", str(out), "--lr-directions", "0.01"])
     assert res.exit_code == 0, res.output
     learned = np.load(out / "directions.npy")
     cfg = disc.DiscoverConfig(directions=4, batch=4)

@@ -18,8 +18,8 @@ from trainer.toy import write_disc_set
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["--size", "32", "--width", "4", "--batch", "4", "--steps", "2", "--val-every", "0", "--val-samples", "8",
-        "--num-workers", "0", "--shuffle-buffer", "8", "--ckpt-every", "2", "--log-every", "1", "--cpu-threads", "1",
+FAST = ["--size", "32", "--width", "4", "--batch-size", "4", "--steps", "2", "--val-every", "0", "--val-samples", "8",
+        "--workers", "0", "--shuffle-buffer", "8", "--ckpt-every", "2", "--log-every", "1", "--cpu-threads", "1",
         "--device", "cpu", "--lr-milestones", "1"]
 
 
@@ -87,7 +87,7 @@ def test_mixed_sets(sets, tmp_path):
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_corrupt_shard_named(sets, tmp_path, workers):
     args = list(FAST)
-    args[args.index("--num-workers") + 1] = workers
+    args[args.index("--workers") + 1] = workers
     args[args.index("--steps") + 1] = "12"
     res, lines = _run(["--shards", str(sets["bad"]), "--out", str(tmp_path / "r"), *args])
     _one_line_error(res, lines, "corrupt shard", sets["victim"].name)
@@ -130,7 +130,7 @@ def test_bad_flag_values(sets, tmp_path):
     ("--lr-gamma", "-0.5", "--lr-gamma -0.5 (must be a finite number > 0)"),
     ("--seed", "-1", "--seed -1 (must be in 0..2**63-1)"),
     ("--lr-milestones", "0", "--lr-milestones (0,) (steps must be >= 1)"),
-    ("--num-workers", "-2", "--num-workers -2 (must be >= 0)"),
+    ("--workers", "-2", "--workers -2 (must be >= 0)"),
 ])
 def test_bad_numbers_named_by_flag_before_anything_is_written(sets, tmp_path, flag, value, says):
     out = tmp_path / "r"
@@ -168,7 +168,7 @@ def test_a_tampered_shard_stops_training_with_one_line_naming_it(sets, tmp_path)
     tamper(folder / "discs-000001.tar.zst")
     for workers in ("0", "1"):
         args = list(FAST)
-        args[args.index("--num-workers") + 1] = workers
+        args[args.index("--workers") + 1] = workers
         args[args.index("--steps") + 1] = "16"  # 64 samples: every 8-sample train shard is read to its end
         res, lines = _run(["--shards", str(folder / "discs.json"), "--out", str(tmp_path / f"r{workers}"), *args])
         _one_line_error(res, lines, f"corrupt shard {folder / 'discs-000001.tar.zst'}: sha256 differs from its "

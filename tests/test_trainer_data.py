@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer import data
-from trainer.data import (DataError, StreamSpec, batched, check_compatible, make_loader, one_line,
+from trainer.data import (DataError, StreamSpec, batched, check_compatible, make_loader,
                           rank_batch, resolve_shards, round_shards, shuffle, worker_batches_done, worker_stream)
 from trainer.toy import disc_samples, write_disc_set
 
@@ -138,10 +138,22 @@ def test_check_compatible_refuses_mixed_encodings():
     assert check_compatible([("a", {"encoding": "png"}), ("b", {"encoding": "png"})]) == {"encoding": "png"}
 
 
-def test_one_line_strips_dataloader_wrapping():
-    wrapped = ValueError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                         "call last):\n  File x\ntrainer.data.DataError: corrupt shard a.tar.zst: truncated\n")
-    assert one_line(wrapped) == "corrupt shard a.tar.zst: truncated"
+def _truncated_read(url):
+    raise DataError(f"corrupt shard {url}: truncated")
+    yield  # a generator, as the real reader
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_data_error_reaches_the_loop_as_its_one_line(workers):
+    """In a loader process, the DataError is handed over as data (WorkerFailure), not rebuilt by
+    the DataLoader around the process's traceback; in the main process it is raised as it is."""
+    spec = StreamSpec(urls=("u0",), seed=0, batch=2, size=2, shuffle_buffer=1, round_samples=4)
+    batches = iter(make_loader(spec, workers, pin_memory=False, read=_truncated_read, decoder=fake_decoder))
+    if workers:
+        assert next(batches) == data.WorkerFailure("corrupt shard u0: truncated")
+    else:
+        with pytest.raises(DataError, match="^corrupt shard u0: truncated$"):
+            next(batches)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from shardset.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
+from core.errors import UserError, first_line
 
 from .unet import UNet
 
@@ -37,7 +38,7 @@ CKPT_DIR = "checkpoints"
 LAST = "last.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: missing, tampered, or of another architecture."""
 
 

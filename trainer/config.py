@@ -11,7 +11,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError, first_line
+from core.images import DEFAULT_MAX_PIXELS
+
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class ConfigError(UserError, ValueError):
+    """A training setting out of range; the message names each bad flag and why."""
 
 # Fields that decide what the run computes: a resumed run must keep them, or the loss
 # sequence would not continue the killed one's.
@@ -26,7 +33,8 @@ class TrainConfig:
     shards: tuple[str, ...] = ()          # shard-set specs (globs, brace ranges, manifests, folders, URLs)
     allow_incomplete: bool = False        # train on a set whose manifest says complete: false
     size: int = 128                       # training resolution, pixels (square); samples of another size are resized
-    num_workers: int = 2                  # DataLoader worker processes per rank (0 = read in the main process)
+    num_workers: int = dataclasses.field(  # DataLoader worker processes per rank (0 = read in the main process)
+        default=2, metadata={"flag": "--workers"})
     shuffle_buffer: int = 1000            # sample shuffle buffer, samples per worker
     round_samples: int = 0                # samples per (rank, worker) stream round (0 = 4096); a resume re-reads at most one round
     val_samples: int = 512                # at most this many held-out ("val") samples per validation, samples
@@ -35,7 +43,8 @@ class TrainConfig:
     bilinear: bool = True                 # bilinear x2 upsampling (paper/reference); False = transposed convs
     # --- optimisation (paper: Adam 1e-3, x0.2 at 8000, 12000 steps, batch 95) ---
     steps: int = 12000                    # optimizer steps, total
-    batch: int = 95                       # samples per optimizer step, summed over all ranks
+    batch: int = dataclasses.field(       # samples per optimizer step, summed over all ranks
+        default=95, metadata={"flag": "--batch-size"})
     lr: float = 1e-3                      # Adam learning rate at step 0
     lr_milestones: tuple[int, ...] = (8000,)  # steps at which the learning rate is multiplied by lr_gamma
     lr_gamma: float = 0.2                 # learning-rate factor at each milestone
@@ -54,6 +63,7 @@ class TrainConfig:
     eval_dataset: str | None = None       # optional real benchmark (evaluator dataset name) validated at val_every
     data_root: str | None = None          # folder of that benchmark (images/, masks/)
     eval_samples: int = 200               # at most this many real-benchmark images per validation
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # benchmark images over this many pixels are skipped (from the header)
 
     def __post_init__(self):
         # tuples, not lists: the dataclass is frozen and hashable, and JSON round-trips give lists
@@ -62,13 +72,13 @@ class TrainConfig:
         problems = []
 
         def bad(name: str, why: str) -> None:  # named as the flag; config files use the field name
-            problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r} ({why})")
+            problems.append(f"{flag_of(name)} {getattr(self, name)!r} ({why})")
 
         if self.precision not in PRECISIONS:
             bad("precision", f"choose one of {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "choose auto, cpu or cuda")
-        for name in ("steps", "batch", "size", "width", "log_every", "ckpt_every", "shuffle_buffer"):
+        for name in ("steps", "batch", "size", "width", "log_every", "ckpt_every", "shuffle_buffer", "max_image_pixels"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("num_workers", "val_every", "round_samples", "val_samples", "eval_samples", "cpu_threads"):
@@ -86,22 +96,35 @@ class TrainConfig:
         elif self.lr_milestones and self.lr_milestones[0] < 1:
             bad("lr_milestones", "steps must be >= 1")
         if problems:
-            raise ValueError("bad training config: " + "; ".join(problems))
+            raise ConfigError("bad training config: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str | Path | None = None) -> "TrainConfig":
+        """The config of a dict of fields (a config.json); `source` names the file in errors."""
+        where = f"{source}: " if source else ""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown config fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+            raise ConfigError(f"{where}unknown config fields {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{e}") from None
+        except TypeError as e:  # a value of the wrong type, e.g. "steps": "many"
+            raise ConfigError(f"{where}bad training config: {first_line(e)}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            d = json.loads(Path(path).read_text())
+        except ValueError as e:
+            raise ConfigError(f"{path}: not a JSON config ({first_line(e)})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: holds {type(d).__name__}, not a JSON object of TrainConfig fields")
+        return cls.from_dict(d, source=path)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -111,4 +134,10 @@ def config_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-__all__ = ["TrainConfig", "PRECISIONS", "RESULT_FIELDS", "config_fields"]
+def flag_of(name: str) -> str:
+    """The train-unet flag of a TrainConfig field: `--steps` for `steps`; a field whose flag is
+    named otherwise says so in its metadata (`batch`: `--batch-size`, `num_workers`: `--workers`)."""
+    return TrainConfig.__dataclass_fields__[name].metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+__all__ = ["TrainConfig", "ConfigError", "PRECISIONS", "RESULT_FIELDS", "config_fields", "flag_of"]

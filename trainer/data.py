@@ -35,7 +35,6 @@ import hashlib
 import itertools
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -44,29 +43,26 @@ import numpy as np
 import torch
 
 import shardset
+from core.errors import UserError, first_line
+from shardset.format import parse_shard_filename
 
 log = logging.getLogger(__name__)
 
-_SHARD_NAME = re.compile(r"(?P<name>[A-Za-z0-9_-]{1,64})-\d{6}\.tar\.zst")  # shardset's file naming
 DEFAULT_ROUND_SAMPLES = 4096  # samples per (rank, worker) round when the config leaves it at 0
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad training data: no shard matched, mixed sets, a corrupt shard (the message names it)."""
 
 
-def one_line(exc: BaseException) -> str:
-    """The last line of an error, without DataLoader's 'Caught X in worker' wrapping or class prefix.
+@dataclass(frozen=True)
+class WorkerFailure:
+    """What a DataLoader worker hands over in place of a batch when its stream stopped with a
+    DataError: the one-line reason, passed as data. (Raised in the worker, the error would reach
+    the main process re-built around the worker's whole traceback.) The training loop raises
+    DataError(reason) when it receives one."""
 
-    DataLoader re-raises a worker's exception as `type(msg)` with the worker traceback in `msg`;
-    the meaningful line is the last one, 'trainer.data.DataError: corrupt shard ...'.
-    """
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    for prefix in ("trainer.data.DataError: ", "DataError: ", "shardset.format.ShardError: ", "ShardError: "):
-        if last.startswith(prefix):
-            return last[len(prefix):]
-    return last
+    reason: str
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,14 +153,14 @@ def resolve_shards(specs: Iterable[str], allow_incomplete: bool = False) -> Shar
     for spec in specs:
         try:
             ref = shardset.resolve(spec)
-        except (FileNotFoundError, ValueError) as e:
-            reason = one_line(e)
-            nothing = any(w in reason for w in ("matches no", "does not exist", "holds no shard set", "no such"))
-            raise DataError(f"{'no shard matched ' if nothing else ''}--shards {spec!r}: {reason}") from None
+        except shardset.NothingMatchedError as e:
+            raise DataError(f"no shard matched --shards {spec!r}: {first_line(e)}") from None
+        except UserError as e:  # a bad brace range, an unreadable manifest, a shard that will not open
+            raise DataError(f"--shards {spec!r}: {first_line(e)}") from None
         if not ref.urls:
             raise DataError(f"no shard matched --shards {spec!r}; check the path or glob (e.g. shards/NAME-*.tar.zst)")
         if ref.manifest is None:
-            sets = sorted({m["name"] for u in ref.urls if (m := _SHARD_NAME.fullmatch(u.rsplit("/", 1)[-1]))})
+            sets = sorted({p[0] for u in ref.urls if (p := parse_shard_filename(u.rsplit("/", 1)[-1]))})
             if len(sets) > 1:
                 # without one manifest the val split is unknown: refuse rather than train on it
                 raise DataError(f"--shards {spec!r} matches shards of several sets ({', '.join(sets)}); "
@@ -260,9 +256,9 @@ def decode(src: Iterable[dict], limits=None) -> Iterator[dict]:
     for raw in src:
         try:
             sample = dec(raw, lim)
-        except Exception as e:  # the per-shard boundary: say which shard and sample, then stop
+        except Exception as e:  # noqa: BLE001 - the per-sample boundary: say which shard and sample, then stop
             raise DataError(f"corrupt shard {raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}: "
-                            f"{one_line(e)}") from None
+                            f"{first_line(e)}") from None
         yield sample
 
 
@@ -310,8 +306,8 @@ def read_shard_raw(url: str, limits=None, expect: dict | None = None) -> Iterato
         raise
     except shardset.ShardError as e:  # its message starts with the URL already
         raise DataError(f"corrupt shard {url}: {e.reason}") from None
-    except Exception as e:  # the per-shard boundary
-        raise DataError(f"corrupt shard {url}: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - the per-shard boundary: a shard from strangers fails in any way
+        raise DataError(f"corrupt shard {url}: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +389,18 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return to_torch(worker_stream(self.spec, worker, num_workers, self.read, self.decoder))
+        batches = to_torch(worker_stream(self.spec, worker, num_workers, self.read, self.decoder))
+        if info is None:  # read in the main process: errors arrive as they are
+            return batches
+        return _handing_over_failures(batches)
+
+
+def _handing_over_failures(batches: Iterator) -> Iterator:
+    """A worker's batches; a DataError ends them with a WorkerFailure carrying its reason."""
+    try:
+        yield from batches
+    except DataError as exc:
+        yield WorkerFailure(str(exc))
 
 
 def make_loader(spec: StreamSpec, num_workers: int, pin_memory: bool, read=None, decoder=None):

@@ -20,27 +20,29 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from core.errors import UserError, first_line
+
 from . import checkpoint as ckpt
-from .config import RESULT_FIELDS, TrainConfig
-from .data import (DataError, StreamSpec, load_val_samples, make_loader, one_line, rank_batch, resolve_shards)
+from .config import RESULT_FIELDS, ConfigError, TrainConfig
+from .data import (DataError, StreamSpec, WorkerFailure, load_val_samples, make_loader, rank_batch, resolve_shards)
 from .unet import UNet, normalize_images
 from .validate import grid_image, validate, validate_real, write_grid_png
 
 log = logging.getLogger(__name__)
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(UserError, FileExistsError):
     """--out holds another run and --resume was not given."""
 
     def __str__(self):
         return str(self.args[0])
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """--resume cannot continue this run (nothing saved, or settings that change the result)."""
 
 
@@ -91,7 +93,7 @@ def check_eval_dataset(name: str | None, root: str | None) -> None:
         if not get_dataset(name, root=root).test_items():
             raise DataError(f"--eval-dataset {name}: the dataset has no test images")
     except DatasetError as e:
-        raise DataError(f"--eval-dataset {name}: {one_line(e)}") from None
+        raise DataError(f"--eval-dataset {name}: {first_line(e)}") from None
 
 
 def _summary_writer(folder: Path, purge_step: int | None):
@@ -138,7 +140,7 @@ def train(config: TrainConfig, *, resume: bool = False,
     ddp = world > 1
     use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     if ddp and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
@@ -233,7 +235,7 @@ def train(config: TrainConfig, *, resume: bool = False,
         # ---- data -----------------------------------------------------------------------------
         local_batch = rank_batch(config.batch, rank, world)
         if local_batch < 1:
-            raise ValueError(f"--batch {config.batch} is smaller than the {world} processes; raise it")
+            raise ConfigError(f"--batch-size {config.batch} is smaller than the {world} processes; raise it")
         # DDP averages gradients over ranks; weight each rank's mean loss by its share so that the
         # step follows the mean loss over the whole global batch even when the split is uneven
         loss_weight = local_batch * world / config.batch
@@ -305,14 +307,10 @@ def train(config: TrainConfig, *, resume: bool = False,
         model.train()
         batches = iter(loader)
         while step < config.steps:
-            try:
-                images, masks = next(batches)
-            except DataError:
-                raise
-            except Exception as e:  # a worker's DataError arrives re-wrapped; keep its one-line reason
-                if "DataError" in str(e) or "ShardError" in str(e):
-                    raise DataError(one_line(e)) from None
-                raise
+            batch = next(batches)
+            if isinstance(batch, WorkerFailure):  # a loader process stopped on bad data
+                raise DataError(batch.reason)
+            images, masks = batch
             x = normalize_images(images.to(device, non_blocking=True))
             y = masks.to(device, non_blocking=True).long()
             with autocast():

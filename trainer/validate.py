@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluator.metrics import SegmentationMetrics
-from shardset.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes
 
 from .unet import foreground_proba, normalize_images
 

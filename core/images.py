@@ -26,7 +26,6 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from .codec import DecodeError, _jpeg_size, _png_header, _webp_size
 
 # 64 MP = 64,000,000 pixels (8000 x 8000), 400 times the largest ECSSD image (400 x 400, from the
 # headers of all 2000 ECSSD files: tests/test_images.py::test_header_sizes_match_decoding_on_ecssd).
@@ -47,6 +46,64 @@ class Skip:
 
 class HeaderError(ValueError):
     """The file's header is not one this module can size (unknown format, corrupt, cut short)."""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the IHDR chunk."""
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise HeaderError("not a PNG file (bad signature or missing IHDR)")
+    w, h, depth, ctype = struct.unpack(">IIBB", data[16:26])
+    return w, h, depth, ctype
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    if not data.startswith(b"\xff\xd8"):
+        raise HeaderError("not a JPEG file (bad SOI marker)")
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise HeaderError("corrupt JPEG marker stream")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seglen = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 9 > n:
+                break
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        if marker in (0xD9, 0xDA):
+            break
+        i += 2 + seglen
+    raise HeaderError("JPEG has no frame header before its scan data")
+
+
+def webp_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise HeaderError("not a WebP file (bad RIFF header)")
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8L":
+        if data[20] != 0x2F:
+            raise HeaderError("corrupt lossless WebP header")
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        if data[23:26] != b"\x9d\x01\x2a":
+            raise HeaderError("corrupt lossy WebP header")
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    raise HeaderError(f"unknown WebP chunk {chunk!r}")
 
 
 def _bmp_size(head: bytes) -> tuple[int, int]:
@@ -108,18 +165,18 @@ def image_header_size(f: BinaryIO) -> tuple[str, int, int]:
     head = f.read(_HEAD)
     try:
         if head.startswith(b"\x89PNG\r\n\x1a\n"):
-            w, h, _, _ = _png_header(head)
+            w, h, _, _ = png_header(head)
             return "PNG", w, h
         if head.startswith(b"\xff\xd8\xff"):
             try:
-                w, h = _jpeg_size(head)
-            except DecodeError:
+                w, h = jpeg_size(head)
+            except HeaderError:
                 if len(head) < _HEAD:
                     raise
-                w, h = _jpeg_size(head + f.read())
+                w, h = jpeg_size(head + f.read())
             return "JPEG", w, h
         if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-            w, h = _webp_size(head)
+            w, h = webp_size(head)
             return "WebP", w, h
         if head[:2] == b"BM":
             w, h = _bmp_size(head)
@@ -127,7 +184,7 @@ def image_header_size(f: BinaryIO) -> tuple[str, int, int]:
         if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
             w, h = _tiff_size(f)
             return "TIFF", w, h
-    except (DecodeError, struct.error) as exc:
+    except struct.error as exc:
         raise HeaderError(str(exc) or "header cut short") from None
     raise HeaderError("not a PNG, JPEG, WebP, BMP or TIFF file")
 

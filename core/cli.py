@@ -1,0 +1,131 @@
+"""The command-line convention shared by gen-synth, find-direction, train-unet, eval-seg, shardset
+and `python -m experiments`.
+
+- Errors are one line, "Error: <what was wrong and what to do>", with a non-zero exit code: a
+  `UserError` (core.errors) or an `OSError` (a full disk, a folder that is not writable) is caught
+  here, once, at the tool's edge; click's own usage errors print without the usage block (the
+  message names the option). Nothing else is caught: a bug keeps its traceback.
+- `-h` and `--help`; `--version` prints the package version.
+- `-v` logs at INFO, `-vv` at DEBUG; without it only warnings and errors are logged.
+- Progress bars (tqdm) go to stderr and only when it is a terminal (`progress_bar`).
+
+Use `Command` / `Group` as the click class of a tool's entry point (`@click.command(cls=Command)`,
+`@click.group(cls=Group)`) and `common_options` on it; sub-commands of a `Group` are `Command`s.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+from typing import Callable
+
+import click
+
+from .errors import UserError, first_line
+from .version import package_version
+
+__all__ = ["Command", "Group", "CONTEXT_SETTINGS", "common_options", "verbosity_option", "version_option",
+           "progress_bar", "os_error_message", "LOG_FORMAT"]
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_VERBOSITY_KEY = "bgw.verbosity"  # ctx.meta: the highest -v count given on the command line so far
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the file it names and the system's reason."""
+    if exc.errno == errno.ENOSPC:
+        return f"disk full while writing {exc.filename or 'the output'}: free some space and run again"
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or first_line(exc)}; check the path and its permissions"
+
+
+class _OneLineErrors:
+    """Mixin for click.Command / click.Group: runs the command, prints a UserError, an OSError or a
+    click error as one line, and exits. `interrupted` names what a Ctrl-C leaves behind."""
+
+    def interrupted(self, args: list[str]) -> str | None:
+        """The message printed on Ctrl-C (exit code 130); None: click's "Aborted!" (exit code 1)."""
+        return None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller (experiments' runner, a test) handles the errors itself
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            if isinstance(exc, click.UsageError):
+                exc.ctx = None  # the message already says what to change; no usage block
+            exc.show()
+            sys.exit(exc.exit_code)
+        except UserError as exc:
+            click.echo(f"Error: {first_line(exc)}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            click.echo(f"Error: {os_error_message(exc)}", err=True)
+            sys.exit(1)
+        except click.exceptions.Abort:  # Ctrl-C
+            message = self.interrupted(argv)
+            click.echo(message or "Aborted!", err=True)
+            sys.exit(130 if message else 1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class Command(_OneLineErrors, click.Command):
+    """A click command under the convention (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
+
+
+class Group(_OneLineErrors, click.Group):
+    """A click group under the convention; its errors, and its sub-commands', print as one line."""
+
+    command_class = Command
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", CONTEXT_SETTINGS)
+        super().__init__(*args, **kwargs)
+
+
+def _set_verbosity(fmt: str) -> Callable:
+    def callback(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        # a group's -v carries over to its sub-command (`gen-synth -v embed ...`)
+        count = max(int(value or 0), ctx.meta.get(_VERBOSITY_KEY, 0))
+        ctx.meta[_VERBOSITY_KEY] = count
+        level = logging.WARNING if count == 0 else logging.INFO if count == 1 else logging.DEBUG
+        logging.basicConfig(level=level, format=fmt)
+        logging.getLogger().setLevel(level)
+        return count
+    return callback
+
+
+def verbosity_option(fmt: str = LOG_FORMAT, expose_value: bool = False) -> Callable:
+    """-v / -vv: logging at INFO / DEBUG (default WARNING), set as soon as the option is parsed."""
+    return click.option("-v", "--verbose", "verbose", count=True, is_eager=True, expose_value=expose_value,
+                        callback=_set_verbosity(fmt), help="-v: info logs, -vv: debug logs.")
+
+
+def version_option() -> Callable:
+    """--version: the package version (the same for every tool of the package)."""
+    return click.version_option(package_version(), "--version", message="%(prog)s (bgw-seg) %(version)s")
+
+
+def common_options(fmt: str = LOG_FORMAT, expose_verbosity: bool = False) -> Callable:
+    """-v/-vv and --version on a tool's entry point (-h/--help come with Command/Group)."""
+    def deco(f):
+        return version_option()(verbosity_option(fmt, expose_verbosity)(f))
+    return deco
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar on stderr; disable=None hides it when stderr is not a terminal (logs, CI), so
+    they get no carriage-return frames."""
+    from tqdm import tqdm
+
+    kwargs.setdefault("disable", None)
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(**kwargs)
