@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.data import StreamSpec, resolve_shards, worker_stream  # noqa: E402
 from trainer.toy import write_disc_set  # noqa: E402
-from trainer.unet import UNet, normalize_images  # noqa: E402
+from segmodel.inference import normalize_images  # noqa: E402
+from segmodel.unet import UNet  # noqa: E402
 
 PAPER_STEPS = 12000
 

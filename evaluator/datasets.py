@@ -304,7 +304,9 @@ def restore_map(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     prob = np.asarray(prob, dtype=np.float32)
     if prob.shape != tuple(hw):
         prob = cv2.resize(prob, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+    from segmodel.inference import probability_to_uint8  # evaluator.datasets moves to benchdata next
+
+    return probability_to_uint8(prob)
 
 
 # --------------------------------------------------------------------------- registry

@@ -10,9 +10,9 @@ Inputs (validated, never normalised silently; a mismatch raises a one-line ``Met
 
 - ``pred``: ``uint8 [H, W]``, value ``v`` in 0..255 meaning probability ``v / 255`` (the
   canonical path: 8-bit PNG predictions are exactly this), or a float ``[H, W]`` array in
-  [0, 1], which is first quantised to 8 bits with ``np.round(p * 255)`` (round half to even),
-  i.e. exactly what saving it as an 8-bit PNG would store, so ``--ckpt`` and ``--pred-dir``
-  evaluations of the same maps give the same numbers. Or a ``ScoreMap(levels, prob)``: a map
+  [0, 1], which is first quantised to 8 bits by ``segmodel.inference.probability_to_uint8``
+  (``round(255 p)``, round half to even), i.e. exactly what saving it as an 8-bit PNG would
+  store, so ``--ckpt`` and ``--pred-dir`` evaluations of the same maps give the same numbers. Or a ``ScoreMap(levels, prob)``: a map
   a protocol prepared (``sod-toolkit``'s min-max normalised map), whose thresholds compare the
   8-bit ``levels`` and whose pixel-wise metrics (MAE, S-measure, weighted F, adaptive
   thresholds) use the exact float ``prob``. At least one pixel.
@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError
+from segmodel.inference import probability_to_uint8
 
 class MetricError(UserError, ValueError):
     """A map or mask the metrics cannot score (wrong shape, dtype or range, no pixels), or a
@@ -80,7 +81,8 @@ def _describe(a: np.ndarray) -> str:
 
 
 def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
-    """Return the 8-bit prediction ``v`` (prob = v / 255) of a uint8 or float [0, 1] map."""
+    """Return the 8-bit prediction ``v`` (prob = v / 255) of a uint8 or float [0, 1] map: the map
+    is checked here, quantised by segmodel.inference.probability_to_uint8."""
     pred = np.asarray(pred)
     if pred.ndim != 2:
         raise MetricError(f"prediction must be 2-D [H, W], got {_describe(pred)}")
@@ -97,8 +99,7 @@ def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
             f"float prediction must lie in [0, 1], got {_describe(pred)} with range "
             f"[{lo}, {hi}]; apply a sigmoid/softmax or rescale before scoring"
         )
-    # float64 so float16/float32 rounding cannot move a value across a half level.
-    return np.round(pred.astype(np.float64) * 255.0).astype(np.uint8)
+    return probability_to_uint8(pred)
 
 
 def binarize_gt(mask: np.ndarray, *, strict: bool = False) -> np.ndarray:

@@ -6,10 +6,11 @@ it its own way) and `pred` uint8 (v = round(255 p)), all at the size the metrics
 protocol's; see evaluator.datasets).
 
 - `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, loaded
-  with trainer.checkpoint.load_for_inference (never unpickles). Images are preprocessed per
-  protocol and run in batches on the GPU when there is one; `foreground_probability` turns the
-  logits into the foreground probability by the named rule (`FG_PROB`). torch is imported here
-  lazily, so importing this module costs nothing for --pred-dir evaluations.
+  with segmodel.checkpoint.load_for_inference (never unpickles). Images are preprocessed per
+  protocol and run in batches on the GPU when there is one; segmodel.inference's
+  `foreground_probability` turns the logits into the foreground probability by the named rule
+  (`FG_PROB`). torch is imported lazily, so importing this module costs nothing for --pred-dir
+  evaluations.
 - `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
   foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel). A map of
   another size is resized bilinearly to the ground truth (under crop128, a map at the original
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError, first_line
+from segmodel.inference import FG_PROB, foreground_probability
 
 from .datasets import INPUT_SIZE, Dataset, Item, binarize_gt, prepare_gt, prepare_image, restore_map
 
@@ -39,27 +41,6 @@ __all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction",
 
 class PredictionError(UserError):
     """A prediction could not be produced or read; the message is one line with the fix."""
-
-
-# How the U-Net's two logits become the foreground probability (DESIGN.md, "Metrics").
-FG_PROB = {
-    "softmax": "softmax over the two logits, channel 1: what the cross-entropy loss fits",
-    "sigmoid1": "sigmoid of the foreground logit alone, as the authors' reference code "
-                "(postprocessing.SegmentationInference)",
-}
-
-
-def foreground_probability(logits, rule: str = "softmax"):
-    """Foreground probability [N, H, W] from logits [N, 2, H, W] by the rule named in FG_PROB."""
-    import torch
-
-    if rule == "softmax":
-        from trainer.unet import foreground_proba  # the trainer's, so validation and eval agree
-
-        return foreground_proba(logits)
-    if rule == "sigmoid1":
-        return torch.sigmoid(logits.float()[:, 1])
-    raise ValueError(f"unknown foreground-probability rule {rule!r}; choose from {', '.join(FG_PROB)}")
 
 
 _MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
@@ -125,9 +106,9 @@ class CheckpointSource:
 
     def __post_init__(self) -> None:
         try:
-            from trainer.checkpoint import CheckpointError, find_sidecar, load_for_inference
+            from segmodel.checkpoint import CheckpointError, find_sidecar, load_for_inference
         except ImportError as e:
-            raise PredictionError(f"--ckpt needs the trainer package and torch ({e}); pip install 'bgw-seg[eval]'") from e
+            raise PredictionError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]'") from e
         self.path = Path(self.path)
         if self.fg_prob not in FG_PROB:
             raise PredictionError(f"unknown --fg-prob {self.fg_prob!r}; choose from {', '.join(FG_PROB)}")
@@ -162,7 +143,7 @@ class CheckpointSource:
         """float32 foreground probabilities [h, w] for uint8 RGB inputs; equal shapes run as one
         batch (short128 inputs differ in aspect, so they are grouped by shape first)."""
         import torch
-        from trainer.unet import normalize_images
+        from segmodel.inference import normalize_images
 
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}

@@ -158,7 +158,7 @@ def _one_torch_thread():
 
 def _tiny_ckpt(run_dir: Path, seed: int) -> Path:
     torch = pytest.importorskip("torch")
-    unet = pytest.importorskip("trainer.unet")
+    unet = pytest.importorskip("segmodel.unet")
     checkpoint = pytest.importorskip("trainer.checkpoint")
     torch.manual_seed(seed)
     model = unet.UNet(width=4)
@@ -176,7 +176,7 @@ def _by_hand(run_dir: Path, data: Path, fg_prob: str = "softmax") -> dict:
     """The documented pipeline written out: short side 128, [-1, 1] NCHW, softmax[:, 1] (or
     sigmoid of logit 1), bilinear back to the gt's size, 8-bit, metrics."""
     import torch
-    from trainer.checkpoint import load_for_inference
+    from segmodel.checkpoint import load_for_inference
 
     model, _ = load_for_inference(run_dir)
     m = SegmentationMetrics()
@@ -415,7 +415,7 @@ def test_sod_toolkit_numbers_equal_pysodmetrics_on_the_files(ecssd_dir, tmp_path
 
 def test_fg_prob_rules_on_fixed_logits():
     torch = pytest.importorskip("torch")
-    from evaluator.predict import foreground_probability
+    from segmodel.inference import foreground_probability
 
     ln3 = float(np.log(3.0))
     # pixels (l0, l1): (0, ln 3), (ln 3, 0), (-ln 3, ln 3)

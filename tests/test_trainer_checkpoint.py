@@ -1,4 +1,4 @@
-"""trainer.checkpoint: round trips, the sidecar contract, and refusing unsafe or foreign files."""
+"""segmodel.checkpoint and trainer.checkpoint (its resume state): round trips, the sidecar contract, and refusing unsafe or foreign files."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from trainer.checkpoint import (CheckpointError, find_sidecar, load_checkpoint, load_for_inference,
-                                save_checkpoint)
-from trainer.unet import UNet
+from segmodel.checkpoint import CheckpointError, find_sidecar, load_for_inference
+from segmodel.unet import UNet
+from trainer.checkpoint import load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from trainer.checkpoint import load_for_inference
+from segmodel.checkpoint import load_for_inference
 from trainer.config import TrainConfig
 from trainer.train import ResumeError, RunExistsError, TrainingDiverged, train
 from trainer.toy import write_disc_set

@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import trainer.validate as V  # noqa: E402
-from trainer.validate import grid_image, to_u8, validate, validate_real  # noqa: E402
+from segmodel.inference import probability_to_uint8  # noqa: E402
+from trainer.validate import grid_image, validate, validate_real  # noqa: E402
 
 T, F = True, False
 
@@ -40,7 +41,7 @@ def test_validate_on_fixed_logits_equals_a_hand_computation():
     mask = np.array([[[0, 0], [1, 1]]] * 2, np.uint8)
     val = {"image": np.zeros((2, 2, 2, 3), np.uint8), "mask": mask}
     out, prob = validate(_FixedLogits(logits), val, torch.device("cpu"), _no_autocast)
-    np.testing.assert_array_equal(to_u8(prob), v)
+    np.testing.assert_array_equal(probability_to_uint8(prob), v)
     # maxF: image 1 has P = R = 1 for 102 <= k < 204; image 2 reaches F = 1.3 * 0.5 / 0.8 = 0.8125
     # (only 178 > k: P 1, R 1/2) for 153 <= k < 178, where image 1 is 1: mean (1 + 0.8125) / 2
     assert out["max_f"] == pytest.approx((1 + 0.8125) / 2, abs=1e-12)
@@ -76,7 +77,7 @@ def test_no_second_copy_of_the_metrics():
 
 def test_validate_real_equals_eval_seg_on_a_folder(tmp_path):
     """The trainer's benchmark validation and eval-seg give the same paper numbers for one model."""
-    unet = pytest.importorskip("trainer.unet")
+    unet = pytest.importorskip("segmodel.unet")
     checkpoint = pytest.importorskip("trainer.checkpoint")
     from evaluator.cli import EvalConfig, evaluate
 
@@ -102,8 +103,22 @@ def test_validate_real_equals_eval_seg_on_a_folder(tmp_path):
         ref["datasets"]["data"]["protocols"]["sod-toolkit"]["summary"]["max_f"]["mean"], abs=1e-9)
 
 
-def test_to_u8_rounds():
-    np.testing.assert_array_equal(to_u8(np.array([0.0, 0.5, 1.0, 1.2, -0.1])), [0, 128, 255, 255, 0])
+def test_probability_to_uint8_rounds_half_to_even_and_clips():
+    np.testing.assert_array_equal(probability_to_uint8(np.array([0.0, 0.5, 1.0, 1.2, -0.1, 0.5 / 255])),
+                                  [0, 128, 255, 255, 0, 0])
+    np.testing.assert_array_equal(probability_to_uint8(np.array([1.5 / 255, 2.5 / 255], np.float64)), [2, 2])
+
+
+def test_probability_to_uint8_takes_the_product_in_the_maps_precision():
+    """float32 maps (the model's) are quantised in float32, float64 maps in float64: each path of
+    the tools keeps the 8-bit values it always had."""
+    p = np.array([1058806812], np.uint32).view(np.float32)  # 0.60980391...: 255 p = 155.4999983 exactly
+    assert probability_to_uint8(p)[0] == 156  # float32's product rounds to 155.5, then half to even
+    assert probability_to_uint8(p.astype(np.float64))[0] == 155
+    p = np.random.default_rng(0).random(100_000).astype(np.float32)
+    np.testing.assert_array_equal(probability_to_uint8(p), np.rint(p * np.float32(255)).astype(np.uint8))
+    np.testing.assert_array_equal(probability_to_uint8(p.astype(np.float64)),
+                                  np.rint(p.astype(np.float64) * 255).astype(np.uint8))
 
 
 def test_grid_image_layout():

@@ -1,11 +1,12 @@
-"""trainer.unet: shapes, the parameter count against the closed-form formula, the I/O conventions."""
+"""segmodel.unet and segmodel.inference: shapes, the parameter count against the closed-form formula, the I/O conventions."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from trainer.unet import UNet, foreground_proba, normalize_images
+from segmodel.inference import foreground_probability, normalize_images
+from segmodel.unet import UNet
 
 torch.set_num_threads(1)
 
@@ -58,9 +59,9 @@ def test_layout_widths():
     assert m.arch() == {"arch": "unet", "width": 8, "in_channels": 3, "n_classes": 2, "bilinear": True}
 
 
-def test_foreground_proba_is_softmax_channel_one():
+def test_foreground_probability_is_softmax_channel_one_by_default():
     logits = torch.tensor([[[[0.0, 2.0]], [[0.0, -1.0]]]])  # [1, 2, 1, 2]
-    p = foreground_proba(logits)
+    p = foreground_probability(logits)
     expected = np.array([[[0.5, np.exp(-1.0) / (np.exp(2.0) + np.exp(-1.0))]]])
     np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6)
 

@@ -6,7 +6,7 @@ Pipeline, per rank and DataLoader worker (each stage a plain generator function 
     then by worker) ─► cycle_raw (safe tar.zst read via shardset.wds.tar_samples, members stay
     bytes) ─► shuffle (seeded buffer) ─► islice to the round's length ─► skip (resume) ─►
     decode (shardset.decode_sample: known members only, no pickle) ─► fit_size ─► batched (uint8
-    numpy) ─► to torch (uint8; normalised on the device by trainer.unet.normalize_images)
+    numpy) ─► to torch (uint8; normalised on the device by segmodel.inference.normalize_images)
 
 Determinism (how `--resume` continues exactly). The stream is endless and cut into *rounds* of
 `round_batches` batches per (rank, worker). Round r of worker w on rank k depends only on

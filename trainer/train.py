@@ -3,7 +3,7 @@
 DDP through torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE; NCCL on GPUs, gloo on CPUs);
 rank 0 alone logs and saves. Adam + MultiStepLR, pixel cross-entropy, bf16 autocast and
 channels-last on CUDA, torch.compile behind a flag. A run folder holds config.json,
-metrics.jsonl, tb/ (TensorBoard) and checkpoints/ (see trainer.checkpoint).
+metrics.jsonl, tb/ (TensorBoard) and checkpoints/ (segmodel.checkpoint; the resume state: trainer.checkpoint).
 """
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from core.atomic import atomic_write_bytes
 from core.errors import UserError, first_line
+from segmodel.inference import normalize_images
+from segmodel.unet import UNet
 
 from . import checkpoint as ckpt
 from .config import RESULT_FIELDS, ConfigError, TrainConfig
 from .data import (DataError, StreamSpec, WorkerFailure, load_val_samples, make_loader, rank_batch, resolve_shards)
-from .unet import UNet, normalize_images
 from .validate import grid_image, validate, validate_real, write_grid_png
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ def _rewrite_metrics(path: Path, upto_step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= upto_step]
-    ckpt.atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
 def train(config: TrainConfig, *, resume: bool = False,

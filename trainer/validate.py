@@ -15,17 +15,12 @@ import torch.nn.functional as F
 
 from evaluator.metrics import SegmentationMetrics
 from core.atomic import atomic_write_bytes
+from segmodel.inference import foreground_probability, normalize_images, probability_to_uint8
 
-from .unet import foreground_proba, normalize_images
 
 log = logging.getLogger(__name__)
 
 VAL_METRICS = ("max_f", "iou", "accuracy")
-
-
-def to_u8(prob: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> 8-bit maps (round half to even, as np.rint)."""
-    return np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _scores(metrics: SegmentationMetrics) -> dict:
@@ -46,7 +41,7 @@ def predict_proba(model: torch.nn.Module, images_u8: np.ndarray, device: torch.d
             logits = model(x)
         logits = logits.float()
         logits_all.append(logits)
-        probs.append(foreground_proba(logits).cpu().numpy())
+        probs.append(foreground_probability(logits).cpu().numpy())
     return np.concatenate(probs), logits_all
 
 
@@ -68,7 +63,7 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device, autocast, 
     finally:
         model.train(was_training)
     metrics = SegmentationMetrics(VAL_METRICS, protocol=protocol)
-    for p, gt in zip(to_u8(prob), val["mask"]):
+    for p, gt in zip(probability_to_uint8(prob), val["mask"]):
         metrics.update(p, gt.astype(bool))
     out = _scores(metrics)
     out["loss"] = loss
@@ -81,7 +76,7 @@ def grid_image(val: dict, prob: np.ndarray, n: int = 4) -> np.ndarray:
     rows = []
     for img, mask, p in zip(val["image"][:n], val["mask"][:n], prob[:n]):
         m = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
-        q = np.repeat(to_u8(p)[..., None], 3, axis=2)
+        q = np.repeat(probability_to_uint8(p)[..., None], 3, axis=2)
         rows.append(np.concatenate([img, m, q], axis=1))
     return np.concatenate(rows, axis=0).transpose(2, 0, 1).copy()
 
@@ -106,7 +101,7 @@ class _ModelSource:
         for im in images:  # short-side-128 inputs differ in aspect: one at a time
             x = normalize_images(torch.from_numpy(np.ascontiguousarray(im))[None].to(self.device))
             with self.autocast():
-                out.append(foreground_proba(self.model(x))[0].cpu().numpy())
+                out.append(foreground_probability(self.model(x))[0].cpu().numpy())
         return out
 
 

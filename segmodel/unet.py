@@ -2,8 +2,9 @@
 
 DoubleConv = (conv3x3 pad 1, BatchNorm, ReLU) x 2; encoder widths w, 2w, 4w, 8w, 8w with 2x2
 max-pool down; decoder bilinear x2 up, skip concat, DoubleConv; 1x1 conv to class logits.
-Input: float NCHW RGB in [-1, 1]. Output: logits [N, n_classes, H, W]; the foreground
-probability is softmax(logits)[:, 1] (see `foreground_proba`).
+Input: float NCHW RGB in [-1, 1] (`segmodel.inference.normalize_images`). Output: logits
+[N, n_classes, H, W]; `segmodel.inference.foreground_probability` turns them into the foreground
+probability (softmax over the two classes, channel 1, by default).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNet", "DoubleConv", "foreground_proba", "normalize_images"]
+__all__ = ["UNet", "DoubleConv"]
 
 
 class DoubleConv(nn.Module):
@@ -107,18 +108,3 @@ class UNet(nn.Module):
         x = self.up3(x, x2)
         x = self.up4(x, x1)
         return self.outc(x)
-
-
-def foreground_proba(logits: torch.Tensor) -> torch.Tensor:
-    """Foreground probability [N, H, W] = softmax over classes, channel 1."""
-    return torch.softmax(logits.float(), dim=1)[:, 1]
-
-
-def normalize_images(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float32 NCHW in [-1, 1].
-
-    The permuted view of an NHWC tensor is already channels-last in memory, so doing this on
-    the device after a uint8 copy moves 4x fewer bytes than shipping floats and needs no
-    layout conversion.
-    """
-    return images_u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

@@ -1,0 +1,59 @@
+"""How images reach the U-Net and how its logits become a foreground probability and an 8-bit map
+(docs/RULES.md, "U-Net inference").
+
+- `normalize_images`: uint8 NHWC RGB -> float32 NCHW in [-1, 1], the range the model trains on.
+- `foreground_probability(logits, rule)`: `softmax` (default: softmax over the two logits, channel
+  1, what the cross-entropy loss fits) or `sigmoid1` (sigmoid of the foreground logit alone, the
+  authors' reference code, `postprocessing.SegmentationInference`; the paper's tables come from it).
+- `probability_to_uint8`: v = round(255 p), round half to even, p clipped to [0, 1]. Every map the
+  tools score or save goes through it (the trainer's validation, eval-seg's checkpoint path, float
+  maps handed to the metrics), so `--ckpt` and `--pred-dir` evaluations of one model agree.
+
+torch is imported inside the two functions that need it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["FG_PROB", "foreground_probability", "normalize_images", "probability_to_uint8"]
+
+# The rules that turn the U-Net's two logits into the foreground probability.
+FG_PROB = {
+    "softmax": "softmax over the two logits, channel 1: what the cross-entropy loss fits",
+    "sigmoid1": "sigmoid of the foreground logit alone, as the authors' reference code "
+                "(postprocessing.SegmentationInference)",
+}
+
+
+def normalize_images(images_u8):
+    """uint8 NHWC RGB torch tensor -> float32 NCHW in [-1, 1].
+
+    The permuted view of an NHWC tensor is already channels-last in memory, so doing this on
+    the device after a uint8 copy moves 4x fewer bytes than shipping floats and needs no
+    layout conversion.
+    """
+    return images_u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def foreground_probability(logits, rule: str = "softmax"):
+    """Foreground probability [N, H, W] (float32 torch) from logits [N, 2, H, W] by the FG_PROB rule."""
+    import torch
+
+    if rule == "softmax":
+        return torch.softmax(logits.float(), dim=1)[:, 1]
+    if rule == "sigmoid1":
+        return torch.sigmoid(logits.float()[:, 1])
+    raise ValueError(f"unknown foreground-probability rule {rule!r}; choose from {', '.join(FG_PROB)}")
+
+
+def probability_to_uint8(prob) -> np.ndarray:
+    """8-bit map v = round(255 p) (round half to even) of a float probability map, p clipped to [0, 1].
+
+    The product is taken in the map's own precision, at least float32: the model's float32 maps
+    are quantised in float32, as every 8-bit map this project has scored or saved was, and a
+    float64 map in float64 (float16 widens to float32, where its product is exact)."""
+    p = np.asarray(prob)
+    if not np.issubdtype(p.dtype, np.floating):
+        raise TypeError(f"probability_to_uint8 wants a float map, got {p.dtype}")
+    p = p.astype(np.result_type(p.dtype, np.float32), copy=False)
+    return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
