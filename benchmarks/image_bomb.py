@@ -7,7 +7,7 @@ Builds a folder images/ + masks/ holding the bomb pair and one ordinary 400x300 
 each reader in its own process and reads that process's peak resident set size (os.wait4's
 ru_maxrss, what `/usr/bin/time -v` prints as "Maximum resident set size"):
 
-    evaluator   get_dataset("folder:DIR").iter_loaded(...) (eval-seg's loader)
+    benchdata   get_dataset("folder:DIR").iter_loaded(...) (eval-seg's loader)
     eval-seg    eval-seg --ckpt RUN --dataset folder:DIR (RUN: a 2-step width-4 U-Net)
     import      shardset import --images DIR/images --masks DIR/masks
     embed       generator.embed.prepare_image(DIR/images/bomb.png) (gen-synth's embedding reader)
@@ -82,7 +82,7 @@ def main() -> None:
         cv2.imwrite(str(data / "masks" / "a.png"), mask)
 
         runs = {
-            "evaluator": [py, "-c", "from evaluator.datasets import get_dataset\n"
+            "benchdata": [py, "-c", "from benchdata import get_dataset\n"
                           f"ds = get_dataset('folder:{data}')\n"
                           "n = sum(1 for _ in ds.iter_loaded(ds.test_items()))\n"
                           "print(f'{n} loaded, {len(getattr(ds, \"skipped\", {}))} skipped')"],

@@ -1,9 +1,11 @@
 """evaluator: `eval-seg`, scoring checkpoints or saved maps on the paper's benchmarks.
 
+The benchmark datasets and their inference protocols (crop128 / short128) are benchdata's; the
+U-Net, its checkpoints and inference rules segmodel's. `evaluator.metrics` is the public streaming
+API (`SegmentationMetrics`) that the trainer's validation uses too.
+
 Modules, one job each (importing the package loads neither torch nor TensorFlow):
 
-- datasets: named benchmark layouts under the data root, splits, protocols (crop128 / short128),
-  image and ground-truth loading. numpy + cv2 only; the generator imports it for train images.
 - metrics:  streaming segmentation metrics (maxFβ, IoU, accuracy, MAE, S-, E-measure, weighted F),
             pure numpy (weighted F: scipy).
 - protocols: evaluation protocols by name (paper, sod-toolkit): how maps and ground truth are

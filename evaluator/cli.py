@@ -20,11 +20,12 @@ from typing import Callable
 import click
 import numpy as np
 
+from benchdata.datasets import DATASETS, ENV_ROOT, Dataset, dataset_names, get_dataset
 from core.cli import Command, common_options, progress_bar
 from core.errors import UserError
 from core.version import package_version
+from shardset.split import open_split
 
-from .datasets import DATASETS, ENV_ROOT, Dataset, dataset_names, get_dataset
 from .predict import FG_PROB, CheckpointSource, PredDirSource, figure_rows, iter_predictions
 from .protocols import PROTOCOLS
 from .report import aggregate, pick_examples, terminal_table, write_outputs
@@ -211,7 +212,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     # resolve every dataset before loading any model: a typo fails in a second, not after a run
     datasets, specs = [], {}
     for spec in dict.fromkeys(cfg.datasets):
-        ds = get_dataset(spec, cfg.data_root)
+        ds = get_dataset(spec, cfg.data_root, shard_sets=open_split)
         if ds.name in specs:  # two folders of one name: fall back to the full spec
             ds.name = spec
         specs[ds.name] = spec

@@ -3,7 +3,7 @@
 Two sources, one output: `iter_predictions` yields `Prediction(item, gt, pred, ignore, gt_map)`
 with `gt` bool (>= 128), `gt_map` the mask before binarising (each evaluation protocol binarises
 it its own way) and `pred` uint8 (v = round(255 p)), all at the size the metrics run at (the
-protocol's; see evaluator.datasets).
+protocol's; see benchdata.protocols).
 
 - `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, loaded
   with segmodel.checkpoint.load_for_inference (never unpickles). Images are preprocessed per
@@ -12,10 +12,11 @@ protocol's; see evaluator.datasets).
   (`FG_PROB`). torch is imported lazily, so importing this module costs nothing for --pred-dir
   evaluations.
 - `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
-  foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel). A map of
-  another size is resized bilinearly to the ground truth (under crop128, a map at the original
-  image size first gets the ground truth's centre crop). A missing map is a `PredictionError`
-  naming the id.
+  foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel), read by
+  core.images' reader of user files (over `max_pixels` pixels: refused from the header, before
+  decoding). A map of another size is resized bilinearly to the ground truth (under crop128, a
+  map at the original image size first gets the ground truth's centre crop). A missing or
+  unreadable map is a `PredictionError` naming the id.
 """
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from typing import Iterable, Iterator, NamedTuple
 import cv2
 import numpy as np
 
+from benchdata.datasets import Dataset, Item
+from benchdata.predictions import iter_model_maps
+from benchdata.protocols import eval_gt, gt_foreground, prepare_gt, prepare_image
 from core.errors import UserError, first_line
-from segmodel.inference import FG_PROB, foreground_probability
+from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+from segmodel.inference import FG_PROB, foreground_probability, probability_to_uint8
 
-from .datasets import INPUT_SIZE, Dataset, Item, binarize_gt, prepare_gt, prepare_image, restore_map
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +171,7 @@ class PredDirSource:
 
     folder: Path
     resized: int = 0  # maps of another size than the ground truth (counted, logged once at the end)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # maps with more pixels are refused before decoding
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
@@ -182,8 +187,10 @@ class PredDirSource:
 
     def read(self, item: Item) -> np.ndarray:
         path = self.folder / f"{item.id}.png"
-        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if data is None:
+        data = read_user_image(path, cv2.IMREAD_UNCHANGED, max_pixels=self.max_pixels)
+        if isinstance(data, Skip):
+            if data.kind == "too_large":
+                raise PredictionError(f"prediction for {item.id!r} is refused: {data.reason}")
             what = "missing" if not path.exists() else "not a readable PNG"
             raise PredictionError(f"prediction for {item.id!r} is {what}: expected {path} "
                                   "(8-bit grayscale, 255 = foreground)")
@@ -224,20 +231,10 @@ class Prediction(NamedTuple):
     gt_map: np.ndarray | None = None  # 8-bit mask before binarising (else the bool gt)
 
 
-def _eval_gt(dataset: Dataset, raw: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(bool gt, gt_map): gt_map keeps an 8-bit grayscale mask's values for the evaluation
-    protocols that binarise it their own way; label maps and 16-bit masks pass as the bool."""
-    if raw is None:
-        return None, None
-    mask = prepare_gt(raw, dataset.protocol)
-    gt = binarize_gt(mask)
-    return gt, mask if mask.dtype == np.uint8 and mask.max(initial=0) > 1 else gt
-
-
 def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
     ign = dataset.load_ignore(item)
     if ign is not None and dataset.protocol == "crop128":
-        ign = binarize_gt(prepare_gt(ign, dataset.protocol))
+        ign = gt_foreground(prepare_gt(ign, dataset.protocol))
     return ign
 
 
@@ -255,7 +252,7 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
     boxes = dataset.task == "boxes"
     if isinstance(source, PredDirSource):
         for item, image, raw in dataset.iter_loaded(items, images=boxes, workers=workers):
-            gt, gt_map = _eval_gt(dataset, raw)
+            gt, gt_map = eval_gt(raw, protocol)
             shape = image.shape[:2] if gt is None else gt.shape
             raw_shape = image.shape[:2] if raw is None else raw.shape[:2]
             pred, resized = align_prediction(source.read(item), raw_shape, shape, protocol)
@@ -267,24 +264,8 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
             log.warning("%d of %d predictions had another size than the ground truth and were resized "
                         "bilinearly", source.resized, len(items))
         return
-    window = window or 4 * source.batch_size
-    buf: list[tuple[Item, np.ndarray, tuple, tuple[int, int]]] = []
-
-    def flush() -> Iterator[Prediction]:
-        probs = source.predict_batch([image for _, image, _, _ in buf])
-        for (item, _, (gt, gt_map), shape), prob in zip(buf, probs):
-            yield Prediction(item, gt, restore_map(prob, shape), _ignore(dataset, item), gt_map)
-        buf.clear()
-
-    for item, image, raw in dataset.iter_loaded(items, workers=workers):
-        gts = _eval_gt(dataset, raw)
-        shape = gts[0].shape if gts[0] is not None else (
-            (INPUT_SIZE, INPUT_SIZE) if protocol == "crop128" else image.shape[:2])
-        buf.append((item, prepare_image(image, protocol), gts, shape))
-        if len(buf) >= window:
-            yield from flush()
-    if buf:
-        yield from flush()
+    for m in iter_model_maps(dataset, items, source.predict_batch, window or 4 * source.batch_size, workers):
+        yield Prediction(m.item, m.gt, probability_to_uint8(m.prob), _ignore(dataset, m.item), m.gt_map)
 
 
 def figure_rows(source, dataset: Dataset, items: list[Item]) -> list[tuple[Item, np.ndarray, np.ndarray, np.ndarray]]:

@@ -193,8 +193,8 @@ def read_cached_embeddings(npy: Path, key: str) -> tuple[np.ndarray, str] | None
 
 
 def dataset_train_images(spec: str, data_root: str | os.PathLike | None = None) -> tuple[str, list[Path], Path | None]:
-    """(name, train image paths, root) of a dataset spec, via evaluator.datasets (no TF, no torch)."""
-    from evaluator.datasets import get_dataset
+    """(name, train image paths, root) of a dataset spec, via benchdata.datasets (no TF, no torch)."""
+    from benchdata.datasets import get_dataset
 
     ds = get_dataset(spec, root=data_root)
     paths = ds.train_images()
@@ -213,7 +213,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
                                max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """Z float32 [N_ok, D] for a dataset's train images (rows in sorted relative-path order), cached.
 
-    `source` is a dataset spec (`ecssd`, `folder:PATH`, ... resolved by evaluator.datasets under
+    `source` is a dataset spec (`ecssd`, `folder:PATH`, ... resolved by benchdata.datasets under
     `data_root`) or a list of image paths (then `dataset_name` names the cache entry; `root`
     makes the relative names, default their common folder). `cache_dir` defaults to
     `$BGW_CACHE_DIR` or ~/.cache/bgw-seg.

@@ -103,8 +103,8 @@ def train_images(cfg: GenConfig) -> tuple[str, list[Path], Path]:
 
     ``folder:PATH`` takes the images in PATH/images when that folder exists, else those in PATH
     itself (any folder of images; no masks needed). Named datasets come from
-    evaluator.datasets under ``data_root``."""
-    from evaluator.datasets import IMAGE_EXTS
+    benchdata.datasets under ``data_root``."""
+    from benchdata.io import IMAGE_EXTS
 
     from . import embed
 

@@ -194,8 +194,8 @@ def test_no_readable_image_is_an_error(tmp_path):
 
 
 def test_dataset_spec_source(tmp_path):
-    """`folder:PATH` specs resolve through evaluator.datasets (its train split: images/)."""
-    pytest.importorskip("evaluator.datasets")
+    """`folder:PATH` specs resolve through benchdata.datasets (its train split: images/)."""
+    pytest.importorskip("benchdata.datasets")
     root = tmp_path / "set"
     for i in range(3):
         _write(root / "images" / f"{i}.jpg", np.full((32, 48, 3), 40 * i, np.uint8))

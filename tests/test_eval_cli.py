@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from evaluator import datasets as D
+import benchdata.datasets as D
 from evaluator.cli import EvalConfig, EvalError, evaluate, main
 from evaluator.metrics import SegmentationMetrics
 

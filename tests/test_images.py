@@ -188,10 +188,10 @@ def folder(tmp_path):
 
 
 def test_eval_datasets_skip_and_record_bombs_and_truncated_files(folder, caplog):
-    from evaluator.datasets import DatasetError, ImageSkipped, get_dataset, read_image
+    from benchdata import DatasetError, ImageSkipped, get_dataset, read_image
 
     ds = get_dataset(f"folder:{folder}")
-    with caplog.at_level(logging.WARNING, logger="evaluator.datasets"):
+    with caplog.at_level(logging.WARNING, logger="benchdata.datasets"):
         got = list(ds.iter_loaded(ds.test_items(), workers=2))
     assert [it.id for it, _, _ in got] == ["a"]
     assert sorted(ds.skipped) == ["b", "c", "d"]

@@ -1,9 +1,22 @@
-"""The shard set is the whole contract: a team that only trains installs no TensorFlow.
+"""The house's floors and its framework boundaries, read from the code itself.
 
-These tests prove it two ways: importing every trainer/shardset module leaves TensorFlow out of
-sys.modules, and the declared dependencies of a trainer-only install name no TensorFlow."""
+Every .py file's imports are parsed with `ast` (lazy imports inside functions included: they are
+imports all the same) into a graph of packages:
+
+- ground floor: core, shardset, benchdata, segmodel. They import core and nothing else of this
+  project (core imports none of them).
+- upper floor: generator, trainer, evaluator. Each may import the ground floor, none imports
+  another upper package, except the trainer -> evaluator.metrics (the public streaming API,
+  SegmentationMetrics), and only that module.
+- experiments sits on top and may import anything.
+
+And the frameworks: TensorFlow only in the generator; torch nowhere in core, shardset, benchdata
+or the generator (it reads .pth files with generator.torchfile). Importing a package's modules
+in a fresh interpreter proves the same at run time, and a trainer-only install's declared
+dependencies name no TensorFlow."""
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -14,6 +27,122 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+GROUND = ("core", "shardset", "benchdata", "segmodel")
+UPPER = ("generator", "trainer", "evaluator")
+TOP = ("experiments",)
+PACKAGES = GROUND + UPPER + TOP
+ALLOWED_ACROSS = {("trainer", "evaluator.metrics")}  # (importing package, the one module it may use)
+TF_MODULES = ("tensorflow", "tensorflow_hub", "tf_keras", "keras")
+
+
+def _imports(path: Path, package: str) -> list[tuple[str, int]]:
+    """(absolute module name, line) of every import in the file at `path`, a module of `package`."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = [package, *path.relative_to(REPO / package).parts[:-1]]  # the file's own (sub)package
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the file's own package
+                base = here[: len(here) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            # `from pkg import mod` may name a module: keep both the package and pkg.mod
+            out.append((mod, node.lineno))
+            out += [(f"{mod}.{a.name}", node.lineno) for a in node.names]
+    return out
+
+
+def _files(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+def _edges() -> dict[tuple[str, str], list[str]]:
+    """(importing package, imported module of another package of ours) -> where."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for package in PACKAGES:
+        for path in _files(package):
+            for mod, line in _imports(path, package):
+                top = mod.split(".")[0]
+                if top in PACKAGES and top != package:
+                    edges.setdefault((package, mod), []).append(f"{path.relative_to(REPO)}:{line}")
+    return edges
+
+
+EDGES = _edges()
+
+
+def _package_graph() -> dict[str, set[str]]:
+    graph = {p: set() for p in PACKAGES}
+    for (src, mod) in EDGES:
+        graph[src].add(mod.split(".")[0])
+    return graph
+
+
+def test_the_parser_sees_lazy_and_relative_imports():
+    """The graph below would be blind without these: the trainer imports the evaluator's metrics at
+    module level, and benchdata's modules import each other relatively."""
+    assert ("trainer", "evaluator.metrics") in EDGES
+    mods = {m for m, _ in _imports(REPO / "benchdata" / "predictions.py", "benchdata")}
+    assert "benchdata.datasets" in mods and "benchdata.protocols" in mods
+    mods = {m for m, _ in _imports(REPO / "generator" / "inputs.py", "generator")}
+    assert "benchdata.io" in mods  # imported inside a function
+
+
+@pytest.mark.parametrize("package", GROUND)
+def test_the_ground_floor_imports_only_core(package):
+    bad = {mod: where for (src, mod), where in EDGES.items()
+           if src == package and mod.split(".")[0] != "core"}
+    assert not bad, f"{package} imports {bad}"
+
+
+def test_core_imports_no_other_package():
+    assert not [k for k in EDGES if k[0] == "core"]
+
+
+@pytest.mark.parametrize("package", UPPER)
+def test_no_upper_package_imports_a_sibling_but_through_the_contracts(package):
+    bad = {mod: where for (src, mod), where in EDGES.items()
+           if src == package and mod.split(".")[0] in UPPER + TOP
+           and not any(src == a and (mod == m or mod.startswith(m + ".")) for a, m in ALLOWED_ACROSS)}
+    assert not bad, f"{package} imports {bad}"
+
+
+def test_the_package_graph_has_no_cycle():
+    graph = _package_graph()
+    state: dict[str, int] = {}
+
+    def visit(p: str, path: list[str]) -> None:
+        state[p] = 1
+        for q in graph[p]:
+            assert state.get(q) != 1, f"import cycle: {' -> '.join(path + [p, q])}"
+            if q not in state:
+                visit(q, path + [p])
+        state[p] = 2
+
+    for p in PACKAGES:
+        if p not in state:
+            visit(p, [])
+
+
+def _framework_imports(package: str, names: tuple[str, ...]) -> list[str]:
+    return [f"{path.relative_to(REPO)}:{line} {mod}" for path in _files(package)
+            for mod, line in _imports(path, package) if mod.split(".")[0] in names]
+
+
+@pytest.mark.parametrize("package", [p for p in PACKAGES if p not in ("generator", "experiments")])
+def test_no_tensorflow_outside_the_generator(package):
+    assert not _framework_imports(package, TF_MODULES)
+
+
+@pytest.mark.parametrize("package", ["core", "shardset", "benchdata", "generator"])
+def test_no_torch_in_core_shardset_benchdata_or_the_generator(package):
+    assert not _framework_imports(package, ("torch", "safetensors", "torchvision"))
+
+
+# --------------------------------------------------------------------------- at run time
 
 
 def _modules(package: str) -> list[str]:
@@ -21,12 +150,12 @@ def _modules(package: str) -> list[str]:
     return [package] + [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(pkg_dir)])]
 
 
-def _frameworks_after_importing(package: str) -> list[str]:
-    """Which of torch and tensorflow are in sys.modules after importing every module of `package`
-    in a fresh interpreter."""
+def _frameworks_after_importing(modules: list[str]) -> list[str]:
+    """Which of torch and tensorflow are in sys.modules after importing `modules` in a fresh
+    interpreter."""
     code = (
         "import importlib, json, sys\n"
-        f"for m in {_modules(package)!r}:\n"
+        f"for m in {modules!r}:\n"
         "    importlib.import_module(m)\n"
         "print(json.dumps(sorted(k for k in ('torch', 'tensorflow') if k in sys.modules)))\n"
     )
@@ -35,18 +164,24 @@ def _frameworks_after_importing(package: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator"])
+@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator", "segmodel", "benchdata", "core"])
 def test_package_never_imports_tensorflow(package):
-    assert "tensorflow" not in _frameworks_after_importing(package), f"{package} imported tensorflow"
+    assert "tensorflow" not in _frameworks_after_importing(_modules(package)), f"{package} imported tensorflow"
 
 
-def test_shardset_imports_neither_framework():
-    assert _frameworks_after_importing("shardset") == []
+@pytest.mark.parametrize("package", ["core", "shardset", "benchdata"])
+def test_ground_floor_data_packages_import_neither_framework(package):
+    assert _frameworks_after_importing(_modules(package)) == []
 
 
 def test_generator_imports_no_torch():
     """A `[gen]` install has no torch: the generator reads .pth files with generator.torchfile."""
-    assert "torch" not in _frameworks_after_importing("generator")
+    assert "torch" not in _frameworks_after_importing(_modules("generator"))
+
+
+def test_the_metrics_and_the_quantisation_rule_cost_no_torch():
+    """evaluator.metrics (and segmodel.inference, whose probability_to_uint8 it uses) stay numpy."""
+    assert _frameworks_after_importing(["evaluator.metrics", "evaluator.protocols", "segmodel.inference"]) == []
 
 
 def _closure(extras: list[str]) -> list[str]:
@@ -74,3 +209,7 @@ def test_trainer_only_install_pulls_no_tensorflow():
     # and the generator extra really does carry it, so the check above can fail
     assert any(r.startswith("tensorflow") for r in _closure(["gen"]))
 
+
+def test_every_package_is_installed():
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p.rstrip("*") for p in include) == sorted(PACKAGES)

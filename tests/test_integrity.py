@@ -109,10 +109,11 @@ def test_hashing_reads_each_byte_once(tampered, monkeypatch):
 
 
 def test_eval_seg_shards_refuse_a_tampered_val_shard(tampered):
-    from evaluator.datasets import DatasetError, get_dataset
+    from benchdata import DatasetError, get_dataset
+    from shardset.split import open_split
 
     tamper(tampered / "s-000002.tar.zst")  # the val shard
-    ds = get_dataset(f"shards:{tampered / 's.json'}")
+    ds = get_dataset(f"shards:{tampered / 's.json'}", shard_sets=open_split)
     with pytest.raises(DatasetError, match=r"s-000002\.tar\.zst: sha256 differs from its manifest record"):
         ds.test_items()
 

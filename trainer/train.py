@@ -20,10 +20,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from benchdata.datasets import get_dataset
+from benchdata.io import DatasetError
 from core.atomic import atomic_write_bytes
 from core.errors import UserError, first_line
+from core.images import DEFAULT_MAX_PIXELS
 from segmodel.inference import normalize_images
 from segmodel.unet import UNet
+from shardset.split import open_split
 
 from . import checkpoint as ckpt
 from .config import RESULT_FIELDS, ConfigError, TrainConfig
@@ -81,18 +85,13 @@ def check_out_dir(out: Path, resume: bool, announce: bool = True) -> None:
         log.warning("--out %s holds a run that stopped before its first checkpoint; starting it afresh", out)
 
 
-def check_eval_dataset(name: str | None, root: str | None) -> None:
+def check_eval_dataset(name: str | None, root: str | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Fail before step 1 when --eval-dataset cannot be found (unknown name, no --data-root,
     missing folders), instead of at the first validation."""
     if not name:
         return
     try:
-        from evaluator.datasets import DatasetError, get_dataset
-    except ImportError as e:  # validate_real says so at each validation, and skips the benchmark
-        log.warning("--eval-dataset %s will be skipped: the evaluator is not importable (%s)", name, e)
-        return
-    try:
-        if not get_dataset(name, root=root).test_items():
+        if not get_dataset(name, root=root, max_pixels=max_pixels, shard_sets=open_split).test_items():
             raise DataError(f"--eval-dataset {name}: the dataset has no test images")
     except DatasetError as e:
         raise DataError(f"--eval-dataset {name}: {first_line(e)}") from None
@@ -160,7 +159,7 @@ def train(config: TrainConfig, *, resume: bool = False,
         check_out_dir(out, resume, announce=False)
         source = resolve_shards(config.shards, allow_incomplete=config.allow_incomplete)
         if master:
-            check_eval_dataset(config.eval_dataset, config.data_root)
+            check_eval_dataset(config.eval_dataset, config.data_root, config.max_image_pixels)
             closing.callback(lock_run_dir(out).release)
         check_out_dir(out, resume, announce=master)  # again under the lock: a run may have started meanwhile
         if ddp:
@@ -272,10 +271,9 @@ def train(config: TrainConfig, *, resume: bool = False,
                 write_grid_png(out / "val-grid.png", grid)
             if config.eval_dataset:
                 r = validate_real(raw_model, config.eval_dataset, config.data_root, device, autocast,
-                                  config.eval_samples)
-                if r is not None:
-                    # fixed key names ("eval_iou", ...) so scripts need not know the dataset spec
-                    res.update({f"eval_{k}": r[k] for k in ("iou", "max_f", "accuracy")})
+                                  config.eval_samples, max_pixels=config.max_image_pixels)
+                # fixed key names ("eval_iou", ...) so scripts need not know the dataset spec
+                res.update({f"eval_{k}": r[k] for k in ("iou", "max_f", "accuracy")})
             for k, v in res.items():
                 writer.add_scalar(f"val/{k}", v, step)
             if res:

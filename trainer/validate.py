@@ -1,8 +1,9 @@
 """Validation during training: loss, and maxF (beta^2 = 0.3), IoU at 0.5 and accuracy on held-out
-samples, computed by evaluator.metrics.SegmentationMetrics under a named evaluation protocol
-(`paper` by default: the numbers the paper's tables use; see evaluator.protocols). There is no
-second copy of the metrics here. Optionally a real benchmark is scored through the evaluator's
-own dataset and prediction code.
+samples, computed by evaluator.metrics.SegmentationMetrics (the evaluator's public streaming API,
+the one module of it the trainer imports) under a named evaluation protocol (`paper` by default:
+the numbers the paper's tables use; see evaluator.protocols). There is no second copy of the
+metrics here. Optionally a real benchmark is scored through benchdata's datasets and inference
+protocol, as eval-seg scores it.
 """
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluator.metrics import SegmentationMetrics
+from benchdata.datasets import get_dataset
+from benchdata.io import DatasetError
+from benchdata.predictions import iter_model_maps
 from core.atomic import atomic_write_bytes
+from core.images import DEFAULT_MAX_PIXELS
+from evaluator.metrics import SegmentationMetrics
 from segmodel.inference import foreground_probability, normalize_images, probability_to_uint8
+from shardset.split import open_split
 
 
 log = logging.getLogger(__name__)
@@ -89,16 +95,16 @@ def write_grid_png(path, grid: np.ndarray) -> None:
     atomic_write_bytes(path, buf.tobytes(), fsync=False)
 
 
-class _ModelSource:
-    """The evaluator's prediction-source interface (batch_size, predict_batch) over a live model."""
+class _ModelPredictor:
+    """`predict_batch` over a live model: one image at a time (short128 inputs differ in aspect)."""
 
-    def __init__(self, model, device, autocast, batch_size: int = 16):
-        self.model, self.device, self.autocast, self.batch_size = model, device, autocast, batch_size
+    def __init__(self, model, device, autocast):
+        self.model, self.device, self.autocast = model, device, autocast
 
     @torch.no_grad()
-    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
         out = []
-        for im in images:  # short-side-128 inputs differ in aspect: one at a time
+        for im in images:
             x = normalize_images(torch.from_numpy(np.ascontiguousarray(im))[None].to(self.device))
             with self.autocast():
                 out.append(foreground_probability(self.model(x))[0].cpu().numpy())
@@ -106,25 +112,29 @@ class _ModelSource:
 
 
 def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device: torch.device,
-                  autocast, limit: int = 200, protocol: str = "paper") -> dict:
-    """maxF / IoU / accuracy on a real benchmark under `protocol`, through the evaluator's own
-    code (evaluator.datasets.get_dataset + evaluator.predict.iter_predictions: resize, restore;
-    the protocol binarises the mask)."""
-    from evaluator.datasets import get_dataset
-    from evaluator.predict import iter_predictions
-
-    ds = get_dataset(dataset, root=root)
+                  autocast, limit: int = 200, protocol: str = "paper",
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """maxF / IoU / accuracy on a real benchmark under `protocol`, through the code eval-seg uses:
+    benchdata.get_dataset and benchdata.predictions.iter_model_maps (the inference protocol:
+    resize, restore), segmodel.inference's quantisation, and the evaluation protocol's own
+    binarisation of the mask. Images over `max_pixels` pixels, or that do not decode, are skipped
+    and counted (`skipped`); `n` counts the images scored."""
+    ds = get_dataset(dataset, root=root, max_pixels=max_pixels, shard_sets=open_split)
     items = list(ds.test_items())
     items = items[:limit] if limit else items
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(VAL_METRICS, protocol=protocol)
     try:
-        for pred in iter_predictions(ds, items, _ModelSource(model, device, autocast)):
-            if pred.gt is not None:
-                metrics.update(pred.pred, pred.gt_map)
+        for m in iter_model_maps(ds, items, _ModelPredictor(model, device, autocast), window=64):
+            if m.gt is not None:
+                metrics.update(probability_to_uint8(m.prob), m.gt_map)
     finally:
         model.train(was_training)
+    if metrics.n_images == 0:
+        raise DatasetError(f"--eval-dataset {dataset}: none of its {len(items)} test images could be read "
+                           f"({len(ds.skipped)} skipped, e.g. {next(iter(ds.skipped.values()), '-')})")
     out = _scores(metrics)
-    out["n"] = len(items)
+    out["n"] = metrics.n_images
+    out["skipped"] = len(ds.skipped)
     return out

@@ -1,30 +1,21 @@
-"""Benchmark datasets by name: where each lives under the data root, its split, its protocol,
-and how its images and ground truth load.
+"""Benchmark datasets by name: where each lives under the data root, its split, its inference
+protocol (benchdata.protocols), and how its images and ground truth load.
 
-numpy + cv2 only (the generator imports this module for train images, so no torch, no TF).
+numpy + cv2 only (the generator uses it for train images, so no torch, no TF); it imports `core`
+and no other package of this project.
 
     get_dataset("ecssd", root="/data")              # name from DATASETS, under the data root
     get_dataset("folder:/data/mine")                # images/ + masks/
-    get_dataset("shards:shards/toy")                # the val split of a synthetic shard set
+    get_dataset("shards:shards/toy", shard_sets=shardset.open_split)   # a shard set's val split
 
 `root` defaults to the BGW_DATA_ROOT environment variable. Every failure to find a dataset is a
 `DatasetError` whose message is one line naming the missing path and where the data comes from.
 
-Protocols (how an image reaches the model and how its prediction reaches the metric):
-
-- ``crop128`` (CUB, Flowers; table 1 of the paper, as the prior works): centre crop to a square,
-  resize to 128x128; the ground truth gets the same crop and resize, metrics run at 128x128.
-- ``short128`` (saliency and localisation sets; tables 2-3): resize so the short side is 128,
-  keeping the aspect ratio; the probability map is resized back to the ground truth's size.
-
-Ground truth is binarised at >= 0.5 of its range (>= 128 for 8-bit, >= 32768 for 16-bit);
-a uint8 map whose values are all in {0, 1} is read as a label map (1 = foreground).
-
-Images and ground truth are read by `core.images.read_user_image`: an image over the pixel
-limit (`max_pixels`, checked from the header before decoding) or one that does not decode
-(truncated, corrupt, missing) is skipped with a warning by `Dataset.iter_loaded`, and recorded
-in `Dataset.skipped` (item id -> reason) for the command's summary. `read_image` / `read_gt`
-raise `ImageSkipped` (a DatasetError) for such files.
+Images and ground truth are read by `core.images.read_user_image` (benchdata.io): an image over
+the pixel limit (`max_pixels`, checked from the header before decoding) or one that does not
+decode (truncated, corrupt, missing) is skipped with a warning by `Dataset.iter_loaded`, and
+recorded in `Dataset.skipped` (item id -> reason) for the command's summary. `read_image` /
+`read_gt` raise `ImageSkipped` (a DatasetError) for such files.
 """
 from __future__ import annotations
 
@@ -35,37 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import cv2
 import numpy as np
 
 from core.errors import UserError, first_line
-from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+from core.images import DEFAULT_MAX_PIXELS
+
+from .io import IMAGE_EXTS, DatasetError, ImageSkipped, read_gt, read_image
+from .protocols import gt_foreground
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ENV_ROOT", "PROTOCOLS", "INPUT_SIZE", "DATASETS", "DatasetError", "ImageSkipped", "Item", "Dataset",
-    "get_dataset", "dataset_names", "read_image", "read_gt", "binarize_gt", "center_crop",
-    "input_size", "prepare_image", "prepare_gt", "restore_map",
-]
+__all__ = ["ENV_ROOT", "DATASETS", "Item", "Dataset", "get_dataset", "dataset_names", "flowers_segmim_mask"]
 
 ENV_ROOT = "BGW_DATA_ROOT"
-PROTOCOLS = ("crop128", "short128")
-INPUT_SIZE = 128  # pixels: the U-Net's training resolution (BigBiGAN samples are 128x128)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
-
-class DatasetError(UserError):
-    """A dataset could not be found or read; the message is one line with the fix."""
-
-
-class ImageSkipped(DatasetError):
-    """One image or ground-truth file is skipped (over the pixel limit, truncated, corrupt or
-    missing); `.skip` holds the kind and the one-line reason."""
-
-    def __init__(self, skip: Skip):
-        super().__init__(skip.reason)
-        self.skip = skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +102,8 @@ class Dataset:
 
     def load_gt(self, item: Item) -> np.ndarray:
         """The raw ground-truth map at its original size (uint8/uint16 [H, W]); binarise with
-        `binarize_gt` (after `prepare_gt`, which resizes it when the protocol says so)."""
+        `benchdata.protocols.gt_foreground` (after `prepare_gt`, which resizes it when the
+        protocol says so)."""
         if self._gt_reader is not None:
             return self._gt_reader(item, self.max_pixels)
         if item.mask_path is None:
@@ -142,7 +117,7 @@ class Dataset:
         """bool [H, W] pixels to leave out of PxAP (OpenImages), or None."""
         if item.ignore_path is None:
             return None
-        return binarize_gt(read_gt(item.ignore_path, self.max_pixels))
+        return gt_foreground(read_gt(item.ignore_path, self.max_pixels))
 
     def _note_skip(self, item: Item, exc: ImageSkipped) -> None:
         first = item.id not in self.skipped
@@ -199,116 +174,6 @@ class Dataset:
             yield from loaded(ahead_of(pool))
 
 
-# --------------------------------------------------------------------------- pixel helpers
-
-
-def _read(path: Path | str, flags: int, max_pixels: int) -> np.ndarray:
-    got = read_user_image(path, flags, max_pixels=max_pixels)
-    if isinstance(got, Skip):
-        raise ImageSkipped(got)
-    return got
-
-
-def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; gray images are replicated to three channels. ImageSkipped for a file
-    over `max_pixels` pixels (from its header, before decoding), truncated, corrupt or missing."""
-    return cv2.cvtColor(_read(path, cv2.IMREAD_COLOR, max_pixels), cv2.COLOR_BGR2RGB)
-
-
-def read_gt(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Ground truth as stored (uint8 or uint16 [H, W]); colour files keep their first channel.
-    ImageSkipped as read_image."""
-    data = _read(path, cv2.IMREAD_UNCHANGED, max_pixels)
-    if data.ndim == 3:
-        # grayscale masks saved as RGB(A): the channels are equal; keep one (cv2 order is BGR)
-        data = data[..., 2] if data.shape[2] >= 3 else data[..., 0]
-    if data.dtype not in (np.uint8, np.uint16):
-        raise DatasetError(f"ground truth {path} has dtype {data.dtype}; expected 8- or 16-bit")
-    return data
-
-
-def binarize_gt(gt: np.ndarray) -> np.ndarray:
-    """bool [H, W]: foreground where the map is >= half its range.
-
-    8-bit: >= 128; 16-bit: >= 32768; bool passes through. A uint8 map whose values all lie in
-    {0, 1} is a label map, where 1 is foreground (such masks exist in the wild; reading them at
-    >= 128 would make every image empty).
-    """
-    if gt.dtype == bool:
-        return gt
-    if gt.dtype == np.uint8:
-        if gt.max(initial=0) <= 1:
-            return gt == 1
-        return gt >= 128
-    if gt.dtype == np.uint16:
-        return gt >= 32768
-    if np.issubdtype(gt.dtype, np.floating):
-        return gt >= 0.5
-    raise DatasetError(f"ground truth of dtype {gt.dtype} is not supported")
-
-
-def center_crop(a: np.ndarray) -> np.ndarray:
-    """The central square of side min(H, W) (the extra pixel of an odd margin goes to the end)."""
-    h, w = a.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return a[top:top + s, left:left + s]
-
-
-def input_size(shape: tuple[int, ...], protocol: str) -> tuple[int, int]:
-    """(height, width) of the model input for an image of `shape` under `protocol`."""
-    h, w = shape[:2]
-    if protocol == "crop128":
-        return INPUT_SIZE, INPUT_SIZE
-    if protocol == "short128":
-        s = min(h, w)
-        # round half up, so 300x400 -> 128x171 on every platform
-        return (INPUT_SIZE if h == s else int(h * INPUT_SIZE / s + 0.5),
-                INPUT_SIZE if w == s else int(w * INPUT_SIZE / s + 0.5))
-    raise DatasetError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-
-
-def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if a.shape[:2] == hw:
-        return a
-    # area averaging when shrinking (antialiased, like PIL's resize), bilinear when growing
-    shrink = hw[0] * hw[1] < a.shape[0] * a.shape[1]
-    return cv2.resize(a, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def prepare_image(image: np.ndarray, protocol: str) -> np.ndarray:
-    """uint8 RGB model input for `protocol` (128x128, or short side 128)."""
-    if protocol == "crop128":
-        image = center_crop(image)
-    return _resize(image, input_size(image.shape, protocol))
-
-
-def prepare_gt(gt: np.ndarray, protocol: str) -> np.ndarray:
-    """The ground truth at the size metrics run at: crop128 crops and resizes it to 128x128 like
-    the image (then binarise); short128 keeps the original size."""
-    if protocol == "crop128":
-        if gt.dtype == bool:
-            gt = gt.astype(np.uint8) * 255
-        return _resize(center_crop(gt), (INPUT_SIZE, INPUT_SIZE))
-    if protocol == "short128":
-        return gt
-    raise DatasetError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-
-
-def restore_map(prob: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """float probability map [h, w] in [0, 1] -> uint8 [H, W] at the ground truth's size.
-
-    Bilinear resize of the float map first, then rounding to 8 bits (v = round(255 p)), so the
-    metrics' integer thresholds see the same values a saved 8-bit PNG would carry.
-    """
-    prob = np.asarray(prob, dtype=np.float32)
-    if prob.shape != tuple(hw):
-        prob = cv2.resize(prob, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
-    from segmodel.inference import probability_to_uint8  # evaluator.datasets moves to benchdata next
-
-    return probability_to_uint8(prob)
-
-
 # --------------------------------------------------------------------------- registry
 
 
@@ -346,15 +211,22 @@ def _data_root(root: Path | str | None, name: str) -> Path:
     return root
 
 
-def get_dataset(spec: str, root: Path | str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
+def get_dataset(spec: str, root: Path | str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                shard_sets: Callable[[str], object] | None = None) -> Dataset:
     """The dataset named by `spec`: a DATASETS name (under `root` or $BGW_DATA_ROOT),
-    `folder:PATH` or `shards:SET`. Images over `max_pixels` pixels are skipped (see iter_loaded)."""
+    `folder:PATH` or `shards:SET`. Images over `max_pixels` pixels are skipped (see iter_loaded).
+
+    `shard_sets` reads `shards:SET` specs: a function of SET returning the set's val split by key,
+    as shardset.open_split does (`.urls`, `.keys(url)`, `.samples(url, keys)`, `.manifest_name`,
+    `.fingerprint`); the tools that score shard sets pass shardset.open_split."""
     if spec.startswith("folder:"):
         path = Path(spec[len("folder:"):]).expanduser()
         # tables name the folder ("ecssd"), so its rows line up with the named set's
         ds = _folder(path, name=path.resolve().name or spec, protocol="short128")
     elif spec.startswith("shards:"):
-        ds = _shards(spec[len("shards:"):])
+        if shard_sets is None:
+            raise DatasetError(f"{spec}: this tool reads no shard sets as benchmarks; name a dataset or folder:PATH")
+        ds = _shards(spec[len("shards:"):], shard_sets)
     else:
         entry = DATASETS.get(spec)
         if entry is None:
@@ -506,40 +378,30 @@ _OMRON_SOURCE = ("get DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip fro
                  "http://saliencydetection.net/dut-omron/ and unpack both into 'DUT-OMRON'")
 
 
-@_register("ecssd", "ecssd/{images/, ground_truth_mask/ | masks/}", _ECSSD_SOURCE)
-def _ecssd(root: Path) -> Dataset:
-    base = _find_dir(root, ["ecssd", "ECSSD"], "ecssd", _ECSSD_SOURCE)
-    images = _find_dir(base, ["images"], "ecssd", _ECSSD_SOURCE)
-    masks = _find_dir(base, ["ground_truth_mask", "masks"], "ecssd", _ECSSD_SOURCE)
-    return _paired("ecssd", images, masks, _ECSSD_SOURCE, "short128")
+def _saliency_set(name: str, layout: str, source: str, bases: list[str], image_dirs: list[str],
+                  mask_dirs: list[str]) -> None:
+    """Register a saliency set laid out as BASE/IMAGES/<id>.jpg + BASE/MASKS/<id>.png (short128);
+    each list names the folder names accepted, the official one first."""
+
+    def build(root: Path) -> Dataset:
+        base = _find_dir(root, bases, name, source)
+        images = _find_dir(base, image_dirs, name, source)
+        masks = _find_dir(base, mask_dirs, name, source)
+        return _paired(name, images, masks, source, "short128")
+
+    _register(name, layout, source)(build)
 
 
-@_register("duts-te", "DUTS-TE/{DUTS-TE-Image/, DUTS-TE-Mask/}", _DUTS_SOURCE)
-def _duts_te(root: Path) -> Dataset:
-    base = _find_dir(root, ["DUTS-TE", "duts-te"], "duts-te", _DUTS_SOURCE)
-    images = _find_dir(base, ["DUTS-TE-Image", "images"], "duts-te", _DUTS_SOURCE)
-    masks = _find_dir(base, ["DUTS-TE-Mask", "masks"], "duts-te", _DUTS_SOURCE)
-    return _paired("duts-te", images, masks, _DUTS_SOURCE, "short128")
-
-
-_DUTS_TR_SOURCE = "get DUTS-TR.zip from http://saliencydetection.net/duts/ and unpack it under the data root"
-
-
-@_register("duts", "DUTS-TR/{DUTS-TR-Image/, DUTS-TR-Mask/}", _DUTS_TR_SOURCE)
-def _duts_tr(root: Path) -> Dataset:
-    # DUTS-TR: the train part, whose images gen-synth embeds (the paper scores on DUTS-TE: duts-te)
-    base = _find_dir(root, ["DUTS-TR", "duts-tr", "duts", "duts-tr-3000"], "duts", _DUTS_TR_SOURCE)
-    images = _find_dir(base, ["DUTS-TR-Image", "images"], "duts", _DUTS_TR_SOURCE)
-    masks = _find_dir(base, ["DUTS-TR-Mask", "masks"], "duts", _DUTS_TR_SOURCE)
-    return _paired("duts", images, masks, _DUTS_TR_SOURCE, "short128")
-
-
-@_register("dut-omron", "DUT-OMRON/{DUT-OMRON-image/, pixelwiseGT-new-PNG/}", _OMRON_SOURCE)
-def _dut_omron(root: Path) -> Dataset:
-    base = _find_dir(root, ["DUT-OMRON", "dut-omron"], "dut-omron", _OMRON_SOURCE)
-    images = _find_dir(base, ["DUT-OMRON-image", "images"], "dut-omron", _OMRON_SOURCE)
-    masks = _find_dir(base, ["pixelwiseGT-new-PNG", "masks"], "dut-omron", _OMRON_SOURCE)
-    return _paired("dut-omron", images, masks, _OMRON_SOURCE, "short128")
+_saliency_set("ecssd", "ecssd/{images/, ground_truth_mask/ | masks/}", _ECSSD_SOURCE,
+              ["ecssd", "ECSSD"], ["images"], ["ground_truth_mask", "masks"])
+_saliency_set("duts-te", "DUTS-TE/{DUTS-TE-Image/, DUTS-TE-Mask/}", _DUTS_SOURCE,
+              ["DUTS-TE", "duts-te"], ["DUTS-TE-Image", "images"], ["DUTS-TE-Mask", "masks"])
+# DUTS-TR: the train part, whose images gen-synth embeds (the paper scores on DUTS-TE: duts-te)
+_saliency_set("duts", "DUTS-TR/{DUTS-TR-Image/, DUTS-TR-Mask/}",
+              "get DUTS-TR.zip from http://saliencydetection.net/duts/ and unpack it under the data root",
+              ["DUTS-TR", "duts-tr", "duts", "duts-tr-3000"], ["DUTS-TR-Image", "images"], ["DUTS-TR-Mask", "masks"])
+_saliency_set("dut-omron", "DUT-OMRON/{DUT-OMRON-image/, pixelwiseGT-new-PNG/}", _OMRON_SOURCE,
+              ["DUT-OMRON", "dut-omron"], ["DUT-OMRON-image", "images"], ["pixelwiseGT-new-PNG", "masks"])
 
 
 # ---- ImageNet train images (the generator's embeddings; no test split here)
@@ -630,20 +492,18 @@ def _openimages_wsol(root: Path) -> Dataset:
     return _wsol(root, "openimages-wsol", "OpenImages", "pxap")
 
 
-# ---- shards:SET, the validation part of a synthetic shard set (each shard is checked against its
-# manifest record while it streams: a changed shard is a DatasetError naming it)
+# ---- shards:SET, the validation part of a synthetic shard set, read by the `shard_sets` reader
+# (shardset.open_split checks each shard against its manifest record while it streams: a changed
+# shard is a DatasetError naming it)
 
 
-def _shards(set_spec: str) -> Dataset:
+def _shards(set_spec: str, open_split: Callable[[str], object]) -> Dataset:
     name = f"shards:{set_spec}"
     try:
-        import shardset
-        ref = shardset.resolve(set_spec)
-    except ImportError as e:
-        raise DatasetError(f"{name}: the shardset package is not importable ({e})") from e
-    except Exception as e:  # resolve's own errors name the spec; keep them to one line
-        raise DatasetError(f"{name}: cannot resolve the shard set ({str(e).splitlines()[0]})") from e
-    urls = list(ref.split_urls("val"))
+        split = open_split(set_spec)
+    except UserError as e:  # the spec names no readable set: the reader's own one line
+        raise DatasetError(f"{name}: cannot resolve the shard set ({first_line(e)})") from None
+    urls = list(split.urls)
     if not urls:
         raise DatasetError(f"{name}: the shard set has no 'val' shards; generate some with gen-synth --val-shards")
 
@@ -651,10 +511,9 @@ def _shards(set_spec: str) -> Dataset:
         items = []
         for url in urls:
             try:  # keys only: listing needs no image decoding
-                items += [Item(raw["__key__"], url, key=raw["__key__"])
-                          for raw in shardset.iter_raw_samples(url, expect=ref.record(url))]
-            except shardset.ShardError as e:
-                raise DatasetError(f"{name}: {str(e).splitlines()[0]}") from e
+                items += [Item(key, url, key=key) for key in split.keys(url)]
+            except UserError as e:  # a shard that differs from its manifest record, or will not open
+                raise DatasetError(f"{name}: {first_line(e)}") from None
         return items
 
     def loaded(items: list[Item]) -> Iterator[tuple[Item, np.ndarray, np.ndarray]]:
@@ -667,23 +526,19 @@ def _shards(set_spec: str) -> Dataset:
         for it in items:
             url = str(it.image_path)
             if it.key not in cache and url not in done_urls:
-                keys = {w.key for w in wanted[url]}
                 try:
-                    for s in shardset.iter_samples(url, expect=ref.record(url)):
-                        if s["__key__"] in keys:
-                            cache[s["__key__"]] = (s["image"], s["mask"].astype(bool))
-                except shardset.ShardError as e:
-                    raise DatasetError(f"{name}: {str(e).splitlines()[0]}") from e
+                    for key, image, mask in split.samples(url, {w.key for w in wanted[url]}):
+                        cache[key] = (image, mask)
+                except UserError as e:
+                    raise DatasetError(f"{name}: {first_line(e)}") from None
                 done_urls.add(url)
             if it.key not in cache:
                 raise DatasetError(f"{name}: sample {it.key!r} is not in {url}")
             image, mask = cache.pop(it.key)
             yield it, image, mask
 
-    manifest = ref.manifest or {}
     # tables name the set by its manifest name (the spec is in results.json)
-    display = f"shards:{manifest['name']}" if manifest.get("name") else name
+    display = f"shards:{split.manifest_name}" if split.manifest_name else name
     return Dataset(display, "short128", None, _list_test=test, _iter_loaded=loaded,
                    source="a shard set written by gen-synth",
-                   info={"shardset": manifest.get("name"), "fingerprint": manifest.get("fingerprint"),
-                         "val_shards": len(urls)})
+                   info={"shardset": split.manifest_name, "fingerprint": split.fingerprint, "val_shards": len(urls)})

@@ -1,4 +1,4 @@
-"""evaluator.datasets: each named layout on tiny hand-made folders (splits, ids, ground truth),
+"""benchdata: each named layout on tiny hand-made folders (splits, ids, ground truth),
 the one-line errors, and the exact shapes and values of the two protocols."""
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from evaluator import datasets as D
-from evaluator.datasets import DatasetError, get_dataset
+import benchdata.datasets
+import benchdata.io
+import benchdata.protocols
+from benchdata import DatasetError, get_dataset
 
 
 def _img(path: Path, h: int, w: int, value: int = 100) -> None:
@@ -34,20 +36,20 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 
 def test_input_size_short128_keeps_aspect_with_half_up_rounding():
-    assert D.input_size((300, 400), "short128") == (128, 171)  # 400 * 128 / 300 = 170.67
-    assert D.input_size((400, 300), "short128") == (171, 128)
-    assert D.input_size((256, 384), "short128") == (128, 192)
-    assert D.input_size((100, 100), "short128") == (128, 128)
-    assert D.input_size((37, 501), "crop128") == (128, 128)
+    assert benchdata.protocols.input_size((300, 400), "short128") == (128, 171)  # 400 * 128 / 300 = 170.67
+    assert benchdata.protocols.input_size((400, 300), "short128") == (171, 128)
+    assert benchdata.protocols.input_size((256, 384), "short128") == (128, 192)
+    assert benchdata.protocols.input_size((100, 100), "short128") == (128, 128)
+    assert benchdata.protocols.input_size((37, 501), "crop128") == (128, 128)
     with pytest.raises(DatasetError, match="unknown protocol 'x'"):
-        D.input_size((10, 10), "x")
+        benchdata.protocols.input_size((10, 10), "x")
 
 
 def test_center_crop_exact():
     a = np.arange(15).reshape(3, 5)
-    np.testing.assert_array_equal(D.center_crop(a), [[1, 2, 3], [6, 7, 8], [11, 12, 13]])
+    np.testing.assert_array_equal(benchdata.protocols.center_crop(a), [[1, 2, 3], [6, 7, 8], [11, 12, 13]])
     b = np.arange(8).reshape(4, 2)
-    np.testing.assert_array_equal(D.center_crop(b), [[2, 3], [4, 5]])  # rows 1..2 of 4
+    np.testing.assert_array_equal(benchdata.protocols.center_crop(b), [[2, 3], [4, 5]])  # rows 1..2 of 4
 
 
 @pytest.mark.parametrize("shape,proto,expected", [
@@ -57,60 +59,66 @@ def test_center_crop_exact():
     ((90, 60, 3), "crop128", (128, 128, 3)),
 ])
 def test_prepare_image_shapes(shape, proto, expected):
-    out = D.prepare_image(np.zeros(shape, np.uint8), proto)
+    out = benchdata.protocols.prepare_image(np.zeros(shape, np.uint8), proto)
     assert out.shape == expected and out.dtype == np.uint8
 
 
 def test_prepare_gt_crop128_crops_like_the_image_and_short128_keeps_size():
     gt = np.zeros((256, 512), np.uint8)
     gt[:, 128:256] = 255  # left half of the central square is foreground
-    out = D.binarize_gt(D.prepare_gt(gt, "crop128"))
+    out = benchdata.protocols.gt_foreground(benchdata.protocols.prepare_gt(gt, "crop128"))
     assert out.shape == (128, 128)
     expected = np.zeros((128, 128), bool)
     expected[:, :64] = True
     np.testing.assert_array_equal(out, expected)
-    assert D.prepare_gt(gt, "short128") is gt
+    assert benchdata.protocols.prepare_gt(gt, "short128") is gt
 
 
-def test_restore_map_resizes_then_quantises():
+def test_restore_map_resizes_the_float_map_then_the_caller_quantises():
+    from segmodel.inference import probability_to_uint8
+
     prob = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
-    np.testing.assert_array_equal(D.restore_map(prob, (2, 2)), [[0, 255], [128, 64]])
-    big = D.restore_map(np.full((4, 6), 0.5, np.float32), (30, 40))
-    assert big.shape == (30, 40) and (big == 128).all()
+    np.testing.assert_array_equal(benchdata.protocols.restore_map(prob, (2, 2)), prob)
+    np.testing.assert_array_equal(probability_to_uint8(benchdata.protocols.restore_map(prob, (2, 2))),
+                                  [[0, 255], [128, 64]])
+    big = benchdata.protocols.restore_map(np.array([[0.0, 1.0]], np.float32), (1, 4))
+    # bilinear on the floats (half-pixel centres): 0, 1/4, 3/4, 1 -> 8 bits 0, 64, 191, 255
+    np.testing.assert_allclose(big, [[0.0, 0.25, 0.75, 1.0]])
+    np.testing.assert_array_equal(probability_to_uint8(big), [[0, 64, 191, 255]])
 
 
-def test_binarize_gt_thresholds_at_half_range():
-    np.testing.assert_array_equal(D.binarize_gt(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
-    np.testing.assert_array_equal(D.binarize_gt(np.array([[32767, 32768]], np.uint16)), [[0, 1]])
+def test_gt_foreground_thresholds_at_half_range():
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[32767, 32768]], np.uint16)), [[0, 1]])
     # a {0, 1} label map: 1 is foreground (>= 128 would make it empty)
-    np.testing.assert_array_equal(D.binarize_gt(np.array([[0, 1]], np.uint8)), [[0, 1]])
-    np.testing.assert_array_equal(D.binarize_gt(np.array([[0, 0]], np.uint8)), [[0, 0]])
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 1]], np.uint8)), [[0, 1]])
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 0]], np.uint8)), [[0, 0]])
 
 
 def test_read_gt_of_colour_and_16_bit_files(tmp_path):
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[1, 1] = 200
     _mask(tmp_path / "c.png", rgb)
-    np.testing.assert_array_equal(D.binarize_gt(D.read_gt(tmp_path / "c.png")), rgb[..., 0] >= 128)
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(benchdata.io.read_gt(tmp_path / "c.png")), rgb[..., 0] >= 128)
     m16 = np.array([[0, 40000]], np.uint16)
     _mask(tmp_path / "d.png", m16)
-    np.testing.assert_array_equal(D.binarize_gt(D.read_gt(tmp_path / "d.png")), [[False, True]])
+    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(benchdata.io.read_gt(tmp_path / "d.png")), [[False, True]])
 
 
 # --------------------------------------------------------------------------- errors
 
 
 def test_missing_root_names_the_env_variable(monkeypatch):
-    monkeypatch.delenv(D.ENV_ROOT, raising=False)
+    monkeypatch.delenv(benchdata.datasets.ENV_ROOT, raising=False)
     with pytest.raises(DatasetError) as e:
         get_dataset("ecssd")
-    assert "--data-root" in _one_line(e) and D.ENV_ROOT in str(e.value)
+    assert "--data-root" in _one_line(e) and benchdata.datasets.ENV_ROOT in str(e.value)
 
 
 def test_root_from_environment(tmp_path, monkeypatch):
     _img(tmp_path / "ecssd" / "images" / "a.jpg", 8, 8)
     _mask(tmp_path / "ecssd" / "ground_truth_mask" / "a.png", np.zeros((8, 8), np.uint8))
-    monkeypatch.setenv(D.ENV_ROOT, str(tmp_path))
+    monkeypatch.setenv(benchdata.datasets.ENV_ROOT, str(tmp_path))
     assert [i.id for i in get_dataset("ecssd").test_items()] == ["a"]
 
 
@@ -149,8 +157,8 @@ def test_saliency_layouts(tmp_path, name, base, images, masks):
     assert [i.id for i in items] == ["a", "b"]
     loaded = list(ds.iter_loaded(items))
     assert loaded[0][1].shape == (10, 20, 3)
-    assert D.binarize_gt(loaded[0][2]).sum() == 10 * 10  # "a" has 10 foreground columns
-    assert D.binarize_gt(loaded[1][2]).sum() == 10 * 5
+    assert benchdata.protocols.gt_foreground(loaded[0][2]).sum() == 10 * 10  # "a" has 10 foreground columns
+    assert benchdata.protocols.gt_foreground(loaded[1][2]).sum() == 10 * 5
 
 
 def test_folder_layout_and_missing_mask(tmp_path):
@@ -199,7 +207,7 @@ def test_cub_layout_uses_redo_split(tmp_path, seg_inside):
     assert [p.relative_to(tmp_path).as_posix() for p in ds.train_images()] == ["CUB_200_2011/images/001.A/a_1.jpg"]
     item = ds.test_items()[0]
     assert item.mask_path.name == "a_2.png"
-    gt = D.binarize_gt(D.prepare_gt(ds.load_gt(item), ds.protocol))
+    gt = benchdata.protocols.gt_foreground(benchdata.protocols.prepare_gt(ds.load_gt(item), ds.protocol))
     assert gt.shape == (128, 128)
     # 40x60 -> central 40x40 (columns 10..49) -> x3.2: foreground columns 10..29 land on 32..95
     assert gt[:, 32:96].any() and not gt[:, :31].any() and not gt[:, 97:].any()
@@ -231,7 +239,7 @@ def test_flowers_layout_split_and_segmim_rule(tmp_path):
     assert ds.protocol == "crop128"
     assert [i.id for i in ds.test_items()] == ["image_00003", "image_00001"]  # ReDO tests on trnid
     assert [p.name for p in ds.train_images()] == ["image_00004.jpg"]  # ... and trains on tstid
-    gt = D.binarize_gt(ds.load_gt(ds.test_items()[0]))
+    gt = benchdata.protocols.gt_foreground(ds.load_gt(ds.test_items()[0]))
     expected = np.zeros((30, 40), bool)
     expected[5:25, 10:30] = True
     np.testing.assert_array_equal(gt, expected)
@@ -239,7 +247,7 @@ def test_flowers_layout_split_and_segmim_rule(tmp_path):
 
 def test_flowers_segmim_rule_exact():
     seg = np.array([[[0, 5, 5], [5, 0, 5], [5, 5, 254], [5, 5, 5], [0, 0, 254]]], np.uint8)
-    np.testing.assert_array_equal(D.flowers_segmim_mask(seg), [[False, False, False, True, False]])
+    np.testing.assert_array_equal(benchdata.datasets.flowers_segmim_mask(seg), [[False, False, False, True, False]])
 
 
 def test_imagenet_train_folders(tmp_path):
@@ -292,7 +300,7 @@ def test_wsol_openimages_masks_union_and_ignore(tmp_path):
     assert ds.task == "pxap"
     (item,) = ds.test_items()
     assert item.id == "test/c/x"
-    gt = D.binarize_gt(ds.load_gt(item))
+    gt = benchdata.protocols.gt_foreground(ds.load_gt(item))
     np.testing.assert_array_equal(np.argwhere(gt), [[0, 0], [3, 3]])
     np.testing.assert_array_equal(np.argwhere(ds.load_ignore(item)), [[1, 1]])
 
@@ -322,7 +330,9 @@ def test_shards_val_split(tmp_path):
     w.write_shard(0, [sample(0, i) for i in range(3)], split="train", stats={})
     w.write_shard(1, [sample(1, i) for i in range(2)], split="val", stats={})
     w.finalize()
-    ds = get_dataset(f"shards:{tmp_path / 'set'}")
+    from shardset.split import open_split
+
+    ds = get_dataset(f"shards:{tmp_path / 'set'}", shard_sets=open_split)
     assert ds.protocol == "short128"
     items = ds.test_items()
     assert [i.id for i in items] == ["toy-000001-000000", "toy-000001-000001"]
@@ -350,5 +360,5 @@ def test_threaded_loading_keeps_order_and_content(tmp_path):
         got = [x[0].id for x in ds.iter_loaded(ds.test_items(), workers=workers)]
         assert got == [f"{i:02d}" for i in range(11) if i != 5]
         assert ds.skipped == {"05": f"{tmp_path / 'images' / '05.png'}: not a PNG, JPEG, WebP, BMP or TIFF file"}
-    with pytest.raises(D.ImageSkipped, match="05.png: not a PNG"):
-        D.read_image(tmp_path / "images" / "05.png")
+    with pytest.raises(benchdata.io.ImageSkipped, match="05.png: not a PNG"):
+        benchdata.io.read_image(tmp_path / "images" / "05.png")

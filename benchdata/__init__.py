@@ -1,0 +1,18 @@
+"""benchdata: the benchmark datasets and their inference protocols, shared by the generator (train
+images for the embeddings), the trainer (--eval-dataset) and the evaluator.
+
+numpy + OpenCV only; it imports `core` and no other package of this project (a shard set's val
+split is read through the `shard_sets` reader its callers pass: shardset.open_split).
+
+    io.py           DatasetError, ImageSkipped, read_image, read_gt (core.images' reader, pixel limit)
+    protocols.py    crop128 / short128: prepare_image, prepare_gt, restore_map, gt_foreground, eval_gt
+    datasets.py     Item, Dataset, the registry of named layouts, get_dataset, folder:PATH, shards:SET
+    predictions.py  iter_model_maps: a model's maps over a dataset under its protocol
+"""
+from .datasets import DATASETS, ENV_ROOT, Dataset, Item, dataset_names, get_dataset
+from .io import IMAGE_EXTS, DatasetError, ImageSkipped, read_gt, read_image
+from .protocols import INPUT_SIZE, PROTOCOLS, gt_foreground, prepare_gt, prepare_image, restore_map
+
+__all__ = ["DATASETS", "ENV_ROOT", "Dataset", "Item", "dataset_names", "get_dataset", "IMAGE_EXTS", "DatasetError",
+           "ImageSkipped", "read_gt", "read_image", "INPUT_SIZE", "PROTOCOLS", "gt_foreground", "prepare_gt",
+           "prepare_image", "restore_map"]
