@@ -11,9 +11,12 @@ and `python -m experiments`.
 
 Use `Command` / `Group` as the click class of a tool's entry point (`@click.command(cls=Command)`,
 `@click.group(cls=Group)`) and `common_options` on it; sub-commands of a `Group` are `Command`s.
+A tool's settings are the fields of its config dataclass, and `config_option` declares each one:
+named as the field, with the field's default.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import sys
@@ -25,7 +28,7 @@ from .errors import UserError, first_line
 from .version import package_version
 
 __all__ = ["Command", "Group", "CONTEXT_SETTINGS", "common_options", "verbosity_option", "version_option",
-           "progress_bar", "os_error_message", "LOG_FORMAT"]
+           "config_option", "progress_bar", "os_error_message", "LOG_FORMAT"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -118,6 +121,25 @@ def common_options(fmt: str = LOG_FORMAT, expose_verbosity: bool = False) -> Cal
     def deco(f):
         return version_option()(verbosity_option(fmt, expose_verbosity)(f))
     return deco
+
+
+def config_option(config: type, name: str, flag: str | None = None, **kwargs) -> Callable:
+    """A click option that sets field `name` of the dataclass `config`: the parameter is named as the
+    field (so a command builds its config from the options as they come, and experiments' runner
+    finds the flag of a recipe key by introspection), its default is the field's (the dataclass is
+    the one place defaults live), and its flag is `flag`, else the field's metadata "flag", else
+    --name-with-dashes."""
+    field = config.__dataclass_fields__[name]
+    default = field.default
+    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    # click counts an explicit default, None included, as a value: a required option gets none (so
+    # that it can be missing), an on/off pair keeps None (neither given: the config derives it)
+    if default is not dataclasses.MISSING and not (default is None and kwargs.get("required")):
+        kwargs.setdefault("default", default)
+        if default is not None and not kwargs.get("is_flag"):
+            kwargs.setdefault("show_default", True)
+    return click.option(flag or field.metadata.get("flag", "--" + name.replace("_", "-")), name, **kwargs)
 
 
 def progress_bar(**kwargs):

@@ -21,8 +21,9 @@ import click
 import numpy as np
 
 from benchdata.datasets import DATASETS, ENV_ROOT, Dataset, dataset_names, get_dataset
-from core.cli import Command, common_options, progress_bar
+from core.cli import Command, common_options, config_option, progress_bar
 from core.errors import UserError
+from core.images import DEFAULT_MAX_PIXELS
 from core.version import package_version
 from shardset.split import open_split
 
@@ -41,18 +42,21 @@ class EvalError(UserError):
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Every setting of an evaluation; eval-seg's options are its fields (core.cli.config_option)."""
+
     datasets: tuple[str, ...]  # dataset names, folder:PATH or shards:SET
     ckpts: tuple[Path, ...] = ()  # train-unet run folders or .safetensors files; several -> mean ± std
     pred_dir: Path | None = None  # saved maps <id>.png instead of a checkpoint
     data_root: Path | None = None  # where named datasets live (default: $BGW_DATA_ROOT)
-    out: Path | None = None  # folder for results.json / results.md / plots (None: terminal only)
+    out: Path | None = None  # folder for results.json / results.md / plots (None: terminal only; eval-seg requires it)
     batch_size: int = 32  # images per forward pass
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
     limit: int | None = None  # score only the first N test items of each dataset (smoke runs)
     method: str | None = None  # row name in results.md (default: run or folder names)
     figures: bool = True  # best / median / worst example figure per mask dataset
     workers: int = 4  # threads reading and decoding images ahead of the model / metrics
-    fg_prob: str | None = None  # checkpoints: a predict.FG_PROB rule (None: softmax)
+    fg_prob: str | None = None  # checkpoints: a segmodel.inference.FG_PROB rule (None: softmax)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # images (and saved maps) over this many pixels are skipped
 
 
 Progress = Callable[[int, str], object]  # (total, description) -> object with update(n) and close()
@@ -84,8 +88,9 @@ def _split_result(computed: dict) -> tuple[dict, dict, dict]:
     return scalars, curves, per_image
 
 
-def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> dict[str, dict]:
-    """One source on one dataset -> {protocol: {"metrics", "curves", "per_image"}}."""
+def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> tuple[dict[str, dict], list[str]]:
+    """One source on one dataset -> ({protocol: {"metrics", "curves", "per_image"}}, ids scored).
+    Items whose files are skipped (dataset.skipped says why) are not scored."""
     accs = _accumulators(dataset)
     ids = []
     for p in iter_predictions(dataset, items, source, workers=workers):
@@ -98,13 +103,17 @@ def _score(dataset: Dataset, items, source, progress, workers: int = 1) -> dict[
                 acc.update(p.pred, p.gt, p.ignore)
         ids.append(p.item.id)
         progress.update(1)
+    if not ids:
+        reasons = list(dataset.skipped.values())
+        raise EvalError(f"dataset {dataset.name}: none of its {len(items)} test images could be scored "
+                        f"({len(reasons)} skipped{', e.g. ' + reasons[0] if reasons else ''})")
     out = {}
     for name, acc in accs.items():
         scalars, curves, per_image = _split_result(acc.compute())
         scalars.pop("n_images", None)
         per_image = {"ids": ids, **per_image} if per_image else {}
         out[name] = {"metrics": scalars, "curves": curves, "per_image": per_image}
-    return out
+    return out, ids
 
 
 class _BoxMetrics:
@@ -186,7 +195,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
 
     Returns the results dict that results.json holds: tool version, method, fg_prob (the
     checkpoints' foreground-probability rule; None for saved maps), sources (with checkpoint
-    sha256 fingerprints) and, per dataset, its input protocol (crop128 / short128), `protocols`
+    sha256 fingerprints) and, per dataset, its input protocol (crop128 / short128), `n_images`
+    (scored) and `skipped` (item id -> why: over --max-image-pixels, truncated, corrupt), `protocols`
     (every evaluation protocol under its name: about, summary with mean, std and per-run values
     of every scalar metric, and each run's metrics, curves and per-image scores) and `summary`
     (the first protocol's: the paper's for mask sets).
@@ -212,7 +222,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     # resolve every dataset before loading any model: a typo fails in a second, not after a run
     datasets, specs = [], {}
     for spec in dict.fromkeys(cfg.datasets):
-        ds = get_dataset(spec, cfg.data_root, shard_sets=open_split)
+        ds = get_dataset(spec, cfg.data_root, max_pixels=cfg.max_image_pixels, shard_sets=open_split)
         if ds.name in specs:  # two folders of one name: fall back to the full spec
             ds.name = spec
         specs[ds.name] = spec
@@ -227,10 +237,11 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
     else:
         source_specs = [("ckpt", p) for p in cfg.ckpts]
     runs: dict[str, list[dict]] = {ds.name: [] for ds in datasets}
+    scored: dict[str, int] = {}
     sources, labels, first_source = [], [], None
     for kind, path in source_specs:
         # one checkpoint in memory at a time (ten paper-size U-Nets would hold ~700 MB)
-        src = PredDirSource(path) if kind == "pred-dir" else CheckpointSource(
+        src = PredDirSource(path, max_pixels=cfg.max_image_pixels) if kind == "pred-dir" else CheckpointSource(
             Path(path), device=cfg.device, batch_size=cfg.batch_size, fg_prob=fg_prob)
         first_source = first_source or src
         sources.append(src.describe())
@@ -238,7 +249,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
         for ds in datasets:
             bar = progress(len(items[ds.name]), f"{src.label} {ds.name}")
             try:
-                by_protocol = _score(ds, items[ds.name], src, bar, workers=cfg.workers)
+                by_protocol, ids = _score(ds, items[ds.name], src, bar, workers=cfg.workers)
+                scored[ds.name] = len(ids)
             finally:
                 bar.close()
             runs[ds.name].append({name: {"source": src.label, **run} for name, run in by_protocol.items()})
@@ -266,8 +278,9 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
             **({"info": ds.info} if ds.info else {}),
             "task": ds.task,
             "protocol": ds.protocol,  # how images are sized (crop128 / short128)
-            "n_images": len(items[ds.name]),
+            "n_images": scored[ds.name],  # images scored: the test items less the skipped ones
             "limit": cfg.limit,
+            "skipped": dict(sorted(ds.skipped.items())),  # item id -> why it was not scored
             # the first protocol's (the paper's for masks): what the paper's tables quote
             "summary": next(iter(protocols.values()))["summary"],
             "protocols": protocols,  # every evaluation protocol under its name
@@ -314,41 +327,44 @@ def _tqdm_progress(total: int, desc: str):
 _DATASET_HELP = "; ".join(f"{k}: {e.layout}" for k, e in sorted(DATASETS.items()))
 
 
+def _field(name: str, flag: str | None = None, **kwargs):
+    return config_option(EvalConfig, name, flag, **kwargs)
+
+
 @click.command(cls=Command)
-@click.option("--ckpt", "ckpts", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="train-unet run folder or .safetensors file; repeat for mean ± std over runs.")
-@click.option("--pred-dir", type=click.Path(path_type=Path), default=None,
-              help="Score saved maps <id>.png (8-bit grayscale, 255 = foreground) instead of a checkpoint.")
-@click.option("--dataset", "datasets", multiple=True, required=True, callback=_check_dataset,
-              help=f"Repeatable. Names (under --data-root): {_DATASET_HELP}; or folder:PATH (images/ + masks/), "
-                   "or shards:SET (val split of a shard set).")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, envvar=ENV_ROOT, show_envvar=True,
-              help="Folder holding the named datasets.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write results.json, results.md (rows appended), pr_curve.png and examples_*.png here.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--limit", type=int, default=None, help="Score only the first N test images of each dataset.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Threads decoding images ahead.")
-@click.option("--method", default=None, help="Row name in results.md (default: run / folder names).")
-@click.option("--fg-prob", type=click.Choice(list(FG_PROB)), default=None,
-              help="--ckpt only: how the two logits become the foreground probability. "
-                   + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
+@_field("ckpts", "--ckpt", multiple=True, type=click.Path(exists=True, path_type=Path),
+        help="train-unet run folder or .safetensors file; repeat for mean ± std over runs.")
+@_field("pred_dir", type=click.Path(path_type=Path),
+        help="Score saved maps <id>.png (8-bit grayscale, 255 = foreground) instead of a checkpoint.")
+@_field("datasets", "--dataset", multiple=True, required=True, callback=_check_dataset,
+        help=f"Repeatable. Names (under --data-root): {_DATASET_HELP}; or folder:PATH (images/ + masks/), "
+             "or shards:SET (val split of a shard set).")
+@_field("data_root", type=click.Path(path_type=Path), envvar=ENV_ROOT, show_envvar=True,
+        help="Folder holding the named datasets.")
+@_field("out", type=click.Path(file_okay=False, path_type=Path), required=True,
+        help="Write results.json, results.md (rows appended), pr_curve.png and examples_*.png here.")
+@_field("batch_size", type=int, help="Images per forward pass.")
+@_field("device", help="auto, cpu, cuda or cuda:N.")
+@_field("limit", type=int, help="Score only the first N test images of each dataset.")
+@_field("workers", type=int, help="Threads reading and decoding images ahead of the model.")
+@_field("method", help="Row name in results.md (default: run / folder names).")
+@_field("fg_prob", type=click.Choice(list(FG_PROB)),
+        help="--ckpt only: how the two logits become the foreground probability. "
+             + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
+@_field("max_image_pixels", type=click.IntRange(min=1),
+        help="Images (and --pred-dir maps) with more pixels than this, read from the file header, are "
+             "skipped before decoding and listed in results.json.")
 @common_options()
-def main(ckpts, pred_dir, datasets, data_root, out, batch_size, device, limit, workers, method, fg_prob):
+def main(**fields):
     """Score segmentation checkpoints or saved maps on the paper's benchmarks.
 
     Mask datasets are scored under two protocols, both reported: `paper` (maps as they are,
     ground truth >= 128: the paper's maxFβ, IoU, accuracy) and `sod-toolkit` (each map min-max
     normalised, ground truth > 128: the saliency toolkits' maxFβ, Sα, Eξ, MAE, wFβ).
     """
-    cfg = EvalConfig(datasets=datasets, ckpts=tuple(ckpts), pred_dir=pred_dir, data_root=data_root, out=out,
-                     batch_size=batch_size, device=device, limit=limit, workers=workers, method=method,
-                     fg_prob=fg_prob)
-    results = evaluate(cfg, progress=_tqdm_progress)
+    results = evaluate(EvalConfig(**fields), progress=_tqdm_progress)
     click.echo(terminal_table(results))
-    if out is not None:
-        click.echo(f"wrote {out}/results.json, results.md and the figures")
+    click.echo(f"wrote {fields['out']}/results.json, results.md and the figures")
 
 
 if __name__ == "__main__":  # pragma: no cover

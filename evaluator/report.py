@@ -101,8 +101,9 @@ def _columns(results: dict) -> list[tuple[str, str, str]]:
 
 
 def terminal_table(results: dict) -> str:
-    """One row per dataset and evaluation protocol: images, input size rule and every summary
-    number (mean ± std over runs)."""
+    """One row per dataset and evaluation protocol: images scored, input size rule and every
+    summary number (mean ± std over runs); then a line per dataset with skipped images (how many,
+    and why)."""
     rows = [["dataset", "images", "input", "protocol"]]
     keys: list[str] = []
     for ds in results["datasets"].values():
@@ -116,6 +117,12 @@ def terminal_table(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, ds in results["datasets"].items():
+        reasons = list((ds.get("skipped") or {}).values())
+        if reasons:
+            more = f"; {len(reasons) - 3} more" if len(reasons) > 3 else ""
+            lines.append(f"{name}: {len(reasons)} image(s) skipped, not scored ({'; '.join(reasons[:3])}{more}); "
+                         "results.json lists each under 'skipped'")
     if results.get("fg_prob"):
         lines.append(f"foreground probability: {results['fg_prob']}")
     runs = len(results["sources"])

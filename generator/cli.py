@@ -15,7 +15,7 @@ import math
 
 import click
 
-from core.cli import Group, common_options, progress_bar, verbosity_option
+from core.cli import Group, common_options, config_option, progress_bar, verbosity_option
 from shardset.format import ENCODINGS
 
 from .config import NO_HISTOGRAM, GenConfig, GenerationError
@@ -75,11 +75,7 @@ _DEF = GenConfig()
 
 
 def _field(name: str, flag: str | None = None, **kwargs):
-    """A click option for the GenConfig field `name`, named as the field, with its default."""
-    kwargs.setdefault("default", getattr(_DEF, name))
-    if kwargs["default"] is not None:
-        kwargs.setdefault("show_default", True)
-    return click.option(flag or "--" + name.replace("_", "-"), name, **kwargs)
+    return config_option(GenConfig, name, flag, **kwargs)
 
 
 @click.group(cls=GenSynthGroup, invoke_without_command=True)
@@ -104,7 +100,7 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("seed", type=click.IntRange(min=0), help="Seed; with the shard index it fixes every draw.")
 @_field("out", type=click.Path(file_okay=False), help="Output folder of the set.")
 @_field("name", help="Set name. [default: the dataset's, or MODEL-prior]")
-@_field("preview", is_flag=True, default=False, show_default=False,
+@_field("preview", is_flag=True, default=False,
         help="Also write OUT/NAME-preview.png (masks and rejected samples).")
 @_field("encoding", type=click.Choice(ENCODINGS),
         help="Image encoding inside the shards (npy: raw uint8 under zstd, lossless and the fastest to "
@@ -137,7 +133,7 @@ def _field(name: str, flag: str | None = None, **kwargs):
         help="I in 0..N-1: this process renders the shards k with k % N == I.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run the shards as Ray tasks on the cluster at ADDRESS (a local one without it).")
-@_field("resume", is_flag=True, show_default=False, help="Complete an existing set made with the same parameters.")
+@_field("resume", is_flag=True, help="Complete an existing set made with the same parameters.")
 @_field("cache_dir", type=click.Path(file_okay=False), envvar="BGW_CACHE_DIR",
         help="Model and embeddings cache. [env BGW_CACHE_DIR, default ~/.cache/bgw-seg]")
 @common_options()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -18,8 +19,11 @@ from evaluator.metrics import SegmentationMetrics
 
 
 def _run(args, env=None):
-    res = CliRunner().invoke(main, [str(a) for a in args], env=env)
-    return res
+    """eval-seg with `args`, and a fresh --out when they name none (it is required)."""
+    args = [str(a) for a in args]
+    if "--out" not in args:
+        args += ["--out", tempfile.mkdtemp(prefix="eval-out-")]
+    return CliRunner().invoke(main, args, env=env)
 
 
 def _assert_one_line_error(res, *needles):
@@ -102,6 +106,37 @@ def test_missing_prediction_is_one_line_naming_the_id(tmp_path):
     shutil.copy(data / "masks" / "im0.png", pred / "im0.png")
     res = _run(["--pred-dir", pred, "--dataset", f"folder:{data}"])
     _assert_one_line_error(res, "'im1'", str(pred / "im1.png"))
+
+
+def test_out_is_required():
+    res = CliRunner().invoke(main, ["--pred-dir", ".", "--dataset", "ecssd"])
+    assert res.exit_code == 2 and "Error: Missing option '--out'" in res.output and "Usage" not in res.output
+
+
+def test_images_over_the_pixel_limit_are_skipped_named_and_counted(tmp_path):
+    """im1 (30 x 40 = 1200 pixels) is over --max-image-pixels 1000, im0 (600) is not: one image is
+    scored, the summary line says which was skipped and why, results.json lists it."""
+    data = _folder(tmp_path / "data", [(20, 30), (30, 40)])
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    shutil.copy(data / "masks" / "im0.png", pred / "im0.png")
+    res = _run(["--pred-dir", pred, "--dataset", f"folder:{data}", "--out", tmp_path / "R",
+                "--max-image-pixels", "1000"])
+    assert res.exit_code == 0, res.output
+    row = next(ln for ln in res.output.splitlines() if ln.startswith("data ") and " paper " in ln)
+    assert row.split()[1] == "1"  # the images column: scored, not listed
+    assert "data: 1 image(s) skipped, not scored (" in res.output and "1200 pixels" in res.output
+    ds = json.loads((tmp_path / "R" / "results.json").read_text())["datasets"]["data"]
+    assert ds["n_images"] == 1 and list(ds["skipped"]) == ["im1"]
+    assert "im1.png: 40x30 = 1200 pixels, over the limit of 1000" in ds["skipped"]["im1"]  # width x height
+    assert ds["summary"]["iou"]["mean"] == 1.0  # im0's own mask as its prediction
+
+
+def test_a_dataset_whose_every_image_is_skipped_is_one_line(tmp_path):
+    data = _folder(tmp_path / "data", [(20, 30)])
+    res = _run(["--pred-dir", tmp_path, "--dataset", f"folder:{data}", "--max-image-pixels", "100"])
+    _assert_one_line_error(res, "dataset data: none of its 1 test images could be scored (1 skipped, e.g. ",
+                           "over the limit of 100")
 
 
 def test_prediction_of_another_size_is_resized_bilinearly(tmp_path):
@@ -574,6 +609,6 @@ def test_ckpt_that_is_not_a_checkpoint_says_what_it_is(tmp_path, name, data, kin
 
 
 def test_no_carriage_return_progress_frames_when_stderr_is_not_a_terminal(tmp_path):
-    res = CliRunner().invoke(main, [str(a) for a in _pred_dir_case(tmp_path)])
+    res = _run(_pred_dir_case(tmp_path))
     assert res.exit_code == 0, res.output
     assert "\r" not in res.output and "img/s" not in res.output

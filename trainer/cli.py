@@ -1,8 +1,8 @@
 """`train-unet`: the click command over trainer.train.train (flags -> TrainConfig).
 
-Every setting is a TrainConfig field, and its option is declared from the field: the flag is
-`trainer.config.flag_of(field)`, the parameter is named as the field, and the default is the
-field's, so the command builds its TrainConfig from the options as they come. Bad input ends in
+Every setting is a TrainConfig field, and its option is declared from the field
+(core.cli.config_option): named as the field, with the field's default and its flag
+(`trainer.config.flag_of`), so the command builds its TrainConfig from the options as they come. Bad input ends in
 one line (core.cli), never a traceback. The progress bar (tqdm, rank 0 only) lives here, not in
 the library.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from core.cli import Command, common_options, progress_bar
+from core.cli import Command, common_options, config_option, progress_bar
 
-from .config import PRECISIONS, TrainConfig, flag_of
+from .config import PRECISIONS, TrainConfig
 
 _DEF = TrainConfig()
 
@@ -30,12 +30,8 @@ def _milestones(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of steps, e.g. 8000 or 4000,8000")
 
 
-def _field(name: str, *, flag: str | None = None, **kwargs):
-    """A click option for the TrainConfig field `name`: its flag, its name and its default."""
-    decl = flag or flag_of(name)
-    kwargs.setdefault("default", getattr(_DEF, name))
-    kwargs.setdefault("show_default", True)
-    return click.option(decl, name, **kwargs)
+def _field(name: str, flag: str | None = None, **kwargs):
+    return config_option(TrainConfig, name, flag, **kwargs)
 
 
 @click.command(cls=Command)
@@ -57,8 +53,8 @@ def _field(name: str, *, flag: str | None = None, **kwargs):
 @_field("width", type=int, help="U-Net base width (64 = paper)")
 @_field("size", type=int, help="training resolution in pixels (square)")
 @_field("precision", type=click.Choice(PRECISIONS), help="autocast dtype on CUDA (the CPU computes fp32)")
-@_field("compile", flag="--compile/--no-compile", help="torch.compile the model")
-@_field("channels_last", flag="--channels-last/--no-channels-last", help="NHWC layout on CUDA")
+@_field("compile", "--compile/--no-compile", help="torch.compile the model")
+@_field("channels_last", "--channels-last/--no-channels-last", help="NHWC layout on CUDA")
 @_field("num_workers", type=int, help="data-loader processes per rank (0 = read in the main process)")
 @_field("shuffle_buffer", type=int, help="sample shuffle buffer per loader process")
 @_field("round_samples", type=int,
