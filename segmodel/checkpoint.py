@@ -73,7 +73,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta
     stem = checkpoint_stem(step)
     # contiguous CPU copies: safetensors refuses shared or strided storage
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = st_save(tensors, metadata={"format": FORMAT, "step": str(step)})
+    # one metadata entry: safetensors writes its metadata in the order of a Rust HashMap, which
+    # differs from process to process, so two entries would make the bytes of the same weights
+    # differ between runs (the step is in the sidecar and the file name)
+    weights = st_save(tensors, metadata={"format": FORMAT})
     files = {"weights": {"name": f"{stem}.safetensors", "sha256": _sha256(weights)}}
     atomic_write_bytes(ckpt_dir / files["weights"]["name"], weights)
     for key, (suffix, data) in (extra_files or {}).items():

@@ -181,3 +181,22 @@ def test_missing_checkpoint_messages(tmp_path):
 def test_save_refuses_wrapped_models(tmp_path):
     with pytest.raises(TypeError, match="unwrapped UNet"):
         save_checkpoint(tmp_path, 1, torch.nn.Sequential(UNet(width=4)), META)
+
+
+def test_the_same_weights_give_the_same_bytes_in_another_process(tmp_path):
+    """A checkpoint's sha256 is reproducible: safetensors orders its metadata by a per-process
+    hash, so the file carries a single metadata entry."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from segmodel.checkpoint import save_checkpoint\n"
+            "from segmodel.unet import UNet\n"
+            "torch.manual_seed(0)\n"
+            "save_checkpoint(sys.argv[1], 7, UNet(width=2), {})\n")
+    digests = set()
+    for i in range(8):  # with two entries, eight processes would show both orders with probability 127/128
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True)
+        digests.add(hashlib.sha256((tmp_path / str(i) / "checkpoints" / "step-000007.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
