@@ -28,7 +28,8 @@ DEFAULT_DATA = Path(os.environ.get("BGW_SHARED_DATA", Path(__file__).resolve().p
 
 
 def zero_padded_paper_keeps(counts: np.ndarray) -> np.ndarray:
-    """The text's rule with zero padding at the ends: the reading DESIGN.md once gave, which was wrong."""
+    """The text's rule with zero padding at the ends: an earlier reading, which was wrong (docs/RULES.md,
+    "Histogram rules")."""
     s = M._window3(counts)
     start = (s[..., 1:-1] > s[..., :-2]) & (s[..., 1:-1] >= s[..., 2:])
     flat_next = s[..., :-1] == s[..., 1:]

@@ -19,7 +19,7 @@ Inputs (validated, never normalised silently; a mismatch raises a one-line ``Met
 - ``gt``: ``bool [H, W]`` of the same shape; 8-bit or float masks go through ``binarize_gt``
   first (>= 128, or >= 0.5 for floats; ``strict=True``: > 128, > 0.5).
 
-Conventions (docs: ../shared/DESIGN.md, "Metrics"):
+Conventions (docs/RULES.md, "Metrics and the two evaluation protocols"):
 
 - maxF (``MaxFMeasure``, beta2 = 0.3): curve over thresholds ``v >= m``, m = 1..255 (the
   paper's ``prob > k/255`` for k = 0..254 is the exact integer test ``v > k``, k = m - 1).
@@ -238,7 +238,8 @@ def _divide(num, den, *, where_zero: float) -> np.ndarray:
 
 def precision_recall_f(tp, fp, n_fg: int, beta2: float, empty_score: float = 1.0):
     """Per-threshold precision, recall and F. ``empty_score`` is the precision of an empty
-    prediction and the recall of an empty ground truth: 1 in DESIGN.md, 0 in pysodmetrics."""
+    prediction and the recall of an empty ground truth: 1 in the paper protocol (docs/RULES.md,
+    "Metrics and the two evaluation protocols"), 0 in pysodmetrics."""
     tp = np.asarray(tp)
     precision = _divide(tp, tp + fp, where_zero=empty_score)
     recall = _divide(tp, np.full_like(tp, n_fg), where_zero=empty_score)

@@ -3,7 +3,7 @@ metrics' ``update()``, and which metrics (with which threshold conventions) they
 
 The metric classes in ``evaluator.metrics`` are the only implementation of each metric; a
 protocol is a pure ``prepare(pred, gt) -> (map, gt bool)`` plus a choice of metrics. Two exist,
-and every eval-seg run reports both (DESIGN.md, "Metrics"):
+and every eval-seg run reports both (docs/RULES.md, "Metrics and the two evaluation protocols"):
 
 - ``paper``: the authors' reference code. Maps as they are (8-bit, prob = v / 255), ground
   truth at >= 128. maxFβ over 255 thresholds ``v > k`` (P = R = 1 for empty masks), IoU and

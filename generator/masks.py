@@ -1,7 +1,7 @@
 """Mask rules and sample filters of the paper (section 3.3): pure numpy plus cv2, no TensorFlow.
 
 A pair (x, x') = (G(z), G(z + r*h_bg)) of images in [-1, 1], NHWC, becomes one mask and one
-accept/reject decision, in the order DESIGN.md fixes:
+accept/reject decision, in the order docs/RULES.md ("Masks and filters") fixes:
 
     mask rule -> connected-components clean-up -> size filter -> histogram filter
 
@@ -405,7 +405,7 @@ HISTOGRAM_RULES.register("bimodal", source="rgb")(bimodal_keeps)
 @dataclass(frozen=True)
 class FilterConfig:
     """How masks are made and which samples are kept. Defaults are the paper's, except the
-    histogram rule, which is the reference code's (docs: "Where each rule of the paper lives")."""
+    histogram rule, which is the reference code's (docs/RULES.md, "Histogram rules")."""
 
     mask_rule: str = "lighting"  # key of MASK_RULES: "lighting" | "mean"
     connectivity: int = 4  # 4 = paper ("connected by edges"), 8 = reference code

@@ -1,5 +1,5 @@
 """How images reach the U-Net and how its logits become a foreground probability and an 8-bit map
-(docs/RULES.md, "U-Net inference").
+(docs/RULES.md, "Inference protocols").
 
 - `normalize_images`: uint8 NHWC RGB -> float32 NCHW in [-1, 1], the range the model trains on.
 - `foreground_probability(logits, rule)`: `softmax` (default: softmax over the two logits, channel

@@ -15,7 +15,7 @@ FORMAT_VERSION = 1
 # Image encodings a shard may carry. The lossless ones round-trip the uint8 image exactly.
 ENCODINGS = ("png", "webp", "jpg", "npy")
 LOSSLESS_ENCODINGS = frozenset({"png", "webp", "npy"})
-# Chosen from benchmarks/shard_io.py (table in shards/README.md): raw uint8 under zstd is lossless
+# Chosen from benchmarks/shard_io.py (table in shardset/FORMAT.md): raw uint8 under zstd is lossless
 # and the only encoding that reads >= 3x faster than a PNG folder and >= 2000 samples/s per core
 # (PNG and lossless WebP decode no faster than the baseline; JPEG is lossy). It costs about a
 # third more bytes than PNG.

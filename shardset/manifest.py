@@ -1,7 +1,7 @@
 """The manifest `NAME.json`: schema v1, building it from shard records, validating, loading,
 writing it atomically, and the fingerprint that checkpoints cite.
 
-The schema is documented in shards/README.md. The manifest is a pure function of the set's
+The schema is documented in shardset/FORMAT.md. The manifest is a pure function of the set's
 header (`set.json`: name, params, seed, ...) and its shard records, so the same shards give the
 same manifest whatever order, or how many workers, wrote them.
 """

@@ -339,7 +339,7 @@ def test_pysodmetrics_differs_only_where_both_masks_are_empty():
     f_theirs = np.flip(theirs.get_results()["f"]["dynamic"])[1:]
     np.testing.assert_array_equal(ours.compute()["f_curve"], np.where(K >= 100, 1.0, 0.0))
     np.testing.assert_array_equal(f_theirs, np.zeros(255))
-    # IoU of two empty masks: ours 1 (DESIGN.md), theirs 0
+    # IoU of two empty masks: ours 1 (docs/RULES.md, "Metrics and the two evaluation protocols"), theirs 0
     iou = IoU()
     iou.update(np.zeros((2, 2), np.uint8), gt)
     assert iou.compute()["iou"] == 1.0

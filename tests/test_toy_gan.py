@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def gray(x: np.ndarray) -> np.ndarray:
-    """DESIGN.md's gray, inline so this file does not depend on generator.masks."""
+    """The gray of docs/RULES.md, inline so this file does not depend on generator.masks."""
     return 0.2989 * x[..., 0] + 0.5870 * x[..., 1] + 0.1140 * x[..., 2]
 
 

@@ -8,7 +8,7 @@ the module carries the extra signatures `default` and `discriminate`.
 
 This fixture builds exactly that from the toy GAN's formulas (generator/toy.py, version
 `toy.TOY_VERSION`): placeholders `z` [?, 120], `x` [?, 256, 256, 3] (encode) and `x`/`z` of
-`discriminate`, the output keys, shapes and ranges of DESIGN.md. So the images are the toy's and
+`discriminate`, the output keys, shapes and ranges of BigBiGAN's module (README, "The model contract"). So the images are the toy's and
 every test that knows the toy knows what to expect.
 """
 from __future__ import annotations

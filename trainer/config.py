@@ -1,4 +1,5 @@
-"""TrainConfig: every knob of a training run, with the paper's defaults (DESIGN.md, paper sec. 3.4).
+"""TrainConfig: every knob of a training run, with the paper's defaults (paper sec. 3.4; docs/RULES.md,
+"The U-Net and its training schedule").
 
 One frozen dataclass is the single source of defaults; the CLI builds it from flags, the run
 folder stores it as config.json, and checkpoints embed it.
