@@ -31,6 +31,8 @@ def test_full_recipe_keeps_the_papers_protocol(name):
     assert r.seeds == 10  # the paper reports ten runs
     assert r.stage("train") == {"steps": 12000, "batch": 95}
     assert r.paper, "the paper's own numbers are typed into every recipe"
+    # the paper's numbers come from the authors' code, which scores sigmoid(logits[:, 1])
+    assert r.stage("evaluate")["fg_prob"] == "sigmoid1"
     gen = r.stage("generate")
     if gen is not None:
         assert gen["gan"] == "bigbigan" and gen["n"] == 1_000_000
