@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from core.cli import Group, common_options, progress_bar
+from core.cli import Group, common_options, progress_bar, verbosity_option
 from core.images import DEFAULT_MAX_PIXELS
 
 from .format import DEFAULT_ENCODING, ENCODINGS, ShardSetError, check_name
@@ -38,6 +38,7 @@ def _set_name(ctx, param, value: str) -> str:
 @click.option("--n", "n_preview", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Samples in the contact sheet.")
 @click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True, help="Pairs per row.")
+@verbosity_option()
 def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols: int) -> None:
     """Print a summary table of SET (samples, bytes, encoding, parameters, rejections)."""
     from .inspect import format_table, summarize, write_preview
@@ -53,6 +54,7 @@ def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols
 @cli.command("verify")
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
 @click.option("--no-decode", is_flag=True, help="Only re-hash shards; skip decoding every sample.")
+@verbosity_option()
 def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
     """Re-hash every shard of SET against the manifest and decode every sample.
 
@@ -99,6 +101,7 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
 @click.option("--max-image-pixels", type=click.IntRange(1, None), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Skip (and count) images and masks with more pixels than this, read from the file header "
                    "before decoding: decompression bombs never reach memory.")
+@verbosity_option()
 def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, workers,
                max_image_pixels) -> None:
     """Turn a labelled folder (images <id>.jpg|png, masks <id>.png) into a shard set.
@@ -121,6 +124,7 @@ def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encodin
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (images/, masks/).")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Export at most this many samples.")
+@verbosity_option()
 def export_cmd(spec: tuple[str, ...], out: str, limit: int | None) -> None:
     """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255)."""
     from .export import export_set

@@ -1,6 +1,6 @@
 """A tiny learnable shard set (a test fixture named as one): bright discs on a noisy background.
 
-`write_disc_set` writes train and val shards with shardset.ShardSetWriter, so tests, benchmarks
+`write_disc_set` writes train and val shards with shardset.synthetic.write_set, so tests, benchmarks
 and smoke runs exercise the real reader without TensorFlow or the GAN. Pure numpy; seeded.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shardset import ShardSetWriter
+from shardset.synthetic import write_set
 
 
 def disc_samples(n: int, size: int, seed: int) -> list[dict]:
@@ -30,17 +30,11 @@ def disc_samples(n: int, size: int, seed: int) -> list[dict]:
 
 def write_disc_set(out_dir: str | Path, name: str = "discs", *, n_train: int = 256, n_val: int = 64,
                    size: int = 32, shard_size: int = 64, seed: int = 0, encoding: str = "png") -> Path:
-    """Write a disc set; returns the manifest path. Val shards come after the train shards."""
-    with ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size,
-                        params={"toy": "discs", "size": size}, seed=seed, mode="new") as writer:
-        index = 0
-        for split, n in (("train", n_train), ("val", n_val)):
-            for start in range(0, n, shard_size):
-                count = min(shard_size, n - start)
-                samples = disc_samples(count, size, seed=seed * 1_000_003 + index)
-                for i, s in enumerate(samples):
-                    s["__key__"] = f"{name}-{index:06d}-{i:06d}"
-                writer.write_shard(index, samples, split=split, stats={"drawn": count})
-                index += 1
-        manifest = writer.finalize(planned={"shards": index})
+    """Write a disc set with shardset.synthetic.write_set; returns the manifest path. Val shards
+    come after the train shards."""
+    sizes = [min(shard_size, n - start) for n in (n_train, n_val) for start in range(0, n, shard_size)]
+    n_val_shards = len(range(0, n_val, shard_size))
+    manifest = write_set(out_dir, name, sizes, lambda k, n: disc_samples(n, size, seed=seed * 1_000_003 + k),
+                         val_shards=n_val_shards, params={"toy": "discs", "size": size}, encoding=encoding,
+                         seed=seed, shard_size=shard_size)
     return Path(out_dir) / f"{manifest['name']}.json"
