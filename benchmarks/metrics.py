@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluator.metrics import SegmentationMetrics, binarize_gt  # noqa: E402
+from evaluator.metrics import SegmentationMetrics, binarize_gt, precision_recall_f  # noqa: E402
+from segmodel.inference import probability_to_uint8  # noqa: E402
 
 ECSSD = Path(os.environ.get("BGW_SHARED_DATA", REPO.parent / "shared" / "data")) / "ecssd"
 NAMES = ("max_f", "iou", "accuracy", "mae")
@@ -48,7 +49,7 @@ def load_pairs(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     for path in sorted((ECSSD / "masks").glob("*.png"))[:n]:
         gt = binarize_gt(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
         p = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), 3) + rng.normal(0, 0.15, gt.shape)
-        pairs.append((np.clip(np.round(p * 255), 0, 255).astype(np.uint8), gt))
+        pairs.append((probability_to_uint8(p), gt))
     return pairs
 
 
@@ -90,15 +91,13 @@ def run_naive(pairs, beta2: float = 0.3) -> dict:
     fs, ious, accs, maes = [], [], [], []
     for v, gt in pairs:
         n_gt = gt.sum()
-        row = []
+        tps, fps = [], []
         for k in range(255):
             b = v > k
             tp = np.sum(b & gt)
-            n_pred = b.sum()
-            p = tp / n_pred if n_pred else 1.0
-            r = tp / n_gt if n_gt else 1.0
-            row.append((1 + beta2) * p * r / (beta2 * p + r) if p + r > 0 else 0.0)
-        fs.append(row)
+            tps.append(tp)
+            fps.append(b.sum() - tp)
+        fs.append(precision_recall_f(np.array(tps), np.array(fps), int(n_gt), beta2)[2])  # the one F formula
         b = v >= 128
         union = np.sum(b | gt)
         ious.append(np.sum(b & gt) / union if union else 1.0)

@@ -21,7 +21,8 @@ from typing import Any, Iterable
 from core.atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported: writer imports them here)
 from core.version import package_version
 
-from .format import FORMAT_NAME, FORMAT_VERSION, ENCODINGS, SPLITS, SHARD_FILE_RE, NAME_RE, ShardSetError
+from .format import (ENCODINGS, FORMAT_NAME, FORMAT_VERSION, NAME_RE, SHARD_FILE_RE, SPLITS, ShardSetError,
+                     shard_filename)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
                 fail(f"shards[{i}].{key} must be {typ.__name__}")
         m = SHARD_FILE_RE.fullmatch(rec["file"])
         if not m or m["name"] != manifest["name"] or int(m["index"]) != rec["index"]:
-            fail(f"shards[{i}].file {rec['file']!r} does not match {manifest['name']}-{rec['index']:06d}.tar.zst")
+            fail(f"shards[{i}].file {rec['file']!r} does not match {shard_filename(manifest['name'], rec['index'])}")
         if rec["split"] not in SPLITS:
             fail(f"shards[{i}].split {rec['split']!r} is not one of {SPLITS}")
         if len(rec["sha256"]) != 64:
