@@ -18,7 +18,7 @@ importing any module here (this file included) stays light.
     config.py            GenConfig (validated where it is resolved) and the shard plan
     inputs.py            what a run loads: model, direction, latent table, manifest params
     render.py            the accelerator/host overlap: render batches, masks + filters, write shards
-    pipeline.py          run(): resume, the set's lock, workers and Ray
+    pipeline.py          run(): resume, the set's lock, nodes and Ray
     preview.py           the preview picture: accepted pairs and masks, rejected samples per filter
     cli.py               the `gen-synth` command (and `gen-synth embed`)
 """

@@ -2,7 +2,7 @@
 
 Images are resized so the short side is `size` and center-cropped to size x size; masks get the
 same geometry and are binarised at >= 128 (DUTS masks have soft edges). Files are read by
-`shardset.images.read_user_image`: one over `max_pixels` (from its header, before decoding),
+`core.images.read_user_image`: one over `max_pixels` (from its header, before decoding),
 truncated, corrupt or unreadable is skipped with a warning and counted per shard in the
 manifest's `rejected` counts (`too_large_image`, `truncated_image`, `unreadable_image`, and
 `..._mask` likewise). Shard contents depend only on

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -151,6 +152,28 @@ def test_unknown_eval_dataset_and_missing_data_root_refused_before_step_1(sets, 
     _one_line_error(res, lines, "--eval-dataset ecssd: data root", "is not a folder")
     # nothing was trained or written: no step ran, no config.json
     assert not (out / "config.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_eval_dataset_images_over_max_image_pixels_are_skipped(sets, tmp_path):
+    """--max-image-pixels reaches the benchmark validation: a 40 x 30 image (1200 pixels) is
+    scored under the default limit and skipped under 1000, which leaves nothing to score."""
+    import cv2
+
+    data = tmp_path / "bench"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    cv2.imwrite(str(data / "images" / "a.png"), np.full((30, 40, 3), 90, np.uint8))
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 10:30] = 255
+    cv2.imwrite(str(data / "masks" / "a.png"), mask)
+    args = ["--shards", str(sets["a"]), *FAST, "--eval-dataset", f"folder:{data}"]
+    res, _ = _run([*args, "--out", str(tmp_path / "ok")])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(ln) for ln in (tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_accuracy"] for r in rows if r["kind"] == "val"] and "eval_iou" in rows[-1]
+    res, lines = _run([*args, "--out", str(tmp_path / "skip"), "--max-image-pixels", "1000"])
+    _one_line_error(res, lines, f"--eval-dataset folder:{data}: none of its 1 test images could be read",
+                    "40x30 = 1200 pixels, over the limit of 1000")
 
 
 def test_bad_shard_urls_refused_before_step_1(sets, tmp_path):

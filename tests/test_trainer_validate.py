@@ -75,8 +75,10 @@ def test_no_second_copy_of_the_metrics():
         assert not hasattr(V, name), name
 
 
-def test_validate_real_equals_eval_seg_on_a_folder(tmp_path):
-    """The trainer's benchmark validation and eval-seg give the same paper numbers for one model."""
+@pytest.mark.parametrize("max_pixels, scored", [(64_000_000, 3), (2450, 2)])
+def test_validate_real_equals_eval_seg_on_a_folder(tmp_path, max_pixels, scored):
+    """The trainer's benchmark validation and eval-seg give the same paper numbers for one model,
+    and skip the same images over the pixel limit (the 50 x 50 one: 2500 > 2450)."""
     unet = pytest.importorskip("segmodel.unet")
     checkpoint = pytest.importorskip("trainer.checkpoint")
     from evaluator.cli import EvalConfig, evaluate
@@ -93,12 +95,16 @@ def test_validate_real_equals_eval_seg_on_a_folder(tmp_path):
         m[h // 4: 3 * h // 4, w // 5: w // 2] = 255
         cv2.imwrite(str(tmp_path / "data" / "masks" / f"im{i}.png"), m)
     spec = f"folder:{tmp_path / 'data'}"
-    ours = validate_real(model, spec, None, torch.device("cpu"), _no_autocast)
-    ref = evaluate(EvalConfig(datasets=(spec,), ckpts=(tmp_path / "run",), device="cpu", batch_size=1))
+    ours = validate_real(model, spec, None, torch.device("cpu"), _no_autocast, max_pixels=max_pixels)
+    ref = evaluate(EvalConfig(datasets=(spec,), ckpts=(tmp_path / "run",), device="cpu", batch_size=1,
+                              max_image_pixels=max_pixels))
+    assert ours["n"] == ref["datasets"]["data"]["n_images"] == scored
+    assert ours["skipped"] == len(ref["datasets"]["data"]["skipped"]) == 3 - scored
     summary = ref["datasets"]["data"]["protocols"]["paper"]["summary"]
     for k in ("max_f", "iou", "accuracy"):
         assert ours[k] == pytest.approx(summary[k]["mean"], abs=1e-9), k
-    toolkit = validate_real(model, spec, None, torch.device("cpu"), _no_autocast, protocol="sod-toolkit")
+    toolkit = validate_real(model, spec, None, torch.device("cpu"), _no_autocast, protocol="sod-toolkit",
+                            max_pixels=max_pixels)
     assert toolkit["max_f"] == pytest.approx(
         ref["datasets"]["data"]["protocols"]["sod-toolkit"]["summary"]["max_f"]["mean"], abs=1e-9)
 
