@@ -8,10 +8,10 @@ import sys
 
 import click
 
-from core.cli import Group, common_options, progress_bar, verbosity_option
-from core.images import DEFAULT_MAX_PIXELS
+from core.cli import Group, common_options, config_option, progress_bar, verbosity_option
 
-from .format import DEFAULT_ENCODING, ENCODINGS, ShardSetError, check_name
+from .format import ENCODINGS, ShardSetError, check_name
+from .importer import ImportConfig, import_folder
 
 
 @click.group(cls=Group)
@@ -22,6 +22,10 @@ def cli() -> None:
     SET is a manifest (shards/NAME.json), a folder holding one set, a glob ('shards/NAME-*'),
     a brace range (NAME-{000000..000009}.tar.zst), or a file://, http(s):// or fsspec URL.
     """
+
+
+def _import_field(name: str, **kwargs):
+    return config_option(ImportConfig, name, **kwargs)
 
 
 def _set_name(ctx, param, value: str) -> str:
@@ -85,36 +89,28 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of <id>.png masks.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder of the set.")
 @click.option("--name", required=True, callback=_set_name, help="Set name: [A-Za-z0-9_-]+ (shards are NAME-000000.tar.zst).")
-@click.option("--size", type=click.IntRange(8, 8192), default=128, show_default=True,
-              help="Short side resize, then center crop to size x size.")
-@click.option("--shard-size", type=click.IntRange(1, 1_000_000), default=1000, show_default=True,
-              help="Samples per shard.")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
-              help="Fraction of pairs put into validation shards (picked by --seed).")
-@click.option("--encoding", type=click.Choice(ENCODINGS), default=DEFAULT_ENCODING, show_default=True,
-              help="Image encoding inside the shards.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/val split.")
-@click.option("--mode", type=click.Choice(["new", "resume", "overwrite"]), default="new", show_default=True,
-              help="new refuses an existing set; resume keeps verified shards; overwrite replaces the set.")
-@click.option("--workers", "workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Local processes reading, resizing and writing shards in parallel.")
-@click.option("--max-image-pixels", type=click.IntRange(1, None), default=DEFAULT_MAX_PIXELS, show_default=True,
-              help="Skip (and count) images and masks with more pixels than this, read from the file header "
-                   "before decoding: decompression bombs never reach memory.")
+@_import_field("size", type=click.IntRange(8, 8192), help="Short side resize, then center crop to size x size.")
+@_import_field("shard_size", type=click.IntRange(1, 1_000_000), help="Samples per shard.")
+@_import_field("val_fraction", type=click.FloatRange(0.0, 1.0, max_open=True),
+               help="Fraction of pairs put into validation shards (picked by --seed).")
+@_import_field("encoding", type=click.Choice(ENCODINGS), help="Image encoding inside the shards.")
+@_import_field("seed", type=int, help="Seed of the train/val split.")
+@_import_field("mode", type=click.Choice(["new", "resume", "overwrite"]),
+               help="new refuses an existing set; resume keeps verified shards; overwrite replaces the set.")
+@_import_field("num_workers", type=click.IntRange(1, 256),
+               help="Local processes reading, resizing and writing shards in parallel.")
+@_import_field("max_pixels", type=click.IntRange(1, None),
+               help="Skip (and count) images and masks with more pixels than this, read from the file header "
+                    "before decoding: decompression bombs never reach memory.")
 @verbosity_option()
-def import_cmd(images, masks, out, name, size, shard_size, val_fraction, encoding, seed, mode, workers,
-               max_image_pixels) -> None:
+def import_cmd(images, masks, out, name, **fields) -> None:
     """Turn a labelled folder (images <id>.jpg|png, masks <id>.png) into a shard set.
 
     Pairs whose image or mask is over --max-image-pixels, truncated or corrupt are skipped with a
     warning; the summary counts them and the manifest records why (rejected.*).
     """
-    from .importer import import_folder
-
     with progress_bar(unit="sample", desc="import") as bar:
-        manifest = import_folder(images, masks, out, name, size=size, shard_size=shard_size,
-                                 val_fraction=val_fraction, encoding=encoding, seed=seed, mode=mode,
-                                 num_workers=workers, max_pixels=max_image_pixels, progress=bar.update)
+        manifest = import_folder(images, masks, out, name, progress=bar.update, **fields)
     t = manifest["totals"]
     skipped = sum(t["rejected"].values())
     click.echo(f"wrote {t['shards']} shards, {t['samples']} samples ({skipped} skipped) to {out}/{name}.json")

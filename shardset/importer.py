@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -131,10 +132,28 @@ def _import_shard(index: int, split: str, idx: list[int]) -> int:
     return len(samples)
 
 
+@dataclass(frozen=True)
+class ImportConfig:
+    """The settings of an import, and their defaults (`shardset import`'s options are its fields)."""
+
+    size: int = 128  # short side resized to this, then centre-cropped to size x size
+    shard_size: int = 1000  # samples per shard
+    val_fraction: float = 0.0  # share of pairs in validation shards (picked by the seed)
+    encoding: str = DEFAULT_ENCODING  # image encoding inside the shards
+    seed: int = 0  # seed of the train/val split
+    mode: str = "new"  # new | resume | overwrite (ShardSetWriter's modes)
+    num_workers: int = field(default=1, metadata={"flag": "--workers"})  # local processes writing shards
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"flag": "--max-image-pixels"})
+
+
+_DEF = ImportConfig()
+
+
 def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str | os.PathLike, name: str, *,
-                  size: int = 128, shard_size: int = 1000, val_fraction: float = 0.0,
-                  encoding: str = DEFAULT_ENCODING, seed: int = 0, mode: str = "new", num_workers: int = 1,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, progress: Callable[[int], None] | None = None) -> dict:
+                  size: int = _DEF.size, shard_size: int = _DEF.shard_size, val_fraction: float = _DEF.val_fraction,
+                  encoding: str = _DEF.encoding, seed: int = _DEF.seed, mode: str = _DEF.mode,
+                  num_workers: int = _DEF.num_workers, max_pixels: int = _DEF.max_pixels,
+                  progress: Callable[[int], None] | None = None) -> dict:
     """Import the folder pair as set `name` in `out`; returns the final manifest."""
     images_dir, masks_dir = Path(images), Path(masks)
     for d, what in ((images_dir, "images"), (masks_dir, "masks")):
