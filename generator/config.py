@@ -26,9 +26,9 @@ DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Fl
 NO_HISTOGRAM = "none"  # GenConfig.histogram_rule value that switches the histogram filter off
 MAX_SHARDS = 1_000_000  # shard indices are 6 digits
 GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters reject everything
-# models whose segmenting direction ships with this project (toy: by construction; dcgan-faces:
-# rank's winner of the discovery run in README, "A real GAN")
-SHIPPED_DIRECTIONS = ("toy", "dcgan-faces")
+# models whose segmenting direction ships with this project (the toy's, by construction); a
+# direction found for any other GAN is a file (--direction), e.g. `find-direction rank`'s winner
+SHIPPED_DIRECTIONS = ("toy",)
 
 
 class GenerationError(UserError):

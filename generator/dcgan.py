@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DCGAN_HANDLE = "dcgan-faces"
@@ -39,13 +41,10 @@ BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
 LAYERS = (("main.0", "main.1", 1, 0), ("main.3", "main.4", 2, 1), ("main.6", "main.7", 2, 1),
           ("main.9", "main.10", 2, 1), ("main.12", None, 2, 1))
 _STAMP = "bgw-dcgan.json"
-# rank's winner among the directions that `find-direction discover` found on this model (README,
-# "A real GAN"); `gen-synth --gan dcgan-faces` uses it when no --direction is given
-DIRECTION_FILE = Path(__file__).with_name("dcgan_faces_direction.npy")
 BUILD_VERSION = 1  # bump when the SavedModel this module writes changes
 
 
-class DcganError(RuntimeError):
+class DcganError(UserError, RuntimeError):
     """The DCGAN cannot be found or built; the message is one line that says what to do."""
 
 
@@ -58,13 +57,6 @@ def weights_path() -> Path:
     if not path.is_file():
         raise DcganError(f"{path} is missing: reinstall the package ({INSTALL} --force-reinstall)")
     return path
-
-
-def default_direction_path() -> Path:
-    """The segmenting direction shipped for dcgan-faces (a unit float32 [100] .npy)."""
-    if not DIRECTION_FILE.is_file():
-        raise DcganError(f"{DIRECTION_FILE} is missing from this install: pass --direction FILE")
-    return DIRECTION_FILE
 
 
 def weights_sha256(path: Path) -> str:

@@ -78,19 +78,10 @@ def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
             raise GenerationError(
                 f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
                 f"[{latent_dim}] floats; find one with find-direction)")
-        if cfg.gan == "toy":
-            from .toy import toy_direction
+        from .toy import toy_direction
 
-            vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
-            return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
-        from .dcgan import DcganError, default_direction_path
-
-        try:
-            path = default_direction_path()
-            vec, digest = load_direction(path, dim=latent_dim)
-        except (DcganError, DirectionError) as exc:
-            raise GenerationError(first_line(exc)) from None
-        return vec, digest, f"{cfg.gan}:shipped:{path.name}"
+        vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
+        return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
     try:
         vec, digest = load_direction(cfg.direction, dim=latent_dim)
     except DirectionError as exc:

@@ -70,3 +70,36 @@ def test_missing_package_is_one_line(monkeypatch, tmp_path):
                                     str(tmp_path / "h.npy"), "--out", str(tmp_path), "--cache-dir", str(tmp_path)])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code != 0 and len(lines) == 1 and "pip install --no-deps gan-face-generate" in lines[0]
+
+
+@pytest.mark.slow
+def test_tiny_gen_synth_then_train_unet(faces, cache, tmp_path):
+    """The chain with the DCGAN: prior latents, a direction file, samples resampled from 64 to 128 px,
+    a U-Net trained a few steps on them. (The direction is any unit vector here: a fixture.)"""
+    from generator.cli import main as gen_synth
+    from trainer.cli import main as train_unet
+
+    direction = tmp_path / "h.npy"
+    np.save(direction, -np.eye(dcgan.LATENT_DIM, dtype=np.float32)[52])
+    res = CliRunner().invoke(gen_synth, ["--gan", "dcgan-faces", "--latents", "prior", "--direction", str(direction),
+                                         "--n", "60", "--shard-size", "20", "--val-shards", "1", "--no-size-filter",
+                                         "--out", str(tmp_path / "s"), "--name", "faces", "--cache-dir", str(cache),
+                                         "--batch-size", "32"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "s" / "faces.json").read_text())
+    assert m["params"]["generator"]["fingerprint"] == faces.fingerprint
+    assert m["params"]["image"]["size"] == 128 and m["params"]["image"]["resample"].startswith("bilinear (")
+    res = CliRunner().invoke(train_unet, ["--shards", str(tmp_path / "s" / "faces.json"), "--out",
+                                          str(tmp_path / "run"), "--size", "64", "--width", "4", "--batch-size", "8",
+                                          "--steps", "6", "--val-every", "6", "--val-samples", "8",
+                                          "--ckpt-every", "6", "--workers", "0", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_iou" in m for m in metrics)
+
+
+def test_no_direction_is_shipped_for_it(tmp_path):
+    from generator.cli import main as gen_synth
+
+    res = CliRunner().invoke(gen_synth, ["--gan", "dcgan-faces", "--latents", "prior", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "ships no segmenting direction" in res.output and "find-direction" in res.output
