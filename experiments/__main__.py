@@ -1,4 +1,4 @@
-"""python -m experiments run RECIPE [--tiny] [--seeds N] | table | list"""
+"""python -m experiments list | run RECIPE [--seed K | --seeds A:B] [--dry-run] ... | table"""
 from __future__ import annotations
 
 import sys
@@ -8,18 +8,40 @@ import click
 
 from core.cli import Group, common_options
 from experiments.recipe import list_recipes, load_recipe
-from experiments.runner import run_recipe
+from experiments.runner import DEFAULT_WORK_DIR, RunOptions, Workspace, describe_plan, plan_recipe, run_recipe
 from experiments.table import write_table
 
-WORK = Path("runs") / "experiments"
+_work_dir = click.option("--work-dir", "work", type=click.Path(file_okay=False, path_type=Path),
+                         default=DEFAULT_WORK_DIR, show_default=True,
+                         help="Folder of every stage's output (env BGW_WORK_DIR); finished stages are skipped "
+                              "on a re-run, and machines that share it share the stages.")
+
+
+def _seed_range(ctx, param, value):
+    """--seed K -> (K,); --seeds A:B -> (A, ..., B-1); --seeds N -> (0, ..., N-1)."""
+    if value is None:
+        return None
+    try:
+        if ":" in value:
+            a, b = (int(v) for v in value.split(":"))
+            seeds = tuple(range(a, b))
+        elif param.name == "seeds":
+            seeds = tuple(range(int(value)))
+        else:
+            seeds = (int(value),)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a seed K, a count N or a range A:B (A included, B not)") from None
+    if not seeds or min(seeds) < 0:
+        raise click.BadParameter(f"{value!r} selects no seed: give K >= 0, N >= 1 or A:B with 0 <= A < B")
+    return seeds
 
 
 @click.group(cls=Group)
 @common_options(fmt="%(message)s")
 def cli() -> None:
-    """Recipes that reproduce the paper's tables: generation -> training -> evaluation per seed.
+    """Recipes that reproduce the paper's tables: [discover -> rank ->] generate -> train -> evaluate per seed.
 
-    -v logs every stage's command line.
+    -v logs every tool's command line.
     """
 
 
@@ -28,26 +50,54 @@ def list_cmd() -> None:
     """List the recipes, one per table row."""
     for name in list_recipes():
         r = load_recipe(name)
-        click.echo(f"{name:34s} table {r.table:2s} {r.row}")
+        click.echo(f"{name:34s} table {r.table:5s} seeds {r.seeds:2d}  {r.row}")
 
 
 @cli.command()
 @click.argument("recipe")
-@click.option("--work", type=click.Path(path_type=Path), default=WORK, show_default=True,
-              help="Folder for every stage's output; finished stages are skipped on a re-run.")
-@click.option("--tiny", is_flag=True, help="The recipe at toy scale (the toy GAN, a few steps): checks the plumbing.")
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Override the recipe's number of seeds.")
-def run(recipe: str, work: Path, tiny: bool, seeds: int | None) -> None:
-    """Run RECIPE (a name from `list` or a .toml path) for every seed."""
-    out = run_recipe(load_recipe(recipe, tiny=tiny), work, tiny=tiny, seeds=seeds)
-    click.echo(f"results: {out}")
+@_work_dir
+@click.option("--seed", "seed", callback=_seed_range, default=None, metavar="K",
+              help="Run seed K only (0-based), e.g. on one machine of several.")
+@click.option("--seeds", "seeds", callback=_seed_range, default=None, metavar="A:B|N",
+              help="Run seeds A..B-1, or the first N seeds. [default: all of the recipe's]")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder of the named datasets (passed to gen-synth, train-unet and eval-seg). [env BGW_DATA_ROOT]")
+@click.option("--gan", default=None,
+              help="Replace the recipe's model: a local copy of the module, a TF-Hub handle or another name.")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="train-unet processes: > 1 runs it under torchrun (NCCL on GPUs, gloo on CPUs). "
+                   "[default: every visible CUDA GPU]")
+@click.option("--data-per-seed/--shared-data", default=None,
+              help="Generate a new shard set for every seed (as the paper's on-line generation does) or one "
+                   "for all seeds. [default: the recipe's vary_generation]")
+@click.option("--keep-checkpoints", type=click.IntRange(min=0), default=None,
+              help="train-unet keeps the newest N checkpoints and the best (0 = all). [default: 1]")
+@click.option("--tiny", is_flag=True, help="The recipe at toy scale (a few steps on the toy GAN): checks the plumbing.")
+@click.option("--dry-run", is_flag=True, help="Print every stage's command, folder, status and estimated disk "
+                                              "and time, and run nothing.")
+@common_options(fmt="%(message)s")
+def run(recipe: str, work: Path, seed, seeds, data_root, gan, gpus, data_per_seed, keep_checkpoints, tiny,
+        dry_run) -> None:
+    """Run RECIPE (a name from `list` or a .toml path): its unfinished stages, for the chosen seeds."""
+    import os
+
+    if seed is not None and seeds is not None:
+        raise click.UsageError("--seed and --seeds contradict each other; pass one")
+    r = load_recipe(recipe, tiny=tiny)
+    options = RunOptions(seeds=seed or seeds, data_root=data_root or os.environ.get("BGW_DATA_ROOT"), gan=gan, gpus=gpus,
+                         data_per_seed=data_per_seed, keep_checkpoints=keep_checkpoints)
+    if dry_run:
+        click.echo(describe_plan(r, plan_recipe(r, Workspace(work, dry=True), options), options))
+        return
+    out = run_recipe(r, work, tiny=tiny, options=options, echo=click.echo)
+    click.echo(f"results: {out}/ (python -m experiments table --work-dir {work})")
 
 
 @cli.command()
-@click.option("--work", type=click.Path(path_type=Path), default=WORK, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: WORK/results.md")
+@_work_dir
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: WORK_DIR/results.md")
 def table(work: Path, out: Path | None) -> None:
-    """Collect finished recipes into results.md: mean ± std beside the paper's numbers."""
+    """Collect finished seeds into results.md: mean ± std beside the paper's numbers."""
     path = write_table(work, out or work / "results.md")
     click.echo(path.read_text())
     click.echo(f"written: {path}")

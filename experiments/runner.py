@@ -1,9 +1,14 @@
-"""Run a recipe: generation (or import) -> training -> evaluation, for every seed.
+"""Run a recipe: [discover -> rank ->] generation (or import) -> training -> evaluation, per seed.
 
-Each stage's output folder is named by a digest of everything that determines it (its options, the
-seed, and the digest of the stage it reads from), and is marked finished by a DONE.json written last.
-So a re-run skips finished stages, a killed stage is resumed or redone, and two recipes that share a
-stage (Table 2's E-BigBiGAN data is Table 3's) share one copy of it."""
+`plan_recipe` turns a recipe and the run's options into a list of `Stage`s, each with its command
+line and folder, and does nothing else (`--dry-run` prints it); `run_recipe` runs the stages that
+are not finished. Each stage's folder is named by a digest of everything that determines its output
+(its options, the seed, the digest of the stage it reads from: not where the data lives, nor how
+many checkpoints are kept), and is marked finished by a DONE.json written last. So a re-run skips
+finished stages, a killed stage is resumed or redone, two recipes that share a stage (Table 2's
+E-BigBiGAN data is Table 3's) share one copy of it, and seeds can run on different machines
+against one shared work folder. Each seed's results land in results/RECIPE/seed-K.json as soon as
+that seed is evaluated; `python -m experiments table` collects whatever has finished."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +17,11 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -35,6 +44,12 @@ TOOLS = {"discover": "find-direction discover", "rank": "find-direction rank", "
          "import": "shardset import", "train": "train-unet", "evaluate": "eval-seg"}
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BGW_SHARED_DATA", REPO.parent / "shared" / "data"))
+# where stages write unless --work-dir says otherwise: not the current folder, so a run started
+# from elsewhere finds its finished stages
+DEFAULT_WORK_DIR = Path(os.environ.get("BGW_WORK_DIR", Path.home() / "bgw-seg" / "experiments"))
+# stage options that say where things are or how much is kept, not what is computed: they stay
+# out of the folder digest, so moving the data or keeping more checkpoints redoes nothing
+NOT_IN_DIGEST = ("data_root", "keep_checkpoints", "workers")
 
 
 class StageError(UserError, RuntimeError):
@@ -110,15 +125,20 @@ def invoke(stage: str, args: list[str]) -> None:
 
 
 class Workspace:
-    """Where a recipe's stages write, and how `@` placeholders resolve."""
+    """Where a recipe's stages write, and how `@` placeholders resolve. With `dry`, nothing is
+    created (the demo image folder's path is named, not drawn)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, dry: bool = False):
         self.root = Path(root)
+        self.dry = dry
 
     def demo_images(self) -> Path:
         from experiments.demo_data import make_image_folder
 
-        return make_image_folder(self.root / "demo-images", n=int(os.environ.get("BGW_DEMO_IMAGES", 200)))
+        folder = self.root / "demo-images"
+        if self.dry:
+            return folder
+        return make_image_folder(folder, n=int(os.environ.get("BGW_DEMO_IMAGES", 200)))
 
     def resolve(self, value, *, shards: str | None = None, found: dict | None = None):
         if isinstance(value, list):
@@ -140,7 +160,10 @@ class Workspace:
             return f"shards:{shards}"
         if value.startswith("@shared:"):
             path = SHARED_DATA / value.split(":", 1)[1]
-            return f"folder:{path}" if path.is_dir() else None
+            if not path.is_dir():
+                log.warning("%s is not present: the stage leaves it out (set BGW_SHARED_DATA)", path)
+                return None
+            return f"folder:{path}"
         if value.startswith("@env:"):
             var = value.split(":", 1)[1]
             if var not in os.environ:
@@ -149,97 +172,205 @@ class Workspace:
         raise StageError(f"unknown placeholder {value!r}")
 
 
-def _stage(ws: Workspace, kind: str, key: dict, build_args, *, resumable: bool) -> Path:
-    out = ws.root / kind / digest(key)
-    done = out / "DONE.json"
-    if done.is_file():
-        log.info("%s: done already (%s)", kind, out)
-        return out
-    resume = resumable and out.exists()
-    if out.exists() and not resumable:
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    invoke(kind, build_args(out, resume))
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
-    os.replace(tmp, done)
-    return out
+@dataclass(frozen=True)
+class RunOptions:
+    """How `python -m experiments run` runs a recipe (the recipe says what to compute)."""
+
+    seeds: tuple[int, ...] | None = None  # None: 0 .. recipe.seeds - 1
+    data_root: str | None = None  # where the named datasets are (gen-synth, train-unet, eval-seg)
+    gan: str | None = None  # replaces the recipe's model: a local copy, another handle
+    gpus: int | None = None  # processes for train-unet (torchrun when > 1); None: every visible CUDA GPU
+    data_per_seed: bool | None = None  # one generated set per seed; None: the recipe's vary_generation
+    keep_checkpoints: int | None = None  # train-unet --keep-checkpoints; None: its default (last + best)
 
 
-def find_direction(recipe: Recipe, ws: Workspace) -> dict:
-    """[discover] then [rank], when the recipe has them: {"@discovered": .npy, "@direction": .npy}."""
-    if recipe.stage("discover") is None:
-        return {}
-    disc = {k: ws.resolve(v) for k, v in recipe.stage("discover").items()}
+@dataclass
+class Stage:
+    """One step of a recipe for one seed (or for all: seed None), with its folder and command."""
 
-    def discover_args(out, resume):
-        return stage_args("discover", {**disc, "out": str(out), "resume": resume})
+    kind: str  # discover, rank, generate, import, train, evaluate
+    seed: int | None
+    opts: dict  # the resolved options (the recipe's keys)
+    folder: Path
+    args: Callable[[bool], list[str]]  # the tool's arguments, given whether to resume
+    resumable: bool
+    key: dict = field(repr=False, default_factory=dict)
 
-    disc_dir = _stage(ws, "discover", disc, discover_args, resumable=True)
-    found = {"@discovered": str(disc_dir / "directions.npy")}
-    rank = {k: ws.resolve(v, found=found) for k, v in recipe.stage("rank").items()}
-    rank_key = {"discover": disc_dir.name, "rank": rank}
+    @property
+    def done(self) -> bool:
+        return (self.folder / "DONE.json").is_file()
 
-    def rank_args(out, resume):
-        return stage_args("rank", {**rank, "out": str(out)})
+    @property
+    def tool(self) -> str:
+        return TOOLS[self.kind]
 
-    rank_dir = _stage(ws, "rank", rank_key, rank_args, resumable=False)
-    return {**found, "@direction": str(rank_dir / "direction.npy")}
+    def label(self, recipe: Recipe) -> str:
+        return f"[{recipe.name} {'all seeds' if self.seed is None else f'seed {self.seed}'}] {self.kind}"
 
 
-def run_seed(recipe: Recipe, ws: Workspace, seed: int) -> dict:
-    """One seed of a recipe, end to end; returns the evaluator's results.json."""
-    found = find_direction(recipe, ws)
-    if recipe.stage("generate") is not None:
-        gen = {k: ws.resolve(v, found=found) for k, v in recipe.stage("generate").items()}
-        gen["seed"] = int(gen.get("seed", 0)) + (seed if recipe.vary_generation else 0)
-        data_kind, data_key = "generate", gen
+def _folder(ws: Workspace, kind: str, key: dict) -> Path:
+    return ws.root / kind / digest(key)
 
-        def data_args(out, resume):
-            return stage_args("generate", {**gen, "out": str(out), "name": "set", "resume": resume})
+
+def _stage_opts(kind: str, raw: dict, options: RunOptions, ws: Workspace, **placeholders) -> dict:
+    """A stage's options with placeholders resolved and the run's overrides applied."""
+    opts = {k: ws.resolve(v, **placeholders) for k, v in raw.items()}
+    params = {p.name for p in command_of(kind).params}
+    if options.gan and kind in ("discover", "rank", "generate"):
+        opts["gan"] = options.gan
+    if options.data_root and "data_root" in params and "data_root" not in opts:
+        opts["data_root"] = options.data_root
+    if options.keep_checkpoints is not None and kind == "train":
+        opts["keep_checkpoints"] = options.keep_checkpoints
+    return opts
+
+
+def _key(opts: dict) -> dict:
+    return {k: v for k, v in opts.items() if k not in NOT_IN_DIGEST}
+
+
+def plan_recipe(recipe: Recipe, ws: Workspace, options: RunOptions = RunOptions()) -> list[Stage]:
+    """Every stage of the seeds to run, in order, with folders and command lines. Creates nothing
+    (but a `@demo-images` folder when the workspace is not dry)."""
+    seeds = list(options.seeds) if options.seeds is not None else list(range(recipe.seeds))
+    per_seed_data = recipe.vary_generation if options.data_per_seed is None else options.data_per_seed
+    stages: list[Stage] = []
+    found: dict = {}
+    if recipe.stage("discover") is not None:
+        disc = _stage_opts("discover", recipe.stage("discover"), options, ws)
+        disc_dir = _folder(ws, "discover", _key(disc))
+        stages.append(Stage("discover", None, disc, disc_dir, resumable=True, key=_key(disc),
+                            args=lambda resume, o=disc, d=disc_dir: stage_args(
+                                "discover", {**o, "out": str(d), "resume": resume})))
+        found["@discovered"] = str(disc_dir / "directions.npy")
+        rank = _stage_opts("rank", recipe.stage("rank"), options, ws, found=found)
+        rank_key = {"discover": disc_dir.name, "rank": _key(rank)}
+        rank_dir = _folder(ws, "rank", rank_key)
+        stages.append(Stage("rank", None, rank, rank_dir, resumable=False, key=rank_key,
+                            args=lambda resume, o=rank, d=rank_dir: stage_args("rank", {**o, "out": str(d)})))
+        found["@direction"] = str(rank_dir / "direction.npy")
+    data_stages: dict[int | None, Stage] = {}
+    for seed in seeds:
+        data_seed = seed if per_seed_data else None
+        if data_seed not in data_stages:
+            if recipe.stage("generate") is not None:
+                gen = _stage_opts("generate", recipe.stage("generate"), options, ws, found=found)
+                if per_seed_data:
+                    gen["seed"] = int(gen.get("seed", 0)) + seed
+                folder = _folder(ws, "generate", _key(gen))
+                data_stages[data_seed] = Stage(
+                    "generate", data_seed, gen, folder, resumable=True, key=_key(gen),
+                    args=lambda resume, o=gen, d=folder: stage_args(
+                        "generate", {**o, "out": str(d), "name": "set", "resume": resume}))
+            else:
+                imp = _stage_opts("import", recipe.stage("import"), options, ws)
+                folder = _folder(ws, "import", _key(imp))
+                data_stages[data_seed] = Stage(
+                    "import", data_seed, imp, folder, resumable=False, key=_key(imp),
+                    args=lambda resume, o=imp, d=folder: stage_args("import", {**o, "out": str(d), "name": "set"}))
+            stages.append(data_stages[data_seed])
+        data = data_stages[data_seed]
+        shards = str(data.folder / "set.json")
+        train = _stage_opts("train", recipe.stage("train"), options, ws, shards=shards)
+        train_key = {"data": data.folder.name, "train": _key(train), "seed": seed}
+        run_dir = _folder(ws, "train", train_key)
+        stages.append(Stage("train", seed, train, run_dir, resumable=True, key=train_key,
+                            args=lambda resume, o=train, d=run_dir, k=seed: stage_args(
+                                "train", {**o, "shards": shards, "out": str(d), "seed": k, "resume": resume})))
+        ev = _stage_opts("evaluate", recipe.stage("evaluate"), options, ws, shards=shards)
+        eval_key = {"run": run_dir.name, "evaluate": _key(ev)}
+        eval_dir = _folder(ws, "evaluate", eval_key)
+        stages.append(Stage("evaluate", seed, ev, eval_dir, resumable=False, key=eval_key,
+                            args=lambda resume, o=ev, d=eval_dir, r=run_dir: stage_args(
+                                "evaluate", {**o, "ckpts": [str(r)], "out": str(d)})))
+    return stages
+
+
+def visible_gpus() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
+def _train_processes(options: RunOptions) -> int:
+    return visible_gpus() if options.gpus is None else options.gpus
+
+
+def invoke_torchrun(args: list[str], processes: int) -> None:
+    """train-unet as `torchrun --nproc_per_node N -m trainer.cli ARGS` (NCCL on GPUs, gloo on CPUs)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "trainer.cli", *args]
+    log.info("%s", " ".join(cmd))
+    res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if res.returncode:
+        lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")] or res.stderr.splitlines()[-1:]
+        raise StageError(f"train (torchrun, {processes} processes): {lines[-1] if lines else res.returncode}")
+
+
+def run_stage(stage: Stage, options: RunOptions) -> None:
+    """Run one unfinished stage and mark it done."""
+    resume = stage.resumable and stage.folder.exists()
+    if stage.folder.exists() and not stage.resumable:
+        shutil.rmtree(stage.folder)
+    stage.folder.parent.mkdir(parents=True, exist_ok=True)
+    processes = _train_processes(options) if stage.kind == "train" else 1
+    if processes > 1:
+        invoke_torchrun(stage.args(resume), processes)
     else:
-        imp = {k: ws.resolve(v) for k, v in recipe.stage("import").items()}
-        data_kind, data_key = "import", imp
-
-        def data_args(out, resume):
-            return stage_args("import", {**imp, "out": str(out), "name": "set"})
-
-    data_dir = _stage(ws, data_kind, data_key, data_args, resumable=data_kind == "generate")
-    shards = str(data_dir / "set.json")
-
-    train = {k: ws.resolve(v, shards=shards) for k, v in recipe.stage("train").items()}
-    train_key = {"data": data_dir.name, "train": train, "seed": seed}
-
-    def train_args(out, resume):
-        return stage_args("train", {**train, "shards": shards, "out": str(out), "seed": seed, "resume": resume})
-
-    run_dir = _stage(ws, "train", train_key, train_args, resumable=True)
-
-    ev = {k: ws.resolve(v, shards=shards) for k, v in recipe.stage("evaluate").items()}
-    eval_key = {"run": run_dir.name, "evaluate": ev}
-
-    def eval_args(out, resume):
-        return stage_args("evaluate", {**ev, "ckpts": [str(run_dir)], "out": str(out)})
-
-    eval_dir = _stage(ws, "evaluate", eval_key, eval_args, resumable=False)
-    return json.loads((eval_dir / "results.json").read_text())
+        invoke(stage.kind, stage.args(resume))
+    done = stage.folder / "DONE.json"
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(stage.key, indent=1, sort_keys=True))
+    os.replace(tmp, done)
 
 
-def run_recipe(recipe: Recipe, work: Path, *, tiny: bool = False, seeds: int | None = None) -> Path:
-    """All seeds of a recipe; writes work/results/<recipe>.json (atomically) and returns its path."""
-    ws = Workspace(work)
-    n = recipe.seeds if seeds is None else seeds
-    per_seed = []
-    for seed in range(n):
-        log.info("%s: seed %d/%d", recipe.name, seed + 1, n)
-        per_seed.append({"seed": seed, "results": run_seed(recipe, ws, seed)})
-    out = Path(work) / "results" / f"{recipe.name}.json"
+def results_dir(work: Path, recipe: Recipe) -> Path:
+    return Path(work) / "results" / recipe.name
+
+
+def _write_seed_result(work: Path, recipe: Recipe, seed: int, tiny: bool, eval_dir: Path) -> Path:
+    record = {"recipe": recipe.name, "table": recipe.table, "row": recipe.row, "tiny": tiny, "paper": recipe.paper,
+              "seed": seed, "results": json.loads((eval_dir / "results.json").read_text())}
+    out = results_dir(work, recipe) / f"seed-{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "recipe": recipe.name, "table": recipe.table, "row": recipe.row, "tiny": tiny,
-        "paper": recipe.paper, "seeds": per_seed,
-    }
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
     os.replace(tmp, out)
     return out
+
+
+def run_recipe(recipe: Recipe, work: Path, *, tiny: bool = False, options: RunOptions = RunOptions(),
+               echo: Callable[[str], None] = lambda line: None) -> Path:
+    """Run the unfinished stages of the chosen seeds; returns results/RECIPE/ (one seed-K.json per
+    evaluated seed). `echo` gets one seed-labelled line per stage."""
+    ws = Workspace(work)
+    for stage in plan_recipe(recipe, ws, options):
+        if stage.done:
+            echo(f"{stage.label(recipe)}: done already ({stage.folder})")
+        else:
+            echo(f"{stage.label(recipe)}: running {stage.tool} -> {stage.folder}")
+            run_stage(stage, options)
+        if stage.kind == "evaluate":
+            path = _write_seed_result(work, recipe, stage.seed, tiny, stage.folder)
+            echo(f"{stage.label(recipe)}: results {path}")
+    return results_dir(work, recipe)
+
+
+def describe_plan(recipe: Recipe, stages: list[Stage], options: RunOptions) -> str:
+    """The --dry-run text: each stage's status, command, folder and estimated cost."""
+    from experiments.estimate import estimate, human_bytes
+
+    gpu = _train_processes(options) > 0 and visible_gpus() > 0
+    lines, disk = [], 0
+    for st in stages:
+        status = "done" if st.done else ("partial: will resume" if st.folder.exists() and st.resumable else "to run")
+        processes = _train_processes(options) if st.kind == "train" else 1
+        prefix = f"torchrun --nproc_per_node {processes} -m trainer.cli" if processes > 1 else st.tool.split()[0]
+        cost = estimate(st.kind, st.opts, gpu=gpu)
+        disk += cost.disk_bytes or 0
+        lines += [f"{st.label(recipe)} [{status}]", f"  $ {prefix} {' '.join(st.args(False))}",
+                  f"  folder {st.folder}", f"  {cost.describe()}"]
+    lines.append(f"total disk of these stages: {human_bytes(disk)} (datasets not counted)")
+    return "\n".join(lines)

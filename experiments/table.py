@@ -65,8 +65,24 @@ def render(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def collect(work: Path) -> list[dict]:
+    """One record per recipe from results/RECIPE/seed-K.json: whatever seeds have finished, on
+    this machine or on others that share the work folder. A recipe run both in full and --tiny
+    keeps the two apart."""
+    by_recipe: dict[tuple[str, bool], dict] = {}
+    for path in sorted((Path(work) / "results").glob("*/seed-*.json")):
+        rec = json.loads(path.read_text())
+        key = (rec["recipe"], bool(rec.get("tiny")))
+        entry = by_recipe.setdefault(key, {k: rec[k] for k in ("recipe", "table", "row", "tiny", "paper")}
+                                     | {"seeds": []})
+        entry["seeds"].append({"seed": rec["seed"], "results": rec["results"]})
+    for entry in by_recipe.values():
+        entry["seeds"].sort(key=lambda s: s["seed"])
+    return [by_recipe[k] for k in sorted(by_recipe)]
+
+
 def write_table(work: Path, out: Path) -> Path:
-    records = [json.loads(p.read_text()) for p in sorted((Path(work) / "results").glob("*.json"))]
+    records = collect(work)
     text = render(records) if records else "# Results\n\nNo finished recipe yet: run `python -m experiments run RECIPE`.\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

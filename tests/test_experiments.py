@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from experiments.recipe import PAPER_TABLES, RecipeError, list_recipes, load_recipe
-from experiments.runner import StageError, command_of, digest, stage_args, to_args
+from experiments.runner import RunOptions, StageError, command_of, digest, stage_args, to_args
 from experiments.table import render
 
 pytest.importorskip("tensorflow_hub")
@@ -85,10 +85,10 @@ def test_recipe_runs_in_tiny_form(name, work, monkeypatch):
     recipe = load_recipe(name, tiny=True)
     if recipe.table in PAPER_TABLES:  # BigBiGAN cannot be fetched here: the toy stands in
         assert recipe.stage("generate") is None or recipe.stage("generate")["gan"] == "toy"
-    out = run_recipe(recipe, work, tiny=True, seeds=1)
-    record = json.loads(out.read_text())
-    assert [s["seed"] for s in record["seeds"]] == [0]
-    ds = record["seeds"][0]["results"]["datasets"]
+    out = run_recipe(recipe, work, tiny=True, options=RunOptions(seeds=(0,)))
+    assert sorted(p.name for p in out.glob("seed-*.json")) == ["seed-0.json"]
+    record = json.loads((out / "seed-0.json").read_text())
+    ds = record["results"]["datasets"]
     assert ds, "evaluation produced no dataset"
     for entry in ds.values():
         assert 0.0 <= entry["summary"]["max_f"]["mean"] <= 1.0
@@ -100,15 +100,18 @@ def test_rerun_skips_finished_stages_and_table_reports_mean_std(work, monkeypatc
 
     monkeypatch.setenv("BGW_DEMO_IMAGES", "24")
     recipe = load_recipe("table2-ebigbigan", tiny=True)
-    runner.run_recipe(recipe, work, tiny=True, seeds=2)
+    two = RunOptions(seeds=(0, 1))
+    runner.run_recipe(recipe, work, tiny=True, options=two)
     calls = []
     monkeypatch.setattr(runner, "invoke", lambda stage, args: calls.append(stage))
-    out = runner.run_recipe(recipe, work, tiny=True, seeds=2)
+    runner.run_recipe(recipe, work, tiny=True, options=two)
     assert calls == []  # every stage was finished: nothing ran again
     # the same settings in another table's recipe share the stages
-    runner.run_recipe(load_recipe("table4-ebigbigan", tiny=True), work, tiny=True, seeds=2)
+    runner.run_recipe(load_recipe("table4-ebigbigan", tiny=True), work, tiny=True, options=two)
     assert calls == []
-    text = render([json.loads(out.read_text())])
+    from experiments.table import collect
+
+    text = render([r for r in collect(work) if r["recipe"] == "table2-ebigbigan"])
     row = next(line for line in text.splitlines() if line.startswith("| table2-ebigbigan"))
     assert "(2) [0.797]" in row  # mean ± std over two seeds, beside the paper's ECSSD maxF
 
@@ -133,3 +136,82 @@ def test_the_dcgan_recipe_finds_its_own_direction():
     assert r.stage("rank")["candidates"] == "@discovered" and r.stage("generate")["direction"] == "@direction"
     assert r.stage("generate")["latents"] == "prior"  # the DCGAN has no encoder
     assert r.stage("discover")["directions"] <= 100
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from experiments.__main__ import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_dry_run_plans_without_running(tmp_path, monkeypatch):
+    from experiments import runner
+
+    monkeypatch.setattr(runner, "invoke", lambda *a: pytest.fail("a dry run ran a stage"))
+    work = tmp_path / "work"
+    res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seed", "1",
+               "--data-root", tmp_path / "data", "--gan", tmp_path / "my-bigbigan")
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "[table2-ebigbigan seed 1] train [to run]" in out and "seed 0" not in out
+    assert f"--gan {tmp_path / 'my-bigbigan'}" in out and f"--data-root {tmp_path / 'data'}" in out
+    assert "--seed 1 " in out or out.rstrip().endswith("--seed 1") or "--seed 1\n" in out
+    assert "disk " in out and "total disk" in out
+    assert not work.exists()  # nothing made, not even the demo images
+    # the model is part of what a stage computes, where the data lives is not
+    plain = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seed", "1")
+    moved = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seed", "1",
+                 "--data-root", tmp_path / "elsewhere")
+    folders = [[line for line in r.output.splitlines() if line.startswith("  folder")] for r in (plain, moved, res)]
+    assert folders[0] == folders[1] and folders[0][0] != folders[2][0]
+    # per-seed data: one generate stage per seed; --gpus 2: training under torchrun
+    both = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seeds", "0:2",
+                "--data-per-seed", "--gpus", "2")
+    assert both.output.count("] generate [") == 2 and "torchrun --nproc_per_node 2 -m trainer.cli" in both.output
+    shared = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seeds", "0:2")
+    assert shared.output.count("] generate [") == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seed", "-1"], "selects no seed"),
+    (["--seeds", "3:3"], "selects no seed"),
+    (["--seeds", "a:b"], "not a seed"),
+    (["--seed", "1", "--seeds", "0:2"], "contradict"),
+])
+def test_bad_seed_choices_are_one_line(tmp_path, args, needle):
+    res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", tmp_path, *args)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and needle in lines[0], res.output
+
+
+@pytest.mark.slow
+def test_seeds_run_apart_and_the_table_collects_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("BGW_DEMO_IMAGES", "24")
+    work = tmp_path / "work"
+    res = _cli("run", "table2-bigbigan", "--tiny", "--work-dir", work, "--seed", "1", "--gan", "toy",
+               "--data-root", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "[table2-bigbigan seed 1] evaluate: running eval-seg" in res.output
+    results = work / "results" / "table2-bigbigan"
+    assert sorted(p.name for p in results.glob("*.json")) == ["seed-1.json"]
+    # another machine (here: another call) runs seed 0 into the same work folder; the data is shared
+    res = _cli("run", "table2-bigbigan", "--tiny", "--work-dir", work, "--seed", "0", "--gan", "toy")
+    assert res.exit_code == 0, res.output
+    assert "[table2-bigbigan all seeds] generate: done already" in res.output
+    assert sorted(p.name for p in results.glob("*.json")) == ["seed-0.json", "seed-1.json"]
+    table = _cli("table", "--work-dir", work)
+    row = next(line for line in table.output.splitlines() if line.startswith("| table2-bigbigan"))
+    assert "(2) [0.782]" in row
+
+
+@pytest.mark.slow
+def test_training_under_torchrun_on_two_cpu_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("BGW_DEMO_IMAGES", "24")
+    res = _cli("run", "table2-bigbigan", "--tiny", "--work-dir", tmp_path, "--seed", "0", "--gpus", "2")
+    assert res.exit_code == 0, res.output
+    run = next((tmp_path / "train").iterdir())
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 3 and (run / "DONE.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "results" / "table2-bigbigan").glob("*.json")) == ["seed-0.json"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -26,7 +27,11 @@ def gen_venv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gen-venv")
     venv.create(root, with_pip=True)
     python = root / "bin" / "python"
-    res = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[gen]"],
+    # install from a copy: setuptools writes build/ into the folder it builds from
+    src = tmp_path_factory.mktemp("src") / "bgw-seg"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "build", "shards", "demo-out",
+                                                             "__pycache__", ".pytest_cache", ".hypothesis", "*.egg-info"))
+    res = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{src}[gen]"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return root

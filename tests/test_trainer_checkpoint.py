@@ -200,3 +200,46 @@ def test_the_same_weights_give_the_same_bytes_in_another_process(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True)
         digests.add(hashlib.sha256((tmp_path / str(i) / "checkpoints" / "step-000007.safetensors").read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def _fake_checkpoint(folder, step, val_iou):
+    import json as _json
+
+    stem = f"step-{step:06d}"
+    (folder / f"{stem}.safetensors").write_bytes(b"w")
+    files = {"weights": {"name": f"{stem}.safetensors", "sha256": "x"}}
+    if step == 500:
+        (folder / f"{stem}.state.pt").write_bytes(b"s")
+        files["state"] = {"name": f"{stem}.state.pt", "sha256": "y"}
+    meta = {"step": step, "files": files, "val": {} if val_iou is None else {"val_iou": val_iou}}
+    (folder / f"{stem}.json").write_text(_json.dumps(meta))
+
+
+def test_prune_keeps_the_newest_and_the_best(tmp_path):
+    from trainer.checkpoint import prune_checkpoints
+
+    for step, iou in ((100, 0.5), (200, 0.9), (300, None), (400, 0.7), (500, 0.6)):
+        _fake_checkpoint(tmp_path, step, iou)
+    deleted = prune_checkpoints(tmp_path, keep=1)
+    assert deleted == ["step-000100.json", "step-000300.json", "step-000400.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step-000200.json", "step-000200.safetensors",  # the best by validation IoU
+        "step-000500.json", "step-000500.safetensors", "step-000500.state.pt"]  # the newest, with its state
+    assert prune_checkpoints(tmp_path, keep=2) == []
+
+
+def test_training_keeps_the_last_and_the_best_checkpoint(tmp_path):
+    from shardset.synthetic import write_synthetic_set
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    write_synthetic_set(tmp_path / "set", shards=3, shard_size=8, size=32, val_shards=1)
+    shards = str(tmp_path / "set" / "synth.json")
+    train(TrainConfig(shards=(shards,), out=str(tmp_path / "run"), size=32, width=4, batch=4, steps=6, ckpt_every=2,
+                      val_every=2, val_samples=4, num_workers=0, device="cpu", keep_checkpoints=1))
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*.json"))
+    assert 1 <= len(names) <= 2 and "step-000006.json" in names
+    every = train(TrainConfig(shards=(shards,), out=str(tmp_path / "all"), size=32, width=4, batch=4, steps=6,
+                              ckpt_every=2, val_every=2, val_samples=4, num_workers=0, device="cpu",
+                              keep_checkpoints=0))
+    assert every and len(list((tmp_path / "all" / "checkpoints").glob("step-*.json"))) == 3

@@ -64,6 +64,8 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("val_samples", type=int, help="held-out samples per validation")
 @_field("log_every", type=int, help="log loss/lr every N steps")
 @_field("ckpt_every", type=int, help="checkpoint every N steps")
+@_field("keep_checkpoints", type=int,
+        help="keep the newest N checkpoints and the best by validation IoU; older ones are deleted (0 = keep all)")
 @_field("device", type=click.Choice(["auto", "cpu", "cuda"]))
 @_field("cpu_threads", type=int, help="torch CPU threads (0 = default)")
 @_field("eval_dataset", help="also score a real benchmark at each validation (e.g. ecssd)")

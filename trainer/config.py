@@ -61,6 +61,7 @@ class TrainConfig:
     val_every: int = 500                  # validate every this many steps (0 = only at the end)
     log_every: int = 10                   # log loss/lr/samples-per-s every this many steps
     ckpt_every: int = 1000                # checkpoint every this many steps (and always at the end)
+    keep_checkpoints: int = 1             # keep the newest N checkpoints and the best by validation IoU; 0 = all
     eval_dataset: str | None = None       # optional real benchmark (evaluator dataset name) validated at val_every
     data_root: str | None = None          # folder of that benchmark (images/, masks/)
     eval_samples: int = 200               # at most this many real-benchmark images per validation
@@ -82,7 +83,8 @@ class TrainConfig:
         for name in ("steps", "batch", "size", "width", "log_every", "ckpt_every", "shuffle_buffer", "max_image_pixels"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
-        for name in ("num_workers", "val_every", "round_samples", "val_samples", "eval_samples", "cpu_threads"):
+        for name in ("num_workers", "val_every", "round_samples", "val_samples", "eval_samples", "cpu_threads",
+                     "keep_checkpoints"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if not 0 <= self.seed < 2 ** 63:

@@ -293,7 +293,7 @@ def train(config: TrainConfig, *, resume: bool = False,
             }
             meta = {"shardset": {"name": source.name, "fingerprint": source.fingerprint},
                     "config": config.to_dict(), "val": last_val}
-            return ckpt.save_checkpoint(out, step, raw_model, meta, train_state)
+            return ckpt.save_checkpoint(out, step, raw_model, meta, train_state, keep=config.keep_checkpoints)
 
         # ---- the loop -------------------------------------------------------------------------
         step = start_step
