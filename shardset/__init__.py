@@ -16,8 +16,8 @@ It imports `core` (atomic writes, the user-image reader, UserError) and no other
     inspect.py   summary table and image | mask contact sheet
     importer.py  labelled folder -> shard set
     synthetic.py tiny deterministic sets for tests and demos
-    export.py    shard set -> image and mask files
-    cli.py       the `shardset` command (inspect, verify, import, export)
+    export.py    shard set -> image and mask files, or plain tar shards + their manifest
+    cli.py       the `shardset` command (inspect, verify, import, export; --json for inspect and verify)
 """
 from .codec import decode_sample, encode_sample
 from .format import (

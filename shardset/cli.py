@@ -4,6 +4,7 @@ Errors are one line (core.cli): a ShardError, ManifestError or any other UserErr
 and the fix."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -42,24 +43,34 @@ def _set_name(ctx, param, value: str) -> str:
 @click.option("--n", "n_preview", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Samples in the contact sheet.")
 @click.option("--cols", type=click.IntRange(1, 64), default=4, show_default=True, help="Pairs per row.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object instead of the table (the preview, if any, under \"preview\").")
 @verbosity_option()
-def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols: int) -> None:
+def inspect_cmd(spec: tuple[str, ...], preview: str | None, n_preview: int, cols: int, as_json: bool) -> None:
     """Print a summary table of SET (samples, bytes, encoding, parameters, rejections)."""
-    from .inspect import format_table, summarize, write_preview
+    from .inspect import format_table, rows_of, summary, write_preview
     from .urls import resolve
 
     ref = resolve(list(spec))
-    click.echo(format_table(summarize(ref)))
+    facts = summary(ref)
+    if not as_json:
+        click.echo(format_table(rows_of(facts)))
     if preview:
         n = write_preview(ref, preview, n=n_preview, cols=cols)
-        click.echo(f"wrote {preview} ({n} image | mask pairs)")
+        facts["preview"] = {"path": preview, "pairs": n}
+        if not as_json:
+            click.echo(f"wrote {preview} ({n} image | mask pairs)")
+    if as_json:
+        click.echo(json.dumps(facts, indent=1, sort_keys=True))
 
 
 @cli.command("verify")
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
 @click.option("--no-decode", is_flag=True, help="Only re-hash shards; skip decoding every sample.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (ok, samples, bad, problems, notes, shards[]); the exit code stays.")
 @verbosity_option()
-def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
+def verify_cmd(spec: tuple[str, ...], no_decode: bool, as_json: bool) -> None:
     """Re-hash every shard of SET against the manifest and decode every sample.
 
     Exits 0 when all hold; otherwise 1, naming each bad shard. A set whose manifest says it is
@@ -71,6 +82,9 @@ def verify_cmd(spec: tuple[str, ...], no_decode: bool) -> None:
     ref = resolve(list(spec))
     with progress_bar(total=len(ref.urls), unit="shard", desc="verify") as bar:
         report = verify_set(ref, decode=not no_decode, progress=lambda _: bar.update(1))
+    if as_json:
+        click.echo(json.dumps({"set": ref.manifest_url, **report.to_dict()}, indent=1, sort_keys=True))
+        sys.exit(0 if report.ok else 1)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     for bad in report.bad:
@@ -118,15 +132,33 @@ def import_cmd(images, masks, out, name, **fields) -> None:
 
 @cli.command("export")
 @click.argument("spec", nargs=-1, required=True, metavar="SET...")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (images/, masks/).")
-@click.option("--limit", type=click.IntRange(1, None), default=None, help="Export at most this many samples.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--plain-tar", is_flag=True,
+              help="Write each shard decompressed (NAME-000000.tar, the bytes `zstd -d` gives) and NAME.json listing "
+                   "their sha256 and split, for tools that read only plain tar.")
+@click.option("--limit", type=click.IntRange(1, None), default=None,
+              help="Export at most this many samples (not with --plain-tar, which exports whole shards).")
 @verbosity_option()
-def export_cmd(spec: tuple[str, ...], out: str, limit: int | None) -> None:
-    """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255)."""
-    from .export import export_set
+def export_cmd(spec: tuple[str, ...], out: str, plain_tar: bool, limit: int | None) -> None:
+    """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255), or as plain tar.
+
+    Plain tar: read it with tar, webdataset or Hugging Face datasets without bgw-seg (recipes in
+    shardset/FORMAT.md). Refuses an --out that already holds an export of the set.
+    """
+    from .export import export_plain_tar, export_set
     from .urls import resolve
 
+    if plain_tar and limit is not None:
+        raise click.UsageError("--limit counts samples, and --plain-tar exports whole shards: choose the shards "
+                               "with SET (a glob or a brace range) instead")
     ref = resolve(list(spec))
+    if plain_tar:
+        with progress_bar(total=len(ref.urls), unit="shard", desc="export") as bar:
+            m = export_plain_tar(ref, out, progress=bar.update)
+        t = m["totals"]
+        click.echo(f"wrote {t['shards']} plain tar shards ({t['samples']} samples, {t['bytes']} bytes) and "
+                   f"{m['name']}.json to {out}")
+        return
     with progress_bar(unit="sample", desc="export") as bar:
         n = export_set(ref, out, limit=limit, progress=bar.update)
     click.echo(f"wrote {n} samples to {out}")

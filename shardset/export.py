@@ -1,11 +1,21 @@
-"""Export a shard set back to files: images/<key>.png, masks/<key>.png (0/255), meta.jsonl.
+"""Export a shard set for tools without bgw-seg.
 
-meta.jsonl is renamed into place last, so its presence marks a finished export. A failed export
-(a refused shard, a full disk) removes every file and folder it made, so nothing half-written is
-left that looks complete; files that were in --out before are not removed.
+`export_set`: images/<key>.png, masks/<key>.png (0/255), meta.jsonl. meta.jsonl is renamed into
+place last, so its presence marks a finished export.
+
+`export_plain_tar`: each shard decompressed to NAME-000123.tar (the same tar bytes `zstd -d` gives),
+and NAME.json, a manifest of the plain tars (format `bgw-shardset-plain-tar`: their names, sizes,
+sha256, samples and split), renamed into place last. Every shard is checked against its manifest
+record and its members against the format while it streams, so a plain tar holds only what a
+shard may hold.
+
+Either export, when it fails (a refused shard, a full disk), removes every file and folder it made,
+so nothing half-written is left that looks complete; files that were in --out before are not removed.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import json
 import os
@@ -15,8 +25,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .format import Limits, ShardSetError
-from .reader import iter_samples
+from core.atomic import atomic_write_text, fsync_dir
+
+from .format import (PLAIN_TAR_FORMAT, PLAIN_TAR_VERSION, SPLITS, Limits, ShardError, ShardSetError,
+                     ShardSetExistsError, manifest_filename, plain_tar_filename, plain_tar_glob)
+from .manifest import dumps
+from .reader import iter_raw, iter_samples, open_shard
 from .urls import ShardSetRef, resolve
 
 
@@ -92,3 +106,109 @@ def export_set(spec: str | list[str] | ShardSetRef, out: str | os.PathLike, *, l
         made.remove()
         raise
     return n
+
+
+class _Tee(io.RawIOBase):
+    """Bytes read from `raw` are also written to `out` and hashed: the plain tar is exactly what
+    the strict parser read, byte for byte, whatever the buffering above."""
+
+    def __init__(self, raw, out):
+        self._raw, self._out = raw, out
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self._raw.readinto(b)
+        if n:
+            view = memoryview(b)[:n]
+            self._out.write(view)
+            self.sha256.update(view)
+            self.count += n
+        return n
+
+
+def _plain_tar(url: str, record: dict, tmp: Path, filename: str, limits: Limits) -> dict:
+    """Decompress one shard to `tmp` (written whole, fsynced); its record as plain tar `filename`."""
+    with open_shard(url, limits, expect=record) as zs, open(tmp, "xb") as f:
+        tee = _Tee(zs, f)
+        stream = io.BufferedReader(tee, 1 << 16)
+        samples = sum(1 for _ in iter_raw(stream, url, limits))
+        while stream.read(1 << 20):  # the end-of-archive blocks: a plain tar is the whole stream
+            pass
+        zs.check()
+        f.flush()
+        os.fsync(f.fileno())
+    if samples != record["samples"]:
+        raise ShardError(url, f"holds {samples} samples, its manifest record says {record['samples']}")
+    return {"index": record["index"], "file": filename, "split": record["split"], "samples": samples,
+            "bytes": tee.count, "sha256": tee.sha256.hexdigest(), "source_file": record["file"],
+            "source_sha256": record["sha256"]}
+
+
+def plain_tar_manifest(name: str, encoding: str, source: dict, records: list[dict]) -> dict:
+    """The manifest of a plain-tar export; the same field names as a shard set's where they mean
+    the same (`shards[].file/sha256/split/samples/bytes`, `splits`), so one recipe reads both."""
+    records = sorted(records, key=lambda r: r["index"])
+    return {
+        "format": PLAIN_TAR_FORMAT,
+        "format_version": PLAIN_TAR_VERSION,
+        "name": name,
+        "encoding": encoding,
+        "source": source,
+        "shards": records,
+        "splits": {sp: {"shards": [r["index"] for r in records if r["split"] == sp],
+                        "samples": sum(r["samples"] for r in records if r["split"] == sp)} for sp in SPLITS},
+        "totals": {"shards": len(records), "samples": sum(r["samples"] for r in records),
+                   "bytes": sum(r["bytes"] for r in records)},
+    }
+
+
+def export_plain_tar(spec: str | list[str] | ShardSetRef, out: str | os.PathLike, *, limits: Limits = Limits(),
+                     progress: Callable[[int], None] | None = None) -> dict:
+    """Write every shard `spec` selects as OUT/NAME-000123.tar, then OUT/NAME.json; returns that manifest.
+
+    Needs the set's manifest (the split and the hashes come from it). Refuses an OUT that already
+    holds an export of the set."""
+    ref = spec if isinstance(spec, ShardSetRef) else resolve(spec)
+    m = ref.manifest
+    if m is None:
+        raise ShardSetError(f"{' '.join(ref.specs)}: no manifest found; --plain-tar takes the split and the "
+                            "sha256 of each shard from it: name the set's NAME.json or its folder")
+    name = m["name"]
+    records = []
+    for url in ref.urls:
+        rec = ref.record(url)
+        if rec is None:
+            raise ShardSetError(f"{url} is not listed in {ref.manifest_url}; export only the shards the "
+                                "manifest lists (run `shardset verify` to see what is wrong)")
+        records.append((url, rec))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ShardSetError(f"--out {out} is a file; name a folder")
+    manifest_path = out / manifest_filename(name)
+    if manifest_path.exists() or (out.is_dir() and any(out.glob(plain_tar_glob(name)))):
+        raise ShardSetExistsError(f"{out} already holds an export of {name!r} ({manifest_path.name} or "
+                                  f"{name}-*.tar); choose another --out, or delete those files first")
+    made = _Made()
+    try:
+        made.mkdir(out)
+        plain = []
+        for url, rec in records:
+            dest = out / plain_tar_filename(name, rec["index"])
+            tmp = made.file(dest.with_name(f".{dest.name}.{os.getpid()}.tmp"))
+            plain.append(_plain_tar(url, rec, tmp, dest.name, limits))
+            os.replace(tmp, made.file(dest))
+            if progress:
+                progress(1)
+        fsync_dir(out)
+        source = {"fingerprint": m["fingerprint"], "complete": m["complete"], "created": m["created"],
+                  "tool": m["tool"], "shards": len(m["shards"])}
+        manifest = plain_tar_manifest(name, m["encoding"], source, plain)
+        atomic_write_text(made.file(manifest_path), dumps(manifest))
+    except BaseException:
+        made.remove()
+        raise
+    return manifest

@@ -11,6 +11,9 @@ from core.errors import UserError
 
 FORMAT_NAME = "bgw-shardset"
 FORMAT_VERSION = 1
+# `shardset export --plain-tar`: the shards decompressed, for tools that read only plain tar
+PLAIN_TAR_FORMAT = "bgw-shardset-plain-tar"
+PLAIN_TAR_VERSION = 1
 
 # Image encodings a shard may carry. The lossless ones round-trip the uint8 image exactly.
 ENCODINGS = ("png", "webp", "jpg", "npy")
@@ -61,6 +64,15 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 def shard_filename(name: str, index: int) -> str:
     """`NAME-000123.tar.zst`: zero-padded so that a sorted listing is the shard order."""
     return f"{name}-{index:06d}.tar.zst"
+
+
+def plain_tar_filename(name: str, index: int) -> str:
+    """`NAME-000123.tar`: shard `index` of a plain-tar export (the .tar.zst shard, decompressed)."""
+    return f"{name}-{index:06d}.tar"
+
+
+def plain_tar_glob(name: str) -> str:
+    return f"{name}-" + "[0-9]" * 6 + ".tar"
 
 
 def manifest_filename(name: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .format import Limits, ShardSetError
+from .format import SPLITS, Limits, ShardSetError
 from .reader import iter_samples
 from .urls import ShardSetRef, resolve
 
@@ -24,37 +24,59 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def summarize(ref: ShardSetRef) -> list[tuple[str, str]]:
-    """(field, value) rows describing the set; from the manifest when there is one."""
+def summary(ref: ShardSetRef) -> dict:
+    """The facts `shardset inspect` shows, as JSON-ready values; from the manifest when there is one."""
     m = ref.manifest
     if m is None:
         n = sum(1 for url in ref.urls for _ in iter_samples(url))
-        return [("manifest", "none found (counts come from decoding)"), ("shards", str(len(ref.urls))),
-                ("samples", str(n))]
-    t = m["totals"]
-    per = t["bytes"] / t["samples"] if t["samples"] else 0.0
+        return {"manifest": None, "urls": list(ref.urls), "shards": len(ref.urls), "samples": n}
+    t, splits = m["totals"], m["splits"]
+    return {
+        "manifest": ref.manifest_url,
+        "urls": list(ref.urls),
+        **{k: m[k] for k in ("name", "format", "format_version", "created", "tool", "complete", "planned", "encoding",
+                             "shard_size", "seed", "params", "fingerprint")},
+        "shards": {"total": t["shards"], **{sp: len(splits[sp]["shards"]) for sp in SPLITS}},
+        "samples": {"total": t["samples"], **{sp: splits[sp]["samples"] for sp in SPLITS}},
+        "bytes": t["bytes"],
+        "bytes_per_sample": t["bytes"] / t["samples"] if t["samples"] else 0.0,
+        "drawn": t["drawn"],
+        "kept_per_drawn": t["samples"] / t["drawn"] if t["drawn"] else 0.0,
+        "rejected": t["rejected"],
+    }
+
+
+def rows_of(s: dict) -> list[tuple[str, str]]:
+    """(field, value) rows of a `summary` for the table."""
+    if s["manifest"] is None:
+        return [("manifest", "none found (counts come from decoding)"), ("shards", str(s["shards"])),
+                ("samples", str(s["samples"]))]
+    tool, sh, sa = s["tool"], s["shards"], s["samples"]
     rows = [
-        ("name", m["name"]),
-        ("format", f"{m['format']} v{m['format_version']}"),
-        ("created", m["created"]),
-        ("tool", f"{m['tool'].get('name')} {m['tool'].get('version')} (git {m['tool'].get('git_commit')})"),
-        ("complete", "yes" if m["complete"] else "no (still being written, or stopped early)"),
-        ("shards", f"{t['shards']} (train {len(m['splits']['train']['shards'])}, "
-                   f"val {len(m['splits']['val']['shards'])})"),
-        ("samples", f"{t['samples']} (train {m['splits']['train']['samples']}, val {m['splits']['val']['samples']})"),
-        ("bytes", f"{t['bytes']} ({t['bytes'] / 2**20:.1f} MiB)"),
-        ("bytes/sample", f"{per:.0f}"),
-        ("encoding", m["encoding"]),
-        ("shard size", str(m["shard_size"])),
-        ("seed", str(m["seed"])),
-        ("drawn", str(t["drawn"])),
+        ("name", s["name"]),
+        ("format", f"{s['format']} v{s['format_version']}"),
+        ("created", s["created"]),
+        ("tool", f"{tool.get('name')} {tool.get('version')} (git {tool.get('git_commit')})"),
+        ("complete", "yes" if s["complete"] else "no (still being written, or stopped early)"),
+        ("shards", f"{sh['total']} (train {sh['train']}, val {sh['val']})"),
+        ("samples", f"{sa['total']} (train {sa['train']}, val {sa['val']})"),
+        ("bytes", f"{s['bytes']} ({s['bytes'] / 2**20:.1f} MiB)"),
+        ("bytes/sample", f"{s['bytes_per_sample']:.0f}"),
+        ("encoding", s["encoding"]),
+        ("shard size", str(s["shard_size"])),
+        ("seed", str(s["seed"])),
+        ("drawn", str(s["drawn"])),
+        ("kept/drawn", f"{s['kept_per_drawn']:.3f}"),
     ]
-    rate = t["samples"] / t["drawn"] if t["drawn"] else 0.0
-    rows.append(("kept/drawn", f"{rate:.3f}"))
-    rows += [(f"rejected.{k}", str(v)) for k, v in t["rejected"].items()] or [("rejected", "none")]
-    rows += [(f"params.{k}", v) for k, v in _flatten(m["params"])]
-    rows.append(("fingerprint", m["fingerprint"]))
+    rows += [(f"rejected.{k}", str(v)) for k, v in s["rejected"].items()] or [("rejected", "none")]
+    rows += [(f"params.{k}", v) for k, v in _flatten(s["params"])]
+    rows.append(("fingerprint", s["fingerprint"]))
     return rows
+
+
+def summarize(ref: ShardSetRef) -> list[tuple[str, str]]:
+    """The table's rows for `ref`."""
+    return rows_of(summary(ref))
 
 
 def format_table(rows: list[tuple[str, str]]) -> str:

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 from core.atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported: writer imports them here)
 from core.version import package_version
 
-from .format import (ENCODINGS, FORMAT_NAME, FORMAT_VERSION, NAME_RE, SHARD_FILE_RE, SPLITS, ShardSetError,
-                     shard_filename)
+from .format import (ENCODINGS, FORMAT_NAME, FORMAT_VERSION, NAME_RE, PLAIN_TAR_FORMAT, SHARD_FILE_RE, SPLITS,
+                     ShardSetError, shard_filename)
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
 
     if not isinstance(manifest, dict):
         fail("top level must be a JSON object")
+    if manifest.get("format") == PLAIN_TAR_FORMAT:
+        fail(f"this is the manifest of a plain-tar export (`shardset export --plain-tar`), for tools that read "
+             f"plain tar (shardset/FORMAT.md); bgw-seg reads the .tar.zst set it was exported from")
     if manifest.get("format") != FORMAT_NAME:
         fail(f"'format' is {manifest.get('format')!r}, expected {FORMAT_NAME!r} (not a shard-set manifest)")
     if manifest.get("format_version") != FORMAT_VERSION:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,11 @@ class VerifyReport:
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    def to_dict(self) -> dict:
+        """`shardset verify --json`'s output: the verdict, every shard's result, the set-level findings."""
+        return {"ok": self.ok, "samples": self.samples, "bad": len(self.bad), "problems": list(self.problems),
+                "notes": list(self.notes), "shards": [asdict(s) for s in self.shards]}
 
 
 def _hash_url(url: str) -> tuple[str, int]:
