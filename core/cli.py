@@ -8,6 +8,8 @@ and `python -m experiments`.
 - `-h` and `--help`; `--version` prints the package version.
 - `-v` logs at INFO, `-vv` at DEBUG; without it only warnings and errors are logged.
 - Progress bars (tqdm) go to stderr and only when it is a terminal (`progress_bar`).
+- Shell completion is click's: `_GEN_SYNTH_COMPLETE=bash_source gen-synth` prints the script to
+  source (zsh_source, fish_source for the other shells; tests/test_cli_basics.py runs it per tool).
 
 Use `Command` / `Group` as the click class of a tool's entry point (`@click.command(cls=Command)`,
 `@click.group(cls=Group)`) and `common_options` on it; sub-commands of a `Group` are `Command`s.
