@@ -116,7 +116,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(discs, tmp_path, monk
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"loss became nan at or before step 6.*step-000004\.json is kept"):
-        train(_cfg(discs, out, steps=8, ckpt_every=2, log_every=4))
+        train(_cfg(discs, out, steps=8, ckpt_every=2, log_every=4, keep_checkpoints=0))
+    # keep_checkpoints=0 keeps every checkpoint, so step 2 is still there beside the last good one
     assert sorted(p.name for p in (out / "checkpoints").glob("*.json")) == [
         "last.json", "step-000002.json", "step-000004.json"]
     _, meta = load_for_inference(out)
