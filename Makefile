@@ -34,3 +34,10 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The paper's scale on one CUDA GPU: one table and bench-gpu.json in under 8 minutes
+# (benchmarks/bench_gpu.py); without a GPU, its tiny CPU form. Runs .venv's python when there is
+# one (make install), else $(PY) as it is: a GPU machine may bring its own CUDA build of torch.
+.PHONY: bench-gpu
+bench-gpu:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
