@@ -5,12 +5,12 @@ with `gt` bool (>= 128), `gt_map` the mask before binarising (each evaluation pr
 it its own way) and `pred` uint8 (v = round(255 p)), all at the size the metrics run at (the
 protocol's; see benchdata.protocols).
 
-- `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, loaded
-  with segmodel.checkpoint.load_for_inference (never unpickles). Images are preprocessed per
-  protocol and run in batches on the GPU when there is one; segmodel.inference's
-  `foreground_probability` turns the logits into the foreground probability by the named rule
-  (`FG_PROB`). torch is imported lazily, so importing this module costs nothing for --pred-dir
-  evaluations.
+- `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, run by
+  segmodel.runtime's TorchBackend (loaded with segmodel.checkpoint.load_for_inference, which never
+  unpickles; on the GPU when there is one). Images are prepared per protocol
+  (benchdata.predictions) and go through segmodel.runtime.predict_batch, the model step `segment`
+  runs too, so a checkpoint's scores and the maps `segment` saves from it agree. torch is imported
+  lazily, so importing this module costs nothing for --pred-dir evaluations.
 - `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
   foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel), read by
   core.images' reader of user files (over `max_pixels` pixels: refused from the header, before
@@ -20,7 +20,6 @@ protocol's; see benchdata.protocols).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from benchdata.protocols import eval_gt, gt_foreground, prepare_gt, prepare_imag
 from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from segmodel.inference import FG_PROB, foreground_probability, probability_to_uint8
+from segmodel.runtime import BackendError, predict_batch, resolve_device, sha256_file
 
 
 log = logging.getLogger(__name__)
@@ -45,51 +45,6 @@ __all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction",
 
 class PredictionError(UserError):
     """A prediction could not be produced or read; the message is one line with the fix."""
-
-
-_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
-          (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth save?)"),
-          (b"\x80", "a Python pickle (a PyTorch .pt/.pth save?)"), (b"\x89HDF", "an HDF5 file (Keras weights?)"))
-
-
-def describe_file(path: Path) -> str:
-    """What a file looks like from its first bytes, for messages: 'a PNG image of 1,234 bytes'."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(512)
-    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
-    if kind is None:
-        if not head:
-            return "an empty file"
-        try:
-            head.decode("utf-8")
-            kind = "a text file"
-        except UnicodeDecodeError:
-            kind = "a binary file"
-    return f"{kind} of {size:,} bytes"
-
-
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto'/None -> 'cuda' when a GPU is visible, else 'cpu'; anything else is checked."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PredictionError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    try:
-        torch.device(device)
-    except RuntimeError as e:
-        raise PredictionError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from e
-    return device
 
 
 # --------------------------------------------------------------------------- sources
@@ -103,66 +58,49 @@ class CheckpointSource:
     device: str = "auto"
     batch_size: int = 32
     fg_prob: str = "softmax"  # a FG_PROB rule
-    model: object = field(default=None, repr=False)
-    meta: dict = field(default_factory=dict, repr=False)
-    weights_path: Path | None = None
-    fingerprint: str = ""
+    backend: object = field(default=None, repr=False)  # segmodel.runtime.TorchBackend
 
     def __post_init__(self) -> None:
         try:
-            from segmodel.checkpoint import CheckpointError, find_sidecar, load_for_inference
+            from segmodel.checkpoint import CheckpointError
+            from segmodel.runtime import TorchBackend
         except ImportError as e:
             raise PredictionError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]'") from e
         self.path = Path(self.path)
         if self.fg_prob not in FG_PROB:
             raise PredictionError(f"unknown --fg-prob {self.fg_prob!r}; choose from {', '.join(FG_PROB)}")
-        if self.path.is_file() and self.path.suffix not in (".safetensors", ".json"):
-            raise PredictionError(f"--ckpt {self.path} is {describe_file(self.path)}, not a train-unet checkpoint; "
-                                  "give a run folder or its step-*.safetensors file (with the .json sidecar beside it)")
         try:
-            model, meta = load_for_inference(self.path)
-            sidecar = find_sidecar(self.path)
-        except CheckpointError as e:
+            self.backend = TorchBackend(self.path, self.device, self.fg_prob)
+        except (CheckpointError, BackendError) as e:
             raise PredictionError(first_line(e)) from e
-        self.meta = meta
-        self.weights_path = sidecar.parent / meta["files"]["weights"]["name"]
-        # load_for_inference verified the file against the sidecar's sha256, so it is the file's
-        self.fingerprint = meta["files"]["weights"].get("sha256") or sha256_file(self.weights_path)
-        self.device = resolve_device(self.device)
-        self.model = model.to(self.device).eval()
+        self.device = self.backend.device
+
+    @property
+    def meta(self) -> dict:
+        return self.backend.meta
+
+    @property
+    def model(self):
+        return self.backend.model
+
+    @property
+    def weights_path(self) -> Path:
+        return self.backend.weights_path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.backend.fingerprint
 
     @property
     def label(self) -> str:
-        """A short name for tables: the run folder's name and the step."""
-        run = self.weights_path.parent.parent.name if self.weights_path.parent.name == "checkpoints" else \
-            self.weights_path.parent.name
-        return f"{run}@{self.meta.get('step', '?')}"
+        return self.backend.label
 
     def describe(self) -> dict:
-        return {"kind": "checkpoint", "path": str(self.weights_path), "sha256": self.fingerprint,
-                "step": self.meta.get("step"), "model": self.meta.get("model"),
-                "shardset": self.meta.get("shardset"), "fg_prob": self.fg_prob}
+        return self.backend.describe()
 
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 foreground probabilities [h, w] for uint8 RGB inputs; equal shapes run as one
-        batch (short128 inputs differ in aspect, so they are grouped by shape first)."""
-        import torch
-        from segmodel.inference import normalize_images
-
-        out: list[np.ndarray | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            groups.setdefault(im.shape[:2], []).append(i)
-        with torch.inference_mode():
-            for idx in groups.values():
-                for s in range(0, len(idx), self.batch_size):
-                    part = idx[s:s + self.batch_size]
-                    x = torch.from_numpy(np.stack([images[i] for i in part]))
-                    x = normalize_images(x.to(self.device, non_blocking=True))
-                    prob = foreground_probability(self.model(x), self.fg_prob).cpu().numpy()
-                    for i, p in zip(part, prob):
-                        out[i] = p
-        return out  # type: ignore[return-value]
+        """float32 foreground probabilities [h, w] for uint8 RGB model inputs (segmodel.runtime.predict_batch)."""
+        return predict_batch(self.backend, images, self.batch_size)
 
 
 @dataclass

@@ -31,6 +31,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from benchdata.boxes import contour_boxes
+
 from .metrics import MetricError
 
 RESIZE_LENGTH = 224
@@ -131,7 +133,6 @@ def boxes_from_scoremap(
         raise MetricError(f"score map must be a non-empty 2-D array, got shape {list(scoremap.shape)}")
     if not (scoremap.min() >= 0.0 and scoremap.max() <= 1.0):
         raise MetricError("score map must be normalised to [0, 1] (use prepare_scoremap)")
-    height, width = scoremap.shape
     image = (scoremap * 255).astype(np.uint8)  # truncation, as the reference
     peak = int(image.max())
     cache: dict[int, np.ndarray] = {}  # many CAM thresholds share an integer level
@@ -139,24 +140,9 @@ def boxes_from_scoremap(
     for t in cam_thresholds:
         level = int(t * peak)
         if level not in cache:
-            cache[level] = _boxes_at_level(image, level, width, height, multi_contour)
+            cache[level] = contour_boxes(image, level, multi_contour=multi_contour)
         out.append(cache[level])
     return out
-
-
-def _boxes_at_level(image, level, width, height, multi_contour) -> np.ndarray:
-    binary = np.where(image > level, np.uint8(255), np.uint8(0))
-    # [-2]: contours in both the OpenCV 3 (3 values) and 4 (2 values) return layouts
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    if len(contours) == 0:
-        return np.zeros((1, 4), dtype=np.int64)
-    if not multi_contour:
-        contours = [max(contours, key=cv2.contourArea)]  # first of the largest, as the reference
-    boxes = []
-    for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-    return np.asarray(boxes, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- metrics

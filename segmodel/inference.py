@@ -1,7 +1,8 @@
 """How images reach the U-Net and how its logits become a foreground probability and an 8-bit map
 (docs/RULES.md, "Inference protocols").
 
-- `normalize_images`: uint8 NHWC RGB -> float32 NCHW in [-1, 1], the range the model trains on.
+- `normalize_images`: uint8 NHWC RGB -> float32 NCHW in [-1, 1], the range the model trains on;
+  `normalize_images_numpy` is the same arithmetic in numpy (bit for bit) for runtimes without torch.
 - `foreground_probability(logits, rule)`: `softmax` (default: softmax over the two logits, channel
   1, what the cross-entropy loss fits) or `sigmoid1` (sigmoid of the foreground logit alone, the
   authors' reference code, `postprocessing.SegmentationInference`; the paper's tables come from it).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FG_PROB", "foreground_probability", "normalize_images", "probability_to_uint8"]
+__all__ = ["FG_PROB", "foreground_probability", "normalize_images", "normalize_images_numpy", "probability_to_uint8"]
 
 # The rules that turn the U-Net's two logits into the foreground probability.
 FG_PROB = {
@@ -33,6 +34,16 @@ def normalize_images(images_u8):
     layout conversion.
     """
     return images_u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def normalize_images_numpy(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 NHWC RGB numpy array -> contiguous float32 NCHW in [-1, 1]: `normalize_images`'s
+    float32 division by 127.5 then subtraction of 1, so an exported model (onnxruntime, no torch)
+    sees the very inputs the PyTorch path gives the U-Net."""
+    x = np.ascontiguousarray(np.asarray(images_u8, dtype=np.uint8).transpose(0, 3, 1, 2), dtype=np.float32)
+    x /= np.float32(127.5)
+    x -= np.float32(1.0)
+    return x
 
 
 def foreground_probability(logits, rule: str = "softmax"):

@@ -1,0 +1,253 @@
+"""A trained U-Net as a function of numpy arrays: the one model step of every inference path
+(eval-seg --ckpt, the trainer's benchmark validation through benchdata.predictions, segment --ckpt
+and --model, export-model's own check).
+
+A `Backend` turns a batch of model inputs, uint8 RGB [N, h, w, 3] already sized by the inference
+protocol (benchdata.protocols.prepare_image), into foreground probabilities, float32 [N, h, w]
+in [0, 1]:
+
+- `TorchBackend`: a train-unet checkpoint (segmodel.checkpoint.load_for_inference, which never
+  unpickles) on a torch device. The uint8 batch goes to the device and is normalised there
+  (inference.normalize_images); the two logits become the probability by a FG_PROB rule
+  (inference.foreground_probability).
+- `OnnxBackend`: a model file written by `export-model`, run by onnxruntime with no torch. The
+  batch is normalised by inference.normalize_images_numpy (the same float32 arithmetic, bit for
+  bit); the graph holds the U-Net and the FG_PROB rule it was exported with.
+
+`predict_batch(backend, images, batch_size)` runs a list of inputs of any sizes: inputs of equal
+shape go through together, `batch_size` at a time (short128 inputs differ in aspect). torch and
+onnxruntime are imported inside the backends, so importing this module loads neither.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UserError, first_line
+
+from .inference import FG_PROB, normalize_images_numpy
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "BackendError", "TorchBackend", "OnnxBackend", "open_backend", "predict_batch",
+           "resolve_device", "describe_file", "sha256_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT"]
+
+# The exported model's contract, named by layout and range so that a caller needs no manual:
+# float32 [N, 3, H, W] RGB scaled to [-1, 1] in, float32 [N, H, W] foreground probability out.
+ONNX_INPUT = "image_rgb_nchw_pm1"
+ONNX_OUTPUT = "foreground_prob_nhw"
+ONNX_FORMAT = "bgw-unet-onnx"  # the value of the model's `bgw.format` metadata entry
+
+
+class BackendError(UserError):
+    """A model that cannot be run (a file of the wrong kind, an unknown device); one line."""
+
+
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth save?)"),
+          (b"\x80", "a Python pickle (a PyTorch .pt/.pth save?)"), (b"\x89HDF", "an HDF5 file (Keras weights?)"))
+
+
+def describe_file(path: Path) -> str:
+    """What a file looks like from its first bytes, for messages: 'a PNG image of 1,234 bytes'."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kind = next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        if not head:
+            return "an empty file"
+        try:
+            head.decode("utf-8")
+            kind = "a text file"
+        except UnicodeDecodeError:
+            kind = "a binary file"
+    return f"{kind} of {size:,} bytes"
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_device(device: str | None) -> str:
+    """torch's device: 'auto'/None -> 'cuda' when a GPU is visible, else 'cpu'; anything else is checked."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    try:
+        torch.device(device)
+    except RuntimeError as e:
+        raise BackendError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from e
+    return device
+
+
+class Backend:
+    """A model that maps uint8 RGB [N, h, w, 3] inputs to float32 [N, h, w] foreground probabilities."""
+
+    kind = ""
+    fg_prob = "softmax"
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """JSON facts naming the model (kind, path, sha256, rule)."""
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    """A train-unet checkpoint on a torch device; `.fingerprint` is the sha256 of its weights file."""
+
+    kind = "checkpoint"
+
+    def __init__(self, path: str | Path, device: str = "auto", fg_prob: str = "softmax"):
+        from .checkpoint import CheckpointError, find_sidecar, load_for_inference
+
+        path = Path(path)
+        if fg_prob not in FG_PROB:
+            raise BackendError(f"unknown foreground-probability rule {fg_prob!r}; choose from {', '.join(FG_PROB)}")
+        if path.is_file() and path.suffix not in (".safetensors", ".json"):
+            raise CheckpointError(f"--ckpt {path} is {describe_file(path)}, not a train-unet checkpoint; "
+                                  "give a run folder or its step-*.safetensors file (with the .json sidecar beside it)")
+        model, self.meta = load_for_inference(path)
+        self.sidecar = find_sidecar(path)
+        self.weights_path = self.sidecar.parent / self.meta["files"]["weights"]["name"]
+        # load_for_inference checked the file against the sidecar's sha256, so it is the file's
+        self.fingerprint = self.meta["files"]["weights"].get("sha256") or sha256_file(self.weights_path)
+        self.fg_prob = fg_prob
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder (the weights' folder when they lie outside a run's checkpoints/)."""
+        folder = self.weights_path.parent
+        return folder.parent if folder.name == "checkpoints" else folder
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: the run folder's name and the step."""
+        return f"{self.run_dir.name}@{self.meta.get('step', '?')}"
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from .inference import foreground_probability, normalize_images
+
+        with torch.inference_mode():
+            x = normalize_images(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, non_blocking=True))
+            return foreground_probability(self.model(x), self.fg_prob).cpu().numpy()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "path": str(self.weights_path), "sha256": self.fingerprint,
+                "step": self.meta.get("step"), "model": self.meta.get("model"),
+                "shardset": self.meta.get("shardset"), "fg_prob": self.fg_prob}
+
+
+def onnx_providers(device: str | None) -> list[str]:
+    """onnxruntime's execution providers for a --device: auto takes CUDA when this onnxruntime has it."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device in (None, "", "auto"):
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise BackendError(f"device {device!r} asked for, but this onnxruntime has no CUDA provider "
+                               "(pip install onnxruntime-gpu); use --device cpu")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise BackendError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+class OnnxBackend(Backend):
+    """A model file written by export-model, run by onnxruntime; `.metadata` holds its metadata_props."""
+
+    kind = "onnx"
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendError(f"--model needs onnxruntime ({e}); pip install onnxruntime") from e
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BackendError(f"--model {self.path} not found; give a .onnx file written by export-model")
+        providers = onnx_providers(device)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its warnings are about graph fusions, not the user's data
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - a user's model file: onnxruntime's errors have no common class
+            raise BackendError(f"--model {self.path} ({describe_file(self.path)}) is not a model onnxruntime "
+                               f"can load ({first_line(e)}); export one with export-model") from e
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [ONNX_INPUT] or ONNX_OUTPUT not in outputs:
+            raise BackendError(f"--model {self.path} takes {inputs} and gives {outputs}; a bgw-seg segmenter takes "
+                               f"[{ONNX_INPUT!r}] and gives {ONNX_OUTPUT!r}; export one with export-model")
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.fg_prob = self.metadata.get("bgw.fg_prob", "softmax")
+        self.fingerprint = sha256_file(self.path)
+        self.device = device
+
+    @property
+    def label(self) -> str:
+        return self.path.stem
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: normalize_images_numpy(batch)})[0]
+
+    def describe(self) -> dict:
+        provenance = self.metadata.get("bgw.provenance")
+        return {"kind": self.kind, "path": str(self.path), "sha256": self.fingerprint, "fg_prob": self.fg_prob,
+                "step": self.metadata.get("bgw.step"),
+                "provenance": json.loads(provenance) if provenance else None}
+
+
+def open_backend(ckpt: str | Path | None = None, model: str | Path | None = None, *, device: str = "auto",
+                 fg_prob: str | None = None) -> Backend:
+    """A TorchBackend for a checkpoint (`ckpt`: a run folder or .safetensors file) or an
+    OnnxBackend for an exported file (`model`); exactly one of the two. `fg_prob` applies to
+    checkpoints (an exported file carries the rule it was exported with)."""
+    if (ckpt is None) == (model is None):
+        raise BackendError("give either --ckpt (a train-unet run or .safetensors file) or --model (an exported "
+                           ".onnx file), not both and not neither")
+    if model is not None:
+        if fg_prob is not None:
+            raise BackendError("--fg-prob applies to --ckpt; an exported model carries the rule it was exported with")
+        return OnnxBackend(model, device)
+    try:
+        import torch  # noqa: F401
+        import safetensors  # noqa: F401
+    except ImportError as e:
+        raise BackendError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]', "
+                           "or run an exported model with --model") from e
+    return TorchBackend(ckpt, device, fg_prob or "softmax")
+
+
+def predict_batch(backend: Backend, images: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+    """float32 foreground probabilities [h, w], one per uint8 RGB input [h, w, 3], in order: inputs
+    of equal shape run together, `batch_size` at a time."""
+    out: list[np.ndarray | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape[:2], []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            part = idx[s:s + batch_size]
+            for i, p in zip(part, backend.probabilities(np.stack([images[i] for i in part]))):
+                out[i] = p
+    return out  # type: ignore[return-value]
