@@ -5,15 +5,16 @@ imports all the same) into a graph of packages:
 
 - ground floor: core, shardset, benchdata, segmodel. They import core and nothing else of this
   project (core imports none of them).
-- upper floor: generator, trainer, evaluator. Each may import the ground floor, none imports
-  another upper package, except the trainer -> evaluator.metrics (the public streaming API,
+- upper floor: generator, trainer, evaluator, segmenter. Each may import the ground floor, none
+  imports another upper package, except the trainer -> evaluator.metrics (the public streaming API,
   SegmentationMetrics), and only that module.
 - experiments sits on top and may import anything.
 
 And the frameworks: TensorFlow only in the generator; torch nowhere in core, shardset, benchdata
-or the generator (it reads .pth files with generator.torchfile). Importing a package's modules
-in a fresh interpreter proves the same at run time, and a trainer-only install's declared
-dependencies name no TensorFlow."""
+or the generator (it reads .pth files with generator.torchfile); the segmenter and
+segmodel.runtime load torch only for a checkpoint, so `segment --model` runs without it. Importing a
+package's modules in a fresh interpreter proves the same at run time, and a trainer-only install's
+declared dependencies name no TensorFlow."""
 from __future__ import annotations
 
 import ast
@@ -28,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GROUND = ("core", "shardset", "benchdata", "segmodel")
-UPPER = ("generator", "trainer", "evaluator")
+UPPER = ("generator", "trainer", "evaluator", "segmenter")
 TOP = ("experiments",)
 PACKAGES = GROUND + UPPER + TOP
 ALLOWED_ACROSS = {("trainer", "evaluator.metrics")}  # (importing package, the one module it may use)
@@ -164,7 +165,7 @@ def _frameworks_after_importing(modules: list[str]) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator", "segmodel", "benchdata", "core"])
+@pytest.mark.parametrize("package", ["shardset", "trainer", "evaluator", "segmodel", "benchdata", "core", "segmenter"])
 def test_package_never_imports_tensorflow(package):
     assert "tensorflow" not in _frameworks_after_importing(_modules(package)), f"{package} imported tensorflow"
 
@@ -177,6 +178,12 @@ def test_ground_floor_data_packages_import_neither_framework(package):
 def test_generator_imports_no_torch():
     """A `[gen]` install has no torch: the generator reads .pth files with generator.torchfile."""
     assert "torch" not in _frameworks_after_importing(_modules("generator"))
+
+
+def test_the_segmenter_and_the_model_runtime_load_no_torch():
+    """`segment --model` runs on onnxruntime where torch is not installed: importing the segmenter's
+    modules and segmodel.runtime loads no framework (torch comes only with a checkpoint)."""
+    assert _frameworks_after_importing(_modules("segmenter") + ["segmodel.runtime"]) == []
 
 
 def test_the_metrics_and_the_quantisation_rule_cost_no_torch():

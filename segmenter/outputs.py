@@ -1,0 +1,117 @@
+"""What `segment` writes for one image, every file atomically (core.atomic: a temporary name, then a
+rename), so a file that exists under its final name is whole:
+
+- `<rel>.png`, the mask at the image's size: with `--threshold none` the 8-bit probability
+  v = round(255 p) (segmodel.inference.probability_to_uint8, the quantisation eval-seg scores),
+  else binary, 255 where v >= 255 T and 0 elsewhere (T = 0.5: v >= 128, the paper's IoU rule).
+- `<rel>.overlay.jpg` (--overlay): the image with the mask tinted red over it, at half strength.
+- `<rel>.cutout.png` (--cutout): the image as RGBA with the mask as its alpha (background transparent).
+- the box (--boxes) of the mask's largest component, foreground v >= 128 of the written mask,
+  drawn by the WSOL protocol's rule (benchdata.boxes.contour_boxes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+
+from benchdata.boxes import contour_boxes
+from core.atomic import atomic_write_bytes
+
+__all__ = ["OutputPaths", "output_paths", "is_complete", "threshold_level", "mask_of", "overlay_jpeg",
+           "cutout_png", "largest_box", "encode_png", "BOX_LEVEL"]
+
+BOX_LEVEL = 127  # boxes take foreground v > 127, i.e. v >= 128: p >= 0.5 on a probability mask
+OVERLAY_RGB = np.array([255, 0, 0], np.float32)
+OVERLAY_STRENGTH = 0.5
+JPEG_QUALITY = 90
+_PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # an empty IEND chunk and its CRC: every PNG ends so
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    mask: Path
+    overlay: Path | None
+    cutout: Path | None
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.mask, self.overlay, self.cutout) if p is not None]
+
+
+def output_paths(out: Path, rel: PurePosixPath, overlay: bool, cutout: bool) -> OutputPaths:
+    base = out.joinpath(*rel.parts)
+    return OutputPaths(base.with_name(base.name + ".png"),
+                       base.with_name(base.name + ".overlay.jpg") if overlay else None,
+                       base.with_name(base.name + ".cutout.png") if cutout else None)
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a whole PNG or JPEG: it ends with the format's end marker."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() < len(_PNG_END):
+                return False
+            f.seek(-len(_PNG_END), 2)
+            tail = f.read()
+    except OSError:
+        return False
+    return tail == _PNG_END if path.suffix == ".png" else tail.endswith(b"\xff\xd9")
+
+
+def threshold_level(threshold: float) -> int:
+    """The smallest 8-bit value v with v / 255 >= threshold (0.5 -> 128), computed so that a
+    threshold of k / 255 gives exactly k despite the float product."""
+    return math.ceil(round(255.0 * threshold, 6))
+
+
+def mask_of(v: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The mask written for the 8-bit probability map `v`: itself (threshold None), else 0 / 255."""
+    if threshold is None:
+        return v
+    return np.where(v >= threshold_level(threshold), np.uint8(255), np.uint8(0))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 array it is given
+        raise RuntimeError("OpenCV could not encode a PNG")
+    return buf.tobytes()
+
+
+def overlay_jpeg(image_rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """JPEG of the image with red tinted over the foreground at half strength (weighted by v / 255)."""
+    a = mask.astype(np.float32)[..., None] * np.float32(OVERLAY_STRENGTH / 255.0)
+    tinted = image_rgb.astype(np.float32) * (1.0 - a) + OVERLAY_RGB * a
+    bgr = cv2.cvtColor(np.clip(np.rint(tinted), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:  # pragma: no cover
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return buf.tobytes()
+
+
+def cutout_png(image_rgb: np.ndarray, mask: np.ndarray) -> bytes:
+    """RGBA PNG: the image, its alpha the mask (0 = transparent background)."""
+    return encode_png(np.dstack([cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), mask]))
+
+
+def largest_box(mask: np.ndarray) -> list[int] | None:
+    """[x0, y0, x1, y1] of the largest component of v >= 128 (the WSOL rule: x1 = x0 + width,
+    clipped to the image), or None when the mask has no foreground."""
+    if not (mask > BOX_LEVEL).any():
+        return None
+    return [int(c) for c in contour_boxes(mask, BOX_LEVEL)[0]]
+
+
+def write_outputs(paths: OutputPaths, image_rgb: np.ndarray, mask: np.ndarray) -> None:
+    """Every requested file of one image, the mask last. No fsync per file (a thousand of them would
+    dominate the run): a killed process leaves at most a temporary name, and a power cut's short
+    file fails `is_complete`, so a resumed run writes it again."""
+    if paths.overlay is not None:
+        atomic_write_bytes(paths.overlay, overlay_jpeg(image_rgb, mask), fsync=False)
+    if paths.cutout is not None:
+        atomic_write_bytes(paths.cutout, cutout_png(image_rgb, mask), fsync=False)
+    atomic_write_bytes(paths.mask, encode_png(mask), fsync=False)
