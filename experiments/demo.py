@@ -1,8 +1,10 @@
 """`make demo`: the whole pipeline on the built-in stand-in GAN, on a CPU, in minutes.
 
 gen-synth (toy GAN, embeddings of a folder of images this demo draws itself) -> train-unet (a short
-CPU run) -> eval-seg (the set's held-out part, and ../shared/data/ecssd when present). It prints the
-results table and names the folder that holds every picture. Finished steps are skipped on a re-run.
+CPU run) -> eval-seg (the set's held-out part, and ../shared/data/ecssd when present) -> segment (a
+few ECSSD photos, or the demo's own drawings without the data, with --overlay; a contact sheet of
+the overlays goes into the pictures). It prints the results table and names the folders that hold
+the masks and every picture. Finished steps are skipped on a re-run.
 
 The toy GAN is a test fixture, not a real generative model: its numbers show that the plumbing works,
 not what BigBiGAN achieves. The same commands with `--gan bigbigan` run the paper's method."""
@@ -16,7 +18,10 @@ import time
 from pathlib import Path
 
 import click
+import cv2
+import numpy as np
 
+from core.errors import UserError
 from experiments.demo_data import make_image_folder
 from experiments.runner import SHARED_DATA, StageError, invoke
 
@@ -27,6 +32,7 @@ STEPS = int(os.environ.get("BGW_DEMO_STEPS", 300))
 BATCH = int(os.environ.get("BGW_DEMO_BATCH", 16))
 WIDTH = int(os.environ.get("BGW_DEMO_WIDTH", 8))
 SIZE = int(os.environ.get("BGW_DEMO_SIZE", 64))  # training resolution: 64 px keeps the CPU run short
+N_SEGMENT = 6  # photos `segment` shows the model on: one contact sheet of overlays
 
 
 def _step(title: str, marker: Path, stage: str, args: list[str]) -> None:
@@ -56,13 +62,13 @@ def main() -> int:
     shards = OUT / "shards"
     manifest = shards / "demo.json"
     try:
-        _step("1/3 generate synthetic pairs with the toy GAN", shards / "DONE", "generate", [
+        _step("1/4 generate synthetic pairs with the toy GAN", shards / "DONE", "generate", [
             "--gan", "toy", "--dataset", f"folder:{data}", "--alpha", "0.2", "--n", str(N_SAMPLES),
             "--shard-size", "500", "--val-shards", "1", "--seed", "0", "--out", str(shards), "--name", "demo",
             "--preview",
         ])
         run = OUT / "run"
-        _step("2/3 train the U-Net on the shards (CPU)", run / "DONE", "train", [
+        _step("2/4 train the U-Net on the shards (CPU)", run / "DONE", "train", [
             "--shards", str(manifest), "--out", str(run), "--steps", str(STEPS), "--batch-size", str(BATCH),
             "--width", str(WIDTH), "--size", str(SIZE), "--lr", "3e-3", "--lr-milestones", str(STEPS * 3 // 4),
             "--val-every", str(max(STEPS // 3, 1)), "--ckpt-every", str(max(STEPS // 3, 1)), "--workers", "1",
@@ -72,9 +78,10 @@ def main() -> int:
         datasets = ["--dataset", f"shards:{manifest}"]
         if (SHARED_DATA / "ecssd" / "images").is_dir():
             datasets += ["--dataset", f"folder:{SHARED_DATA / 'ecssd'}"]
-        _step("3/3 evaluate", evaluation / "DONE", "evaluate",
+        _step("3/4 evaluate", evaluation / "DONE", "evaluate",
               ["--ckpt", str(run), "--out", str(evaluation)] + datasets)
-    except StageError as exc:
+        masks = _segment_step(run, OUT / "segment", pictures / "segment-overlays.png", data)
+    except (StageError, UserError) as exc:
         click.secho(f"demo failed: {exc}", fg="red", err=True)
         return 1
     for src in [*shards.glob("*.png"), *(OUT / "run").glob("val-grid.png"), *evaluation.glob("*.png")]:
@@ -82,8 +89,46 @@ def main() -> int:
     results_md = evaluation / "results.md"
     if results_md.exists():
         click.echo("\n" + results_md.read_text())
-    click.secho(f"\nDone in {time.monotonic() - t0:.0f} s. Pictures: {pictures.resolve()}", fg="green")
+    click.secho(f"\nDone in {time.monotonic() - t0:.0f} s. Masks and overlays of `segment`: {masks.resolve()}\n"
+                f"Pictures: {pictures.resolve()}", fg="green")
     return 0
+
+
+def _segment_step(run: Path, out: Path, sheet: Path, data: Path) -> Path:
+    """4/4: `segment` on a few photos with --overlay, and a contact sheet of the overlays. ECSSD's
+    first photos when ../shared/data is present, else the demo's own drawings."""
+    from segmenter.cli import main as segment
+
+    ecssd = SHARED_DATA / "ecssd" / "images"
+    folder = ecssd if ecssd.is_dir() else data / "images"
+    photos = sorted(folder.glob("*.jpg"))[:N_SEGMENT]
+    args = ["--ckpt", str(run), *map(str, photos), "--out", str(out), "--overlay"]
+    click.secho("\n== 4/4 segment photos with the trained U-Net", bold=True)
+    click.echo(f"   $ segment --ckpt {run} {folder}/{{{photos[0].stem}..{photos[-1].stem}}}.jpg --out {out} --overlay")
+    segment.main(args, standalone_mode=False)  # resumable: done photos are skipped
+    overlays = [out / f"{p.stem}.overlay.jpg" for p in photos]
+    _contact_sheet(overlays, sheet)
+    click.echo(f"   overlays: {sheet}")
+    return out
+
+
+def _contact_sheet(paths: list[Path], dest: Path, height: int = 200, columns: int = 3, gap: int = 6) -> None:
+    """The pictures at one height, `columns` a row, on white."""
+    tiles = []
+    for p in paths:
+        im = cv2.imread(str(p))
+        tiles.append(cv2.resize(im, (round(im.shape[1] * height / im.shape[0]), height),
+                                interpolation=cv2.INTER_AREA))
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    width = max(sum(t.shape[1] for t in r) + gap * (len(r) + 1) for r in rows)
+    sheet = np.full((len(rows) * (height + gap) + gap, width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        x = gap
+        for t in row:
+            y = gap + r * (height + gap)
+            sheet[y:y + height, x:x + t.shape[1]] = t
+            x += t.shape[1] + gap
+    cv2.imwrite(str(dest), sheet)
 
 
 if __name__ == "__main__":
