@@ -23,7 +23,7 @@ _TEXT_BGR = (240, 240, 240)
 
 FILTER_LABELS = {
     "size": "rejected by the size filter (foreground fraction > max)",
-    "histogram": "rejected by the histogram filter (an inner peak in the shifted image's histogram)",
+    "histogram": "rejected by the histogram filter (G(z + r h) not contrastive enough, by --histogram-rule)",
 }
 
 
