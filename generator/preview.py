@@ -100,8 +100,11 @@ def render_preview(collector: PreviewCollector) -> np.ndarray:
     per_row = width // TILE
     for reason, examples in collector.rejected.items():
         label = FILTER_LABELS.get(reason, f"rejected by {reason}")
+        if not examples:  # a filter that is off, or rejected nothing: its band says so, no empty row
+            parts.append(_label_band(width, f"{label}  (none)"))
+            continue
         parts.append(_label_band(width, f"{label}  ({len(examples)} shown)"))
-        tiles = [overlay(x, m) for x, m in examples] or [blank]
+        tiles = [overlay(x, m) for x, m in examples]
         for r in range(0, len(tiles), per_row):
             row = tiles[r:r + per_row]
             row += [blank] * (per_row - len(row))
