@@ -60,6 +60,12 @@ def _predict(backend, images: list[np.ndarray], side: int | None = None) -> list
     return [restore_map(p, im.shape[:2]) for p, im in zip(probs, images)]
 
 
+def _centre_ellipse(shape: tuple[int, ...], f: float) -> np.ndarray:
+    h, w = shape[:2]
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - h / 2) / (f * h / 2)) ** 2 + ((xx - w / 2) / (f * w / 2)) ** 2 <= 1
+
+
 def _band(text: str, width: int, height: int = 22) -> np.ndarray:
     band = np.full((height, width, 3), 32, np.uint8)
     cv2.putText(band, text, (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (240, 240, 240), 1, cv2.LINE_AA)
@@ -111,6 +117,10 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
                             for i, p, g in zip(ids.split(","), photo_preds, gts)}
         scored = [v["iou"] for v in report["photos"].values() if v["iou"] is not None]
         report["photos_mean_iou"] = float(np.mean(scored)) if scored else None
+        # a prior with no model at all: a centred ellipse spanning `f` of the width and height
+        report["photos_centre_ellipse_iou"] = {
+            f: float(np.mean([_iou(_centre_ellipse(g.shape, f), g) for g in gts if g is not None]))
+            for f in (0.5, 0.6, 0.7)} if scored else None
         triplets.append([[_tile(im), _tile(p >= 0.5), _tile(g) if g is not None else _tile(np.zeros(im.shape[:2]))]
                          for im, p, g in zip(pics, photo_preds, gts)])
     how = "short128" if side is None else f"short side {side}"
@@ -129,7 +139,8 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
     if "photos" in report:
         for k, v in report["photos"].items():
             click.echo(f"photo {k}: IoU {v['iou'] if v['iou'] is None else round(v['iou'], 3)} predicted fg {v['fg_pred']:.3f}")
-        click.echo(f"photos: mean IoU {report['photos_mean_iou']}")
+        click.echo(f"photos: mean IoU {report['photos_mean_iou']}; a centred ellipse (no model) spanning "
+                   + ", ".join(f"{f:.0%}: {v:.3f}" for f, v in (report["photos_centre_ellipse_iou"] or {}).items()))
     click.echo(f"picture: {out}")
     click.echo(json.dumps(report))
 
