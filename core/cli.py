@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -49,6 +50,8 @@ class _OneLineErrors:
     """Mixin for click.Command / click.Group: runs the command, prints a UserError, an OSError or a
     click error as one line, and exits. `interrupted` names what a Ctrl-C leaves behind."""
 
+    leave_at_once_after_interrupt = False  # after Ctrl-C, exit without the interpreter's teardown
+
     def interrupted(self, args: list[str]) -> str | None:
         """The message printed on Ctrl-C (exit code 130); None: click's "Aborted!" (exit code 1)."""
         return None
@@ -73,7 +76,14 @@ class _OneLineErrors:
         except click.exceptions.Abort:  # Ctrl-C
             message = self.interrupted(argv)
             click.echo(message or "Aborted!", err=True)
-            sys.exit(130 if message else 1)
+            code = 130 if message else 1
+            if args is None and self.leave_at_once_after_interrupt:
+                # a tool's own process (a caller passes args): everything is closed by now, and the
+                # interpreter's teardown can hang in a framework's native threads after an interrupt
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            sys.exit(code)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -10,8 +10,12 @@ traceback (click's usage block is left out; the message names the fix). The prog
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
+import os
+import signal
+import threading
 
 import click
 
@@ -53,7 +57,10 @@ COUNT = Count()
 
 
 class GenSynthGroup(Group):
-    """core.cli's group; a Ctrl-C says what was kept and how to go on."""
+    """core.cli's group; a Ctrl-C says what was kept and how to go on, then leaves at once (after an
+    interrupt, TensorFlow's teardown at exit has hung a test run for minutes)."""
+
+    leave_at_once_after_interrupt = True
 
     def interrupted(self, args: list[str]) -> str:
         if args[:1] == ["embed"]:
@@ -163,10 +170,38 @@ def main(ctx, preview, connectivity, histogram_filter, ray_address, **fields):
             result = pipeline.run_ray(cfg, None if ray_address == "local" else ray_address)
         else:
             pipeline.check_existing(cfg)
-            result = _run_with_bar(cfg)
+            with _ctrl_c_stops_the_run():
+                result = _run_with_bar(cfg)
     except OSError as exc:
         raise _fail_os(exc, fields["out"]) from None
     _report(result)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_the_run():
+    """While the run lasts, a first Ctrl-C stops it after the batch in hand (render.STOP, and the
+    usual KeyboardInterrupt); complete shards stay. A second one leaves at once: the unfinished
+    shard is a temporary file that --resume removes. Only the main thread may set handlers."""
+    from . import render
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if render.STOP.is_set():
+            os.write(2, b"Interrupted again: leaving now; run the same command with --resume to finish the set.\n")
+            os._exit(130)
+        render.STOP.set()
+        raise KeyboardInterrupt
+
+    render.STOP.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        render.STOP.clear()
 
 
 def _run_with_bar(cfg: GenConfig):

@@ -175,6 +175,10 @@ class _Host(threading.Thread):
 
 MAX_OPEN_SHARDS = 3  # shards filling at once: bounds host memory (each holds <= shard_size samples)
 
+# Set by gen-synth's Ctrl-C handler. The render loop checks it before every batch, so a Ctrl-C stops
+# the run even when its KeyboardInterrupt lands inside TensorFlow and is lost there.
+STOP = threading.Event()
+
 
 def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> None:
     """Main thread: render fixed-size batches of the shards' streams until the host has them all.
@@ -187,6 +191,8 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> N
     streams: dict[int, LatentStream] = {}
     rendered: dict[int, int] = {}
     while True:
+        if STOP.is_set():
+            raise KeyboardInterrupt
         if host.error is not None or not host.is_alive():
             return
         open_ = [k for k in streams if k not in host.filled]

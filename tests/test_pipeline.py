@@ -155,6 +155,34 @@ def test_crash_then_resume_gives_the_same_set(reference, tmp_path, monkeypatch):
     assert _manifest(tmp_path) == _manifest(reference)
 
 
+def test_the_stop_flag_ends_a_run_whose_interrupt_was_lost(reference, tmp_path, monkeypatch):
+    """gen-synth's Ctrl-C handler sets render.STOP as well as raising KeyboardInterrupt: should the
+    exception be swallowed (inside TensorFlow), the render loop stops at its next batch anyway,
+    keeping the complete shards; nothing else of the run is left behind."""
+    from generator import render
+
+    real = render._Host._consume
+    calls = {"n": 0}
+
+    def consume_then_flag(self, *a):
+        real(self, *a)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            render.STOP.set()  # what the handler does; its KeyboardInterrupt is "lost" here
+
+    monkeypatch.setattr(render._Host, "_consume", consume_then_flag)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(dataclasses.replace(BASE, out=str(tmp_path)))
+    finally:
+        render.STOP.clear()
+    assert sorted(_shards(tmp_path)) != sorted(_shards(reference))  # it stopped before the end
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(render._Host, "_consume", real)
+    res = run(dataclasses.replace(BASE, out=str(tmp_path), resume=True))
+    assert res.complete and _shards(tmp_path) == _shards(reference)
+
+
 def test_resume_with_other_parameters_is_refused(reference, tmp_path):
     shutil.copytree(reference, tmp_path / "set")
     with pytest.raises(GenerationError, match="other parameters"):
