@@ -181,10 +181,12 @@ def main(ctx, preview, connectivity, histogram_filter, ray_address, **fields):
 def _ctrl_c_stops_the_run():
     """While the run lasts, a first Ctrl-C stops it after the batch in hand (render.STOP, and the
     usual KeyboardInterrupt); complete shards stay. A second one leaves at once: the unfinished
-    shard is a temporary file that --resume removes. Only the main thread may set handlers."""
+    shard is a temporary file that --resume removes. Only the main thread may set handlers, and a
+    process started with SIGINT ignored (a background job of a script, nohup) keeps ignoring it."""
     from . import render
 
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
         yield
         return
 

@@ -268,8 +268,11 @@ def test_ctrl_c_says_how_to_finish_the_set(tmp_path):
     import signal
     import time
 
+    # the child must not inherit an ignored SIGINT (pytest started as a background job of a script
+    # has it ignored, and gen-synth then rightly keeps ignoring it)
     proc = _gen_synth_process("--gan", "toy", "--latents", "prior", "--n", "100000", "--shard-size", "50",
-                              "--out", tmp_path, "--cache-dir", tmp_path / "cache")
+                              "--out", tmp_path, "--cache-dir", tmp_path / "cache",
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not list(tmp_path.glob("toy-prior-*.tar.zst")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
