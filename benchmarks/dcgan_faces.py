@@ -20,30 +20,22 @@ import numpy as np
 
 def _tiles(x: np.ndarray, xs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[3 rows x N columns] uint8 RGB picture, each tile upscaled 2x (64 -> 128 px)."""
+    from generator.direction_search import image_grid, unit_to_uint8
     from generator.preview import signed_to_uint8
 
     def up(a):
         return cv2.resize(a, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
 
-    rows = [[up(signed_to_uint8(a)) for a in x], [up(signed_to_uint8(a)) for a in xs],
-            [up(np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=2)) for m in mask]]
-    pad = 2
-    h, w = rows[0][0].shape[:2]
-    out = np.full((3 * (h + pad) + pad, len(x) * (w + pad) + pad, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = tile
-    return out
+    return image_grid([[up(signed_to_uint8(a)) for a in x], [up(signed_to_uint8(a)) for a in xs],
+                       [up(unit_to_uint8(m)) for m in mask]])
 
 
-def _labelled_stack(pictures: list[np.ndarray], labels: list[str], band: int = 22) -> np.ndarray:
-    """The BGR pictures one above the other, each under a dark band with its label."""
-    parts = []
-    for pic, label in zip(pictures, labels):
-        head = np.full((band, pic.shape[1], 3), 32, np.uint8)
-        cv2.putText(head, label, (4, band - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (240, 240, 240), 1, cv2.LINE_AA)
-        parts += [head, pic]
-    return np.concatenate(parts, axis=0)
+def _labelled_stack(pictures: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """The pictures one above the other, each under a dark band with its label."""
+    from generator.preview import label_band
+
+    return np.concatenate([part for pic, label in zip(pictures, labels)
+                           for part in (label_band(pic.shape[1], label), pic)], axis=0)
 
 
 @click.command()

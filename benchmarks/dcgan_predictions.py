@@ -29,18 +29,13 @@ def _tile(a: np.ndarray) -> np.ndarray:
     return cv2.resize(a, (TILE, TILE), interpolation=cv2.INTER_AREA)
 
 
-def _sheet(rows: list[list[np.ndarray]], pad: int = 3) -> np.ndarray:
-    cols = max(len(r) for r in rows)
-    out = np.full((len(rows) * (TILE + pad) + pad, cols * (TILE + pad) + pad, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, t in enumerate(row):
-            out[pad + r * (TILE + pad):pad + r * (TILE + pad) + TILE, pad + c * (TILE + pad):pad + c * (TILE + pad) + TILE] = t
-    return out
-
-
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    union = np.logical_or(pred, gt).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+    """evaluator.metrics' IoU of one binary prediction against its ground truth (both bool)."""
+    from evaluator.metrics import IoU
+
+    metric = IoU()
+    metric.update(np.where(pred, 255, 0).astype(np.uint8), gt)
+    return metric.compute()["iou"]
 
 
 def _short_side(im: np.ndarray, side: int) -> np.ndarray:
@@ -64,12 +59,6 @@ def _centre_ellipse(shape: tuple[int, ...], f: float) -> np.ndarray:
     h, w = shape[:2]
     yy, xx = np.mgrid[:h, :w]
     return ((yy - h / 2) / (f * h / 2)) ** 2 + ((xx - w / 2) / (f * w / 2)) ** 2 <= 1
-
-
-def _band(text: str, width: int, height: int = 22) -> np.ndarray:
-    band = np.full((height, width, 3), 32, np.uint8)
-    cv2.putText(band, text, (4, height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (240, 240, 240), 1, cv2.LINE_AA)
-    return band
 
 
 @click.command()
@@ -102,16 +91,16 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
     shown = [[_tile(images[i]), _tile(masks[i]), _tile(preds[i] >= 0.5)] for i in range(min(n_samples, len(samples)))]
     triplets = [shown]
     if photos is not None and ids:
+        from benchdata.io import read_gt, read_image
         from benchdata.protocols import gt_foreground
-        from core.images import read_user_image
 
         mask_dir = next((photos / d for d in ("masks", "ground_truth_mask") if (photos / d).is_dir()), None)
         pics, gts = [], []
         for i in ids.split(","):
             path = next((photos / "images").glob(f"{i}.*"))
-            pics.append(np.ascontiguousarray(read_user_image(path)[..., ::-1]))  # BGR -> RGB
+            pics.append(read_image(path))
             gt_path = mask_dir / f"{i}.png" if mask_dir else None
-            gts.append(gt_foreground(cv2.imread(str(gt_path), cv2.IMREAD_GRAYSCALE)) if gt_path and gt_path.exists() else None)
+            gts.append(gt_foreground(read_gt(gt_path)) if gt_path and gt_path.exists() else None)
         photo_preds = _predict(backend, pics, side)
         report["photos"] = {i: {"iou": None if g is None else _iou(p >= 0.5, g), "fg_pred": float((p >= 0.5).mean())}
                             for i, p, g in zip(ids.split(","), photo_preds, gts)}
@@ -126,10 +115,13 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
     how = "short128" if side is None else f"short side {side}"
     titles = [f"held-out GAN samples (val shards): image | shard mask | prediction ({how}, p >= 0.5)",
               f"photos: image | prediction ({how}, p >= 0.5) | ground truth"]
+    from generator.direction_search import image_grid
+    from generator.preview import label_band
+
     blocks = []
     for title, block in zip(titles, triplets):
-        sheet = _sheet([sum(block[k:k + per_row], []) for k in range(0, len(block), per_row)])
-        blocks += [_band(title, sheet.shape[1]), sheet]
+        sheet = image_grid([sum(block[k:k + per_row], []) for k in range(0, len(block), per_row)])
+        blocks += [label_band(sheet.shape[1], title), sheet]
     width = max(b.shape[1] for b in blocks)
     blocks = [np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks]
     out.parent.mkdir(parents=True, exist_ok=True)

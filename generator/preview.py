@@ -80,7 +80,8 @@ def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _label_band(width: int, text: str) -> np.ndarray:
+def label_band(width: int, text: str) -> np.ndarray:
+    """A dark band `width` pixels wide with `text` in light gray (the same in BGR and RGB)."""
     band = np.empty((LABEL_H, width, 3), np.uint8)
     band[:] = _BAND_BGR
     cv2.putText(band, text, (6, LABEL_H - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _TEXT_BGR, 1, cv2.LINE_AA)
@@ -91,7 +92,7 @@ def render_preview(collector: PreviewCollector) -> np.ndarray:
     """The preview picture, BGR uint8 [H, W, 3]."""
     width = PAIRS_PER_ROW * 3 * TILE
     blank = np.zeros((TILE, TILE, 3), np.uint8)
-    parts = [_label_band(width, f"accepted: G(z) | G(z + r h) | mask  ({len(collector.accepted)} shown)")]
+    parts = [label_band(width, f"accepted: G(z) | G(z + r h) | mask  ({len(collector.accepted)} shown)")]
     triplets = [[_tile(x), _tile(xs), overlay(x, m)] for x, xs, m in collector.accepted]
     for r in range(0, len(triplets), PAIRS_PER_ROW):
         row = [t for trip in triplets[r:r + PAIRS_PER_ROW] for t in trip]
@@ -101,9 +102,9 @@ def render_preview(collector: PreviewCollector) -> np.ndarray:
     for reason, examples in collector.rejected.items():
         label = FILTER_LABELS.get(reason, f"rejected by {reason}")
         if not examples:  # a filter that is off, or rejected nothing: its band says so, no empty row
-            parts.append(_label_band(width, f"{label}  (none)"))
+            parts.append(label_band(width, f"{label}  (none)"))
             continue
-        parts.append(_label_band(width, f"{label}  ({len(examples)} shown)"))
+        parts.append(label_band(width, f"{label}  ({len(examples)} shown)"))
         tiles = [overlay(x, m) for x, m in examples]
         for r in range(0, len(tiles), per_row):
             row = tiles[r:r + per_row]
