@@ -37,6 +37,8 @@ INSTALL = f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
 LATENT_DIM = 100
 SIZE = 64
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
+# weights.tar of 1.1.1 holds netG's 3.6 M floats, 14.3 MB; the reader refuses more tensor data
+WEIGHTS_MAX_BYTES = 16 << 20
 # (state-dict prefix of the transposed convolution, of its batch norm or None, stride, padding)
 LAYERS = (("main.0", "main.1", 1, 0), ("main.3", "main.4", 2, 1), ("main.6", "main.7", 2, 1),
           ("main.9", "main.10", 2, 1), ("main.12", None, 2, 1))
@@ -72,7 +74,7 @@ def load_state_dict(path: Path) -> dict[str, np.ndarray]:
     from .torchfile import TorchFileError, load
 
     try:
-        checkpoint = load(path)
+        checkpoint = load(path, max_bytes=WEIGHTS_MAX_BYTES)
     except TorchFileError as exc:
         raise DcganError(str(exc)) from None
     state = checkpoint.get("netG_state_dict") if isinstance(checkpoint, dict) else None

@@ -26,6 +26,8 @@ from core.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pth", ".pt")
+# A direction is a few hundred floats; the reader refuses a .pth file with more tensor data
+TORCH_MAX_BYTES = 1 << 20
 
 
 class DirectionError(UserError, ValueError):
@@ -38,7 +40,7 @@ def _from_torch(path: Path, data: bytes) -> np.ndarray:
     from .torchfile import TorchFileError, load
 
     try:
-        obj = load(path, data)
+        obj = load(path, data, max_bytes=TORCH_MAX_BYTES)
     except TorchFileError as e:
         raise DirectionError(f"{first_line(e)}; save the direction with torch.save(tensor) or as .npy") from None
     if isinstance(obj, dict):
