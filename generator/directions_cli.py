@@ -24,6 +24,7 @@ from core.cli import Group, common_options, progress_bar, verbosity_option
 from .config import GenConfig
 from .direction_search import BOTH_SIGNS, ORIENT_WINNER, PICTURE_TOP, FitConfig
 from .discover import DiscoverConfig
+from .optimize import SHIFT_DRAWS, OptimizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,27 @@ def _load_candidates(spec: str, latent_dim: int) -> tuple[np.ndarray, str]:
     return arr.astype(np.float32), str(path)
 
 
+def _candidate_pool(specs: tuple[str, ...] | str, latent_dim: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
+    """Every source's rows, stacked: (candidates [C, D], [(source, rows)] in order)."""
+    specs = (specs,) if isinstance(specs, str) else tuple(specs)
+    if len(set(specs)) != len(specs):
+        raise click.BadParameter(f"a source is named twice in {list(specs)}", param_hint="--candidates")
+    loaded = [_load_candidates(spec, latent_dim) for spec in specs]
+    return np.concatenate([arr for arr, _ in loaded]), [(name, len(arr)) for arr, name in loaded]
+
+
+def _print_table(report: dict, rows: int = 10) -> None:
+    """The best entries, one line each: how the sources compare on this GAN."""
+    ranked = sorted((e for e in report["entries"] if e["rank"] is not None), key=lambda e: e["rank"])
+    click.echo(f"{'rank':>4}  {'source':<28} {'row':>4} sign  {'L_h':>7} {'D_h':>7} {'fg':>5}")
+    for e in ranked[:rows]:
+        click.echo(f"{e['rank']:>4}  {Path(e['source']).name[:28]:<28} {e['source_row']:>4} {e['sign']:>+4d}  "
+                   f"{e['L_h']:7.4f} {e['D_h']:7.4f} {e['lighting_fg']:5.2f}")
+    dropped = sum(1 for e in report["entries"] if e["rank"] is None)
+    if dropped:
+        click.echo(f"({dropped} entries dropped: one class holds nearly every pixel)")
+
+
 def _out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{out} is a file; give a folder (it is created when missing)", param_hint="--out")
@@ -63,6 +85,7 @@ def _out_folder(out: Path) -> None:
 
 _DISCOVER = DiscoverConfig()
 _FIT = FitConfig()
+_OPT = OptimizeConfig()
 
 
 def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Path:
@@ -91,21 +114,23 @@ def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Pat
     return out / "directions.npy"
 
 
-def _run_rank(gan: str, candidates: str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
+def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
               orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS) -> dict:
     from generator import affine
     from generator import direction_search as ds
 
     _out_folder(out)
     model = _load_gan(gan)
-    arr, source = _load_candidates(candidates, model.latent_dim)
+    arr, source = _candidate_pool(candidates, model.latent_dim)
     with progress_bar(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit") as bar:
         report = ds.rank_directions(model, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
                                     picture_top=top, orient_winner=orient, progress=bar.update)
     w = report["winner"]
     best = report["entries"][w["entry"]]
-    click.echo(f"winner: candidate {w['candidate']} (sign {w['sign'] * w['orient_sign']:+d}; L_h {best['L_h']:.4f}, "
-               f"D_h {best['D_h']:.4f}); wrote {out / 'direction.npy'}, {out / 'ranking.json'}, {out / 'ranking.png'}")
+    _print_table(report)
+    click.echo(f"winner: row {best['source_row']} of {best['source']} (candidate {w['candidate']}, sign "
+               f"{w['sign'] * w['orient_sign']:+d}; L_h {best['L_h']:.4f}, D_h {best['D_h']:.4f}); wrote "
+               f"{out / 'direction.npy'}, {out / 'ranking.json'}, {out / 'ranking.png'}")
     return report
 
 
@@ -207,7 +232,9 @@ def discover(gan, out, resume, lr_directions, **fields):
 
 @main.command()
 @_gan_opt
-@click.option("--candidates", required=True, help="'axes' or a .npy file of directions [C, D].")
+@click.option("--candidates", required=True, multiple=True,
+              help="'axes' or a .npy file of directions [C, D] (or [D], e.g. optimize's direction.npy); repeat "
+                   "it to rank several sources in one table: discovered, optimised and the axes side by side.")
 @_out_opt("Output folder.")
 @click.option("--samples", default=_FIT.samples, show_default=True, type=int, callback=_positive,
               help="Latents z drawn once; Adam batches come from them; scores use all.")
@@ -228,6 +255,82 @@ def rank(gan, candidates, out, top, both_signs, orient, **fields):
     if fields["steps"] < 0:
         raise click.BadParameter(f"{fields['steps']} must be >= 0", param_hint="--steps")
     _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs)
+
+
+def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig) -> dict:
+    from generator import optimize as op
+
+    _out_folder(out)
+    cfg.check()
+    model = _load_gan(gan)
+    bar = progress_bar(total=cfg.steps, desc="optimize", unit="step")
+
+    def progress(step: int, terms: dict) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{terms['loss']:.4f}", centre=f"{terms['centre']:.4f}", edges=f"{terms['edges']:.4f}",
+                        refresh=False)
+        bar.refresh()
+
+    try:
+        summary = op.run(model, out, cfg, progress)
+    finally:
+        bar.close()
+    m = summary["masks"]
+    click.echo(f"masks at shift {m['shift']:g} over {m['samples']} latents: foreground {m['fg_mean']:.0%} of the "
+               f"image, {m['centre_fg']:.0%} of the central square, {m['border_fg']:.0%} of the border; "
+               f"--max-fg auto would bound at {m['size_bound']:.2f}")
+    if summary["centre_assumption"] != "holds":
+        click.echo(f"Warning: {summary['centre_assumption']}", err=True)
+    click.echo(f"wrote {out / 'direction.npy'} (gen-synth --direction), {out / 'summary.json'}, {out / 'optimize.png'}")
+    return summary
+
+
+@main.command()
+@_gan_opt
+@_out_opt("Output folder: direction.npy, summary.json, optimize.png.")
+@click.option("--steps", default=_OPT.steps, show_default=True, type=int, callback=_positive, help="Adam steps.")
+@click.option("--batch-size", "batch", default=_OPT.batch, show_default=True, type=int, callback=_positive,
+              help="Latents z ~ N(0, I) per step.")
+@click.option("--lr", default=_OPT.lr, show_default=True, type=float, callback=_positive, help="Adam lr of d.")
+@click.option("--shift-mean", default=_OPT.shift_mean, show_default=True, type=float,
+              help="r ~ N(mean, std), clipped at --shift-min: the shift of each step's G(z + r d).")
+@click.option("--shift-std", default=_OPT.shift_std, show_default=True, type=float, callback=_positive,
+              help="Standard deviation of r.")
+@click.option("--shift-min", default=_OPT.shift_min, show_default=True, type=float, help="Smallest r.")
+@click.option("--shift-draw", type=click.Choice(SHIFT_DRAWS), default=_OPT.shift_draw, show_default=True,
+              help="One r per latent (the paper's shift length) or per latent coordinate (the authors' code).")
+@click.option("--centre-weight", default=_OPT.centre_weight, show_default=True, type=float,
+              help="Weight of mean(gray(G(z + r d)) * c): light the centre, darken the border.")
+@click.option("--edge-weight", default=_OPT.edge_weight, show_default=True, type=float,
+              help="Weight of the Sobel term: the shift keeps the image's edges.")
+@click.option("--centre-scale", default=_OPT.centre_scale, show_default=True, type=float, callback=_positive,
+              help="c = scale x (distance from the centre - its mean).")
+@click.option("--invert", is_flag=True, help="The object darkens and the border lightens instead.")
+@click.option("--samples", default=_OPT.samples, show_default=True, type=int, callback=_positive,
+              help="Latents of the summary's mask statistics.")
+@click.option("--mask-shift", default=_OPT.mask_shift, show_default=True, type=float, callback=_positive,
+              help="Shift of the summary's masks and picture (gen-synth's --shift).")
+@_seed_opt(_OPT.seed)
+@verbosity_option()
+def optimize(gan, out, **fields):
+    """Optimise one segmenting direction (Melas-Kyriazi et al. 2022); writes direction.npy for gen-synth.
+
+    \b
+    Each step: z ~ N(0, I), r ~ N(2, 0.5); minimise
+      2 x mean(gray(G(z + r d)) x c) + 10 x mean((sobel gray G(z) - sobel gray G(z + r d))^2)
+    with c negative at the centre and positive at the border: the shift lights the centre, darkens
+    the border and keeps the edges. No ranking and no sign to choose. Minutes on a CPU for a small GAN.
+
+    \b
+    Example:
+      find-direction optimize --gan dcgan-faces --out runs/dcgan-opt
+      gen-synth --gan dcgan-faces --latents prior --direction runs/dcgan-opt/direction.npy --max-fg auto ...
+    """
+    try:
+        cfg = OptimizeConfig(**fields).check()
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    _run_optimize(gan, out, cfg)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def directions_lr(cfg: DiscoverConfig, step: int) -> float:
     return float(cfg.lr_directions * cfg.lr_directions_gamma ** passed)
 
 
-class _Adam:
+class Adam:
     """Adam (Kingma & Ba; torch's defaults) whose state is tf.Variables, so it checkpoints."""
 
     def __init__(self, variables, lr: float, tf):
@@ -226,9 +226,9 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     out.mkdir(parents=True, exist_ok=True)
 
     s, rec = _build(d, cfg)
-    opt_s = _Adam([s], cfg.lr_directions, tf)
+    opt_s = Adam([s], cfg.lr_directions, tf)
     rec_vars = [rec[k] for k in sorted(rec)]
-    opt_r = _Adam(rec_vars, cfg.lr, tf)
+    opt_r = Adam(rec_vars, cfg.lr, tf)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     ckpt = tf.train.Checkpoint(S=s, reconstructor=rec, opt_s=opt_s.state(), opt_r=opt_r.state(), step=step_var)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)

@@ -266,6 +266,27 @@ def passes_size_filter(mask: np.ndarray, max_fraction: float = 0.5) -> np.ndarra
     return bool(frac <= max_fraction) if np.isscalar(frac) else frac <= max_fraction
 
 
+PAPER_MAX_FG = 0.5  # the paper's size bound: objects are the smaller part of an image
+SIZE_BOUND_QUANTILE = 0.9  # `--max-fg auto`: the bound sits at this quantile of the direction's masks
+
+
+def size_bound(fractions, quantile: float = SIZE_BOUND_QUANTILE, floor: float = PAPER_MAX_FG) -> float:
+    """The size filter's bound that follows a direction's own masks (`gen-synth --max-fg auto`):
+    the `quantile` (0.9) of their foreground fractions, never below the paper's 0.5.
+
+    The paper's bound assumes objects are the smaller part of the image; a GAN whose objects fill
+    the frame (faces) has typical masks above it, and the fixed bound would keep only its smaller
+    objects. Following the masks, the filter keeps its purpose, rejecting the rare masks larger
+    than nine in ten of the direction's own (a direction that lit the whole frame), and for
+    directions whose masks are small it is the paper's 0.5 exactly."""
+    frac = np.asarray(fractions, np.float64).ravel()
+    if frac.size == 0 or not np.all(np.isfinite(frac)):
+        raise ValueError("size_bound needs a non-empty array of finite foreground fractions")
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
+    return float(min(1.0, max(floor, float(np.quantile(frac, quantile)))))
+
+
 # ----------------------------------------------------------------------------------- histograms
 
 _EDGES = np.linspace(-1.0, 1.0, N_BINS + 1, dtype=np.float32)  # what np.histogram uses for float32
@@ -411,7 +432,7 @@ class FilterConfig:
     connectivity: int = 4  # 4 = paper ("connected by edges"), 8 = reference code
     min_component_ratio: float = 0.2  # keep components >= ratio x largest area; 0 = no clean-up
     size_filter: bool = True  # reject when the foreground fraction exceeds max_fg_fraction
-    max_fg_fraction: float = 0.5  # fraction of pixels; exactly this value passes
+    max_fg_fraction: float = PAPER_MAX_FG  # fraction of pixels; exactly this value passes
     # key of HISTOGRAM_RULES, or None for no histogram filter. The reference code's rule is the
     # default (the one exception to "the paper's rule is the default"): it produced the paper's
     # numbers (table 5), and the text's rule keeps far fewer natural images (README, "Histogram")
@@ -509,6 +530,6 @@ def preset(name: str) -> FilterConfig:
 __all__ = [
     "GRAY_WEIGHTS", "N_BINS", "REASONS", "UnknownRuleError", "Registry", "gray",
     "MASK_RULES", "lighting_mask", "mean_mask", "keep_large_components", "fg_fraction",
-    "passes_size_filter", "histogram12", "paper_keeps", "bimodal_keeps", "HistogramRule",
+    "passes_size_filter", "size_bound", "PAPER_MAX_FG", "histogram12", "paper_keeps", "bimodal_keeps", "HistogramRule",
     "HISTOGRAM_RULES", "FilterConfig", "PRESETS", "preset", "BatchResult", "process_batch",
 ]
