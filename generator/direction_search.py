@@ -198,10 +198,12 @@ def initial_operators(x: np.ndarray, xs: np.ndarray, config: FitConfig) -> np.nd
 def score(index: int, ops: np.ndarray, x: np.ndarray, x_shift: np.ndarray) -> CandidateScore:
     """L_h, D_h and class balance of fitted operators over all sample pairs (numpy)."""
     classes = affine.assign_classes(ops, x, x_shift)
+    # the lighting rule's foreground share: the orientation check (the object is what lightens)
+    fg = float(np.mean(lighting_mask(2.0 * x - 1.0, 2.0 * x_shift - 1.0)))
     return CandidateScore(index=index, ops=np.asarray(ops, np.float64),
                           loss=affine.restoration_loss(ops, x, x_shift),
                           distance=affine.operator_distance(ops, x),
-                          balance=affine.class_balance(classes))
+                          balance=affine.class_balance(classes), extra={"lighting_fg": fg})
 
 
 def draw_latents(n: int, dim: int, seed: int) -> np.ndarray:
@@ -278,6 +280,31 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
     return out
 
 
+def labelled_grid(rows: list[list[np.ndarray]], names: list[str], title: str = "", pad: int = 2,
+                  min_tile: int = 96) -> np.ndarray:
+    """`image_grid` with each row's name in a left column (cycled when there are more rows than
+    names) and a title band on top, so the picture reads without the docs. Tiles smaller than
+    `min_tile` are enlarged by an integer factor (nearest neighbour) to keep the text legible."""
+    import cv2
+
+    side = rows[0][0].shape[0]
+    k = max(1, -(-min_tile // side))
+    if k > 1:
+        rows = [[np.repeat(np.repeat(t, k, axis=0), k, axis=1) for t in row] for row in rows]
+    grid = image_grid(rows, pad)
+    h = rows[0][0].shape[0]
+    label_w, title_h = 160, 24 if title else 0
+    out = np.full((grid.shape[0] + title_h, grid.shape[1] + label_w, 3), 255, np.uint8)
+    out[title_h:, label_w:] = grid
+    font, dark = cv2.FONT_HERSHEY_SIMPLEX, (20, 20, 20)
+    if title:
+        cv2.putText(out, title, (6, 17), font, 0.5, dark, 1, cv2.LINE_AA)
+    for r in range(len(rows)):
+        y = title_h + pad + r * (h + pad) + h // 2 + 5
+        cv2.putText(out, names[r % len(names)], (6, y), font, 0.45, dark, 1, cv2.LINE_AA)
+    return out
+
+
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG atomically (temp name in the same folder, then rename)."""
     import cv2
@@ -316,7 +343,8 @@ def figure10(gan, z: np.ndarray, direction: np.ndarray, ops: np.ndarray, shift: 
 
 
 def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, config: FitConfig = FitConfig(),
-                    rule: affine.RankRule = affine.RankRule(), *, source: str = "array", both_signs: bool = BOTH_SIGNS,
+                    rule: affine.RankRule = affine.RankRule(), *, source: str | list[tuple[str, int]] = "array",
+                    both_signs: bool = BOTH_SIGNS,
                     picture_top: int = PICTURE_TOP, picture_samples: int = 4, orient_winner: bool = ORIENT_WINNER,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Score, rank and write: ``ranking.json``, ``direction.npy`` (the winner, unit norm,
@@ -328,6 +356,10 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     ``e % C`` with sign ``+1`` for ``e < C``, ``-1`` after.
 
     ``orient_winner``: see `orient`; the written direction is ``orient_sign * sign * h``.
+
+    ``source``: where the candidates came from, one name, or a pool of sources as (name, count)
+    pairs in row order (`find-direction rank --candidates A --candidates B`): every entry then
+    names its source and its row within it, so methods are compared in one table.
     Returns the report written to ``ranking.json``. Raises ValueError when every entry is dropped."""
     import hashlib
     import json
@@ -337,6 +369,10 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     out.mkdir(parents=True, exist_ok=True)
     dirs = unit_rows(candidates)
     n_cand = len(dirs)
+    pool = [(source, n_cand)] if isinstance(source, str) else [(str(a), int(b)) for a, b in source]
+    if sum(b for _, b in pool) != n_cand:
+        raise RankError(f"the sources name {sum(b for _, b in pool)} candidates, the array holds {n_cand}")
+    origin = [(name, i) for name, count in pool for i in range(count)]  # candidate -> (source, row)
     signs = np.array([1] * n_cand + ([-1] * n_cand if both_signs else []))
     signed = np.concatenate([dirs, -dirs]) if both_signs else dirs
     scores, z = score_candidates(gan, signed, config, progress=progress)
@@ -356,7 +392,8 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
         "format": "bgw-direction-ranking",
         "version": 1,
         "gan": {"handle": getattr(gan, "handle", None), "fingerprint": getattr(gan, "fingerprint", None)},
-        "candidates": {"source": source, "count": int(n_cand), "dim": int(dirs.shape[1]), "both_signs": both_signs,
+        "candidates": {"source": " + ".join(name for name, _ in pool),
+                       "sources": [{"source": name, "count": count} for name, count in pool], "count": int(n_cand), "dim": int(dirs.shape[1]), "both_signs": both_signs,
                        "sha256": hashlib.sha256(np.ascontiguousarray(dirs).tobytes()).hexdigest()},
         "config": asdict(config),
         "rule": {**asdict(rule), "text": "drop when one class holds >= max_class_fraction of pixels; "
@@ -366,8 +403,10 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
                    "orient_sign": orient_sign, **orient_info},
         "order": [e.index for e in ranked],
         "entries": [
-            {"entry": e.index, "candidate": e.index % n_cand, "sign": int(signs[e.index]), "rank": e.rank,
+            {"entry": e.index, "candidate": e.index % n_cand, "source": origin[e.index % n_cand][0],
+             "source_row": origin[e.index % n_cand][1], "sign": int(signs[e.index]), "rank": e.rank,
              "status": e.status, "reason": e.reason, "L_h": e.loss, "D_h": e.distance, "balance_A1": e.balance,
+             "lighting_fg": scores[e.index].extra["lighting_fg"],
              "A1": scores[e.index].ops[0].tolist(), "A2": scores[e.index].ops[1].tolist()}
             for e in entries
         ],
@@ -376,9 +415,14 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     write_bytes(out / "ranking.json", (json.dumps(report, indent=1) + "\n").encode())
     zp = z[:picture_samples]
     rows: list[list[np.ndarray]] = []
+    names: list[str] = []
     for e in ranked[:picture_top]:
         rows += figure10(gan, zp, signed[e.index], scores[e.index].ops, config.shift)
-    write_png(out / "ranking.png", image_grid(rows))
+        src, row = origin[e.index % n_cand]
+        tag = f"#{e.rank} {'+' if signs[e.index] > 0 else '-'}{Path(src).name[:10]}[{row}]"
+        names += [tag, "G(z+5h)", "S.G(z)", f"mask L{e.loss:.3f}"]
+    write_png(out / "ranking.png", labelled_grid(rows, names, title=(
+        f"rank: per candidate G(z), G(z+{config.shift:g}h), fit S.G(z), mask; #rank sign source[row]")))
     log.info("winner: candidate %d, sign %+d (L_h %.4f, D_h %.4f); written with orientation %+d",
              best.index % n_cand, signs[best.index], best.loss, best.distance, orient_sign)
     return report

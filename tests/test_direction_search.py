@@ -132,8 +132,24 @@ def test_rank_on_a_hand_made_gan_picks_and_orients_the_saliency_light(tmp_path):
     import cv2
 
     pic = cv2.imread(str(tmp_path / "ranking.png"))
-    # 3 entries x 4 rows (G(z), G(z+h), approximation, mask) of 4 samples, 16 px tiles, 2 px pad
-    assert pic.shape == (12 * 18 + 2, 4 * 18 + 2, 3)
+    # 3 entries x 4 rows (G(z), G(z+h), approximation, mask) of 4 samples: 16 px tiles shown 6x (96 px),
+    # 2 px pad, a 24 px title band and a 160 px column of row names
+    assert pic.shape == (24 + 12 * 98 + 2, 160 + 4 * 98 + 2, 3)
+    assert (pic[:24] < 128).any() and (pic[24:, :160] < 128).any()  # the title and the names are drawn
+    assert [e["source"] for e in on_disk["entries"]] == ["hand"] * 10
+    assert sorted(e["source_row"] for e in on_disk["entries"]) == sorted(list(range(5)) * 2)
+
+
+def test_rank_pools_sources_and_names_each_entrys_origin(tmp_path):
+    e = np.eye(4, dtype=np.float32)
+    report = ds.rank_directions(HandGan(), e, tmp_path, ds.FitConfig(samples=4, steps=20),
+                                source=[("axes", 3), ("opt.npy", 1)], both_signs=False, picture_top=1)
+    assert report["candidates"]["sources"] == [{"source": "axes", "count": 3}, {"source": "opt.npy", "count": 1}]
+    assert [(x["source"], x["source_row"]) for x in report["entries"]] == [
+        ("axes", 0), ("axes", 1), ("axes", 2), ("opt.npy", 0)]
+    assert all(0.0 <= x["lighting_fg"] <= 1.0 for x in report["entries"])
+    with pytest.raises(ds.RankError, match="sources name 3"):
+        ds.rank_directions(HandGan(), e, tmp_path, source=[("axes", 3)])
 
 
 def test_rank_raises_when_every_candidate_is_dropped(tmp_path):
@@ -326,7 +342,8 @@ def test_cli_rank_on_axes_file_writes_outputs(cli_env, tmp_path):
     res = CliRunner().invoke(cli_env, ["rank", "--gan", "toy", "--candidates", str(cands), "--out",
                                        str(tmp_path / "r"), "--samples", "4", "--steps", "20", "--top", "1"])
     assert res.exit_code == 0, res.output
-    assert "winner: candidate 1" in res.output
+    assert "winner: row 1 of " in res.output and "(candidate 1," in res.output
+    assert res.output.splitlines()[0].split() == ["rank", "source", "row", "sign", "L_h", "D_h", "fg"]
     for name in ("ranking.json", "direction.npy", "ranking.png"):
         assert (tmp_path / "r" / name).is_file()
     # the winner is ready for gen-synth --direction
