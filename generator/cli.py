@@ -22,7 +22,7 @@ import click
 from core.cli import Group, common_options, config_option, progress_bar, verbosity_option
 from shardset.format import ENCODINGS
 
-from .config import NO_HISTOGRAM, GenConfig, GenerationError
+from .config import MAX_FG_AUTO, NO_HISTOGRAM, GenConfig, GenerationError
 from .masks import HISTOGRAM_RULES, MASK_RULES, PRESETS
 
 DATASET_HELP = "cub, flowers, imagenet, duts, ecssd, dut-omron, or folder:PATH (any folder of images)"
@@ -54,6 +54,23 @@ class Count(click.ParamType):
 
 
 COUNT = Count()
+
+
+class SizeBound(click.ParamType):
+    """`auto` or a fraction in (0, 1]."""
+
+    name = "FRACTION|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == MAX_FG_AUTO or isinstance(value, float):
+            return value
+        try:
+            v = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number; write e.g. 0.5 or auto", param, ctx)
+        if not 0.0 < v <= 1.0:
+            self.fail(f"{value} is not a fraction in (0, 1] (e.g. 0.5), nor 'auto'", param, ctx)
+        return v
 
 
 class GenSynthGroup(Group):
@@ -128,6 +145,10 @@ def _field(name: str, flag: str | None = None, **kwargs):
         help="Drop mask components smaller than 0.2 x the largest. [default: on]")
 @_field("size_filter", "--size-filter/--no-size-filter",
         help="Reject masks over half the image. [default: the preset's]")
+@_field("max_fg", type=SizeBound(),
+        help="The size filter's bound on a mask's foreground fraction: a fraction, or auto = the 90th "
+             "percentile of this direction's own masks (256 draws at the start of the run), never below "
+             "0.5; for GANs whose objects fill the frame. Recorded in the manifest. [default: 0.5, the paper's]")
 @_field("histogram_rule", type=click.Choice(sorted(HISTOGRAM_RULES)),
         help="bimodal (the reference code's, which produced the paper's numbers) or paper (the text's, "
              "stricter). [default: the preset's, bimodal]")

@@ -24,6 +24,7 @@ from .masks import PRESETS, FilterConfig, UnknownRuleError
 SMALL_DATASETS = ("cub", "flowers", "duts", "ecssd", "dut-omron")
 DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Flowers uses `mean`)
 NO_HISTOGRAM = "none"  # GenConfig.histogram_rule value that switches the histogram filter off
+MAX_FG_AUTO = "auto"  # GenConfig.max_fg value: the size bound follows the direction's masks (inputs.auto_size_bound)
 MAX_SHARDS = 1_000_000  # shard indices are 6 digits
 GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters reject everything
 # models whose segmenting direction ships with this project (the toy's, by construction); a
@@ -67,7 +68,10 @@ class GenConfig:
     mask_rule: str | None = None  # "lighting" | "mean"
     connectivity: int | None = None  # 4 (paper) | 8 (reference code)
     components_filter: bool | None = None  # drop components < 0.2 x the largest; False = keep every component
-    size_filter: bool | None = None  # reject masks with foreground fraction > 0.5
+    size_filter: bool | None = None  # reject masks with foreground fraction > max_fg
+    # the size filter's bound: None = the preset's (the paper's 0.5); a fraction in (0, 1]; "auto" =
+    # masks.size_bound of this direction's own masks, measured when the run starts (inputs.auto_size_bound)
+    max_fg: float | str | None = None
     histogram_rule: str | None = None  # "paper" | "bimodal" | "none"
     # -- execution
     batch_size: int = 64  # pairs per accelerator call
@@ -111,6 +115,8 @@ class GenConfig:
             over["min_component_ratio"] = 0.0
         if self.size_filter is not None:
             over["size_filter"] = self.size_filter
+        if self.max_fg is not None and self.max_fg != MAX_FG_AUTO:
+            over["max_fg_fraction"] = float(self.max_fg)
         if self.histogram_rule is not None:
             over["histogram_rule"] = None if self.histogram_rule == NO_HISTOGRAM else self.histogram_rule
         return dataclasses.replace(base, **over)
@@ -213,6 +219,16 @@ def _validate(cfg: GenConfig) -> None:
         bad(f"encoding {cfg.encoding!r} is unknown; choose from {', '.join(ENCODINGS)}")
     if not cfg.name or not NAME_RE.fullmatch(cfg.name):
         bad(f"set name {cfg.name!r} is invalid: use 1-64 characters from [A-Za-z0-9_-]")
+    if cfg.max_fg is not None and cfg.max_fg != MAX_FG_AUTO:
+        try:
+            bound = float(cfg.max_fg)
+        except (TypeError, ValueError):
+            bound = math.nan
+        if not 0.0 < bound <= 1.0:
+            bad(f"max_fg must be 'auto' or a fraction in (0, 1], got {cfg.max_fg!r}")
+    if cfg.max_fg is not None and cfg.filter_config().size_filter is False:
+        bad(f"max_fg {cfg.max_fg!r} bounds the size filter, which is off (--no-size-filter or the preset); "
+            f"drop one of the two")
     if cfg.preset not in PRESETS:
         bad(f"filter preset {cfg.preset!r} is unknown; choose from {', '.join(PRESETS)}")
     try:

@@ -14,10 +14,10 @@ import numpy as np
 
 from core.errors import UserError, first_line
 
-from .config import SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, make_plan
+from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, make_plan
 from .directions import PUBLISHED_DIRECTIONS
 from .gan import resample_record
-from .latents import DRAW_BLOCK
+from .latents import DRAW_BLOCK, LatentStream
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class Inputs:
     direction_sha256: str
     embeddings: np.ndarray | None  # float32 [N, D] or None for the prior
     params: dict
+    size_bound: float | None = None  # the measured bound of `max_fg auto`, else None
 
 
 _GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_dir) -> Gan
@@ -161,6 +162,36 @@ def _dataset(cfg: GenConfig, gan, listing, progress: Callable[[int], object] | N
     return np.asarray(table, np.float32), facts, dict(info["embeddings"])
 
 
+AUTO_BOUND_SAMPLES = 256  # draws whose masks set the `max_fg auto` bound
+AUTO_BOUND_STREAM = MAX_SHARDS  # their latent stream: a shard index that no set uses
+
+
+def auto_size_bound(gan, cfg: GenConfig, direction: np.ndarray, embeddings: np.ndarray | None) -> dict:
+    """The size bound of `--max-fg auto` (generator.masks.size_bound) over the masks of
+    AUTO_BOUND_SAMPLES draws from the run's own latent source (stream AUTO_BOUND_STREAM of its seed),
+    made as the run makes them (mask rule, image size, shift, connected components), before any
+    filter. A function of the params and the seed, so a resumed or distributed run finds the same."""
+    import dataclasses as dc
+
+    from .masks import SIZE_BOUND_QUANTILE, process_batch, size_bound
+
+    stream = LatentStream(cfg.seed, AUTO_BOUND_STREAM, int(gan.latent_dim), embeddings=embeddings,
+                          alpha=cfg.alpha if embeddings is not None else 0.0)
+    z = stream.take(AUTO_BOUND_SAMPLES).z
+    unfiltered = dc.replace(cfg.filter_config(), size_filter=False, histogram_rule=None)
+    fractions = []
+    for lo in range(0, len(z), cfg.batch_size):
+        x, xs = gan.generate_pair(z[lo:lo + cfg.batch_size], direction, cfg.shift, cfg.image_size)
+        fractions.append(process_batch(x, xs, unfiltered).fg_fraction)
+    frac = np.concatenate(fractions)
+    bound = size_bound(frac)
+    log.info("--max-fg auto: masks of %d draws have median foreground %.3f; bound %.3f", len(frac),
+             float(np.median(frac)), bound)
+    return {"value": bound, "rule": f"max(0.5, quantile {SIZE_BOUND_QUANTILE} of the foreground fractions)",
+            "samples": int(len(frac)), "stream": f"seed {cfg.seed}, shard index {AUTO_BOUND_STREAM}",
+            "median_fg": float(np.median(frac))}
+
+
 def load_inputs(cfg: GenConfig) -> Inputs:
     """Load the model, the direction and the latent table; build the manifest params."""
     listing = _listing(cfg)
@@ -172,6 +203,10 @@ def load_inputs(cfg: GenConfig) -> Inputs:
         raise GenerationError(f"embeddings of {cfg.dataset} have shape {embeddings.shape}, expected [N, {dim}]; "
                               f"recompute them with gen-synth embed --dataset {cfg.dataset}")
     plan = make_plan(cfg)
+    auto = None
+    if cfg.max_fg == MAX_FG_AUTO:
+        auto = auto_size_bound(gan, cfg, direction, embeddings)
+        cfg = dataclasses.replace(cfg, max_fg=auto["value"])
     params = {
         "generator": {"spec": cfg.gan, "handle": str(gan.handle), "fingerprint": str(gan.fingerprint),
                       "latent_dim": dim, "image_size": int(gan.image_size), "encoder": bool(gan.has_encoder)},
@@ -180,7 +215,8 @@ def load_inputs(cfg: GenConfig) -> Inputs:
                     "draw_block": DRAW_BLOCK},
         "dataset": dataset_facts,
         "embeddings": emb_facts,
-        "filters": {"preset": cfg.preset, **dataclasses.asdict(cfg.filter_config())},
+        "filters": {"preset": cfg.preset, **dataclasses.asdict(cfg.filter_config()),
+                    **({"max_fg_auto": auto} if auto else {})},
         "n": cfg.n,
         "shard_size": cfg.shard_size,
         "num_shards": plan.num_shards,
@@ -190,7 +226,7 @@ def load_inputs(cfg: GenConfig) -> Inputs:
         "image": {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": cfg.encoding,
                   "size": cfg.image_size, "resample": resample_record(gan.image_size, cfg.image_size)["method"]},
     }
-    return Inputs(gan, direction, digest, embeddings, params)
+    return Inputs(gan, direction, digest, embeddings, params, auto["value"] if auto else None)
 
 
 def embed_dataset(config: GenConfig, progress: Callable[[int], object] | None = None) -> dict:

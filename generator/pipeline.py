@@ -127,6 +127,8 @@ def run(config: GenConfig, progress: Callable[[int, int], None] | None = None) -
     check_existing(cfg)
     plan = make_plan(cfg)
     inputs = load_inputs(cfg)
+    if inputs.size_bound is not None:  # --max-fg auto, measured: the filters use the number
+        cfg = dataclasses.replace(cfg, max_fg=inputs.size_bound)
     writer = _open_writer(cfg, inputs.params)
     try:  # the set's lock is released however the run ends, so a rerun in this process may take it
         return _run_locked(cfg, plan, inputs, writer, progress)

@@ -306,3 +306,48 @@ def test_images_over_the_pixel_limit_are_skipped_and_counted(tmp_path):
     res = invoke("embed", "--dataset", f"folder:{data}", "--gan", "toy", "--cache-dir", tmp_path / "cache",
                  "--max-image-pixels", "10000")  # 120 x 160 = 19,200 pixels: over this limit too
     assert_one_line_error(res, "none of the 4 images")
+
+
+# ------------------------------------------------------------------ the size bound (--max-fg)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--max-fg", "1.5"], ["1.5", "fraction"]),
+    (["--max-fg", "big"], ["big", "auto"]),
+    (["--gan", "toy", "--max-fg", "auto", "--no-size-filter"], ["max_fg", "size filter", "off"]),
+])
+def test_bad_size_bounds_give_one_line(args, needles):
+    assert_one_line_error(invoke(*args), *needles)
+
+
+@tf_only
+def test_max_fg_auto_follows_the_directions_own_masks(tmp_path):
+    """A direction that lights and grows the toy's objects makes masks over half the image: `auto`
+    measures them, records the bound, and keeps masks the paper's 0.5 rejects; no kept mask exceeds it."""
+    from generator import toy
+    from shardset.reader import iter_samples
+
+    grow = toy.toy_factor_direction("saliency_light") + 1.5 * toy.toy_factor_direction("size")
+    direction = tmp_path / "grow.npy"
+    np.save(direction, (grow / np.linalg.norm(grow)).astype(np.float32))
+    common = ["--gan", "toy", "--latents", "prior", "--direction", direction, "--n", "40", "--shard-size", "20",
+              "--batch-size", "32", "--seed", "3", "--no-histogram-filter"]
+    res = invoke(*common, "--max-fg", "auto", "--out", tmp_path / "auto", "--name", "a")
+    assert res.exit_code == 0, res.output
+    filters = json.loads((tmp_path / "auto" / "a.json").read_text())["params"]["filters"]
+    auto = filters["max_fg_auto"]
+    assert filters["max_fg_fraction"] == auto["value"] > 0.5 and auto["samples"] == 256
+    assert auto["value"] >= auto["median_fg"]  # the 0.9 quantile sits above the median
+    fractions = [float(s["mask"].mean()) for p in sorted((tmp_path / "auto").glob("a-*.tar.zst"))
+                 for s in iter_samples(str(p))]
+    assert len(fractions) == 40 and max(fractions) <= auto["value"] and max(fractions) > 0.5
+    paper = invoke(*common, "--out", tmp_path / "paper", "--name", "p")
+    assert paper.exit_code == 0, paper.output
+    m = json.loads((tmp_path / "paper" / "p.json").read_text())
+    assert m["params"]["filters"]["max_fg_fraction"] == 0.5 and "max_fg_auto" not in m["params"]["filters"]
+    assert m["totals"]["rejected"]["size"] > 0
+    # the bound is a function of the params and the seed: a second run writes the same bytes
+    again = invoke(*common, "--max-fg", "auto", "--out", tmp_path / "again", "--name", "a")
+    assert again.exit_code == 0, again.output
+    for p in sorted((tmp_path / "auto").glob("a-*.tar.zst")):
+        assert (tmp_path / "again" / p.name).read_bytes() == p.read_bytes()
