@@ -4,6 +4,8 @@
     [paper]    the paper's own numbers for this row, per dataset: { max_f, iou, acc } or { max_box_acc } ...
     [discover] optional: `find-direction discover` options, for a GAN without a known direction
     [rank]     optional, with [discover]: `find-direction rank` options; its winner is `@direction`
+    [optimize] optional, instead of [discover] + [rank]: `find-direction optimize` options; its
+               direction is `@direction`
     [generate] gen-synth options (flag names without the leading dashes), or
     [import]   shardset-import options (Table 6: masks from an external saliency model)
     [train]    train-unet options
@@ -13,7 +15,7 @@
 Values starting with `@` are filled in by the runner: `@demo-images` (a generated folder of images with
 masks, see demo_data.py), `@shards` (the shard set this recipe generated), `@shared:NAME`
 (`../shared/data/NAME` when present, dropped otherwise), `@discovered` (the directions [discover]
-learnt) and `@direction` (the direction [rank] picked).
+learnt) and `@direction` (the direction [rank] picked, or [optimize] fitted).
 
 Recipes of the paper's tables have `table` "1".."6"; other recipes (a GAN the paper did not use) name
 their own table, e.g. "extra"."""
@@ -27,7 +29,7 @@ from pathlib import Path
 from core.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-STAGES = ("discover", "rank", "generate", "import", "train", "evaluate")
+STAGES = ("discover", "rank", "optimize", "generate", "import", "train", "evaluate")
 PAPER_TABLES = ("1", "2", "3", "4", "5", "6")
 
 
@@ -78,6 +80,8 @@ def load_recipe(name_or_path: str, *, tiny: bool = False) -> Recipe:
             raise RecipeError(f"{path}: [{s}] is missing")
     if ("discover" in stages) != ("rank" in stages):
         raise RecipeError(f"{path}: [discover] and [rank] come together (rank picks among what discover learnt)")
+    if "optimize" in stages and "discover" in stages:
+        raise RecipeError(f"{path}: give [optimize] or [discover] + [rank], not both (each makes @direction)")
     unknown = set(data) - {"recipe", "paper", "tiny", *STAGES}
     if unknown:
         raise RecipeError(f"{path}: unknown sections {sorted(unknown)}; known: recipe, paper, tiny, {', '.join(STAGES)}")

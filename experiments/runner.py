@@ -35,12 +35,14 @@ log = logging.getLogger(__name__)
 ENTRY_POINTS = {
     "discover": ("generator.directions_cli:main", "discover"),
     "rank": ("generator.directions_cli:main", "rank"),
+    "optimize": ("generator.directions_cli:main", "optimize"),
     "generate": ("generator.cli:main", None),
     "import": ("shardset.cli:cli", "import"),
     "train": ("trainer.cli:main", None),
     "evaluate": ("evaluator.cli:main", None),
 }
-TOOLS = {"discover": "find-direction discover", "rank": "find-direction rank", "generate": "gen-synth",
+TOOLS = {"discover": "find-direction discover", "rank": "find-direction rank",
+         "optimize": "find-direction optimize", "generate": "gen-synth",
          "import": "shardset import", "train": "train-unet", "evaluate": "eval-seg"}
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BGW_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -148,7 +150,7 @@ class Workspace:
             return value
         if value in ("@discovered", "@direction"):
             if not found or value not in found:
-                raise StageError(f"{value} used before the stage that makes it ([discover], then [rank])")
+                raise StageError(f"{value} used before the stage that makes it ([discover] then [rank], or [optimize])")
             return found[value]
         if value == "@demo-images":
             return f"folder:{self.demo_images()}"
@@ -188,7 +190,7 @@ class RunOptions:
 class Stage:
     """One step of a recipe for one seed (or for all: seed None), with its folder and command."""
 
-    kind: str  # discover, rank, generate, import, train, evaluate
+    kind: str  # discover, rank, optimize, generate, import, train, evaluate
     seed: int | None
     opts: dict  # the resolved options (the recipe's keys)
     folder: Path
@@ -216,7 +218,7 @@ def _stage_opts(kind: str, raw: dict, options: RunOptions, ws: Workspace, **plac
     """A stage's options with placeholders resolved and the run's overrides applied."""
     opts = {k: ws.resolve(v, **placeholders) for k, v in raw.items()}
     params = {p.name for p in command_of(kind).params}
-    if options.gan and kind in ("discover", "rank", "generate"):
+    if options.gan and kind in ("discover", "rank", "optimize", "generate"):
         opts["gan"] = options.gan
     if options.data_root and "data_root" in params and "data_root" not in opts:
         opts["data_root"] = options.data_root
@@ -249,6 +251,12 @@ def plan_recipe(recipe: Recipe, ws: Workspace, options: RunOptions = RunOptions(
         stages.append(Stage("rank", None, rank, rank_dir, resumable=False, key=rank_key,
                             args=lambda resume, o=rank, d=rank_dir: stage_args("rank", {**o, "out": str(d)})))
         found["@direction"] = str(rank_dir / "direction.npy")
+    if recipe.stage("optimize") is not None:
+        opt = _stage_opts("optimize", recipe.stage("optimize"), options, ws)
+        opt_dir = _folder(ws, "optimize", _key(opt))
+        stages.append(Stage("optimize", None, opt, opt_dir, resumable=False, key=_key(opt),
+                            args=lambda resume, o=opt, d=opt_dir: stage_args("optimize", {**o, "out": str(d)})))
+        found["@direction"] = str(opt_dir / "direction.npy")
     data_stages: dict[int | None, Stage] = {}
     for seed in seeds:
         data_seed = seed if per_seed_data else None

@@ -126,7 +126,8 @@ def test_recipes_are_valid_toml_with_known_sections():
 
     for path in RECIPES_DIR.glob("*.toml"):
         data = tomllib.loads(path.read_text())
-        assert set(data) <= {"recipe", "paper", "tiny", "discover", "rank", "generate", "import", "train", "evaluate"}
+        assert set(data) <= {"recipe", "paper", "tiny", "discover", "rank", "optimize", "generate", "import", "train",
+                             "evaluate"}
 
 
 def test_the_dcgan_recipe_finds_its_own_direction():
@@ -136,6 +137,22 @@ def test_the_dcgan_recipe_finds_its_own_direction():
     assert r.stage("rank")["candidates"] == "@discovered" and r.stage("generate")["direction"] == "@direction"
     assert r.stage("generate")["latents"] == "prior"  # the DCGAN has no encoder
     assert r.stage("discover")["directions"] <= 100
+
+
+def test_the_dcgan_optimize_recipe_takes_no_human_choice():
+    r = load_recipe("extra-dcgan-faces-optimize")
+    assert r.table not in PAPER_TABLES and r.stage("discover") is None
+    assert r.stage("optimize")["gan"] == r.stage("generate")["gan"] == "dcgan-faces"
+    assert set(r.stage("optimize")) <= {"gan", "seed"}  # the method's own defaults, nothing tuned
+    assert r.stage("generate")["direction"] == "@direction" and r.stage("generate")["max_fg"] == "auto"
+
+
+def test_optimize_and_discover_do_not_mix(tmp_path):
+    bad = tmp_path / "both.toml"
+    bad.write_text('[recipe]\ntable = "x"\nrow = "x"\n[discover]\n[rank]\n[optimize]\n[generate]\n[train]\n'
+                   '[evaluate]\n')
+    with pytest.raises(RecipeError, match="not both"):
+        load_recipe(str(bad))
 
 
 def _cli(*args):

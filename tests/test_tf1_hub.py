@@ -129,3 +129,19 @@ def test_discover_steps_reach_the_directions(offline_bigbigan, tmp_path):
     # TF1 module's `generate` can have moved them
     assert np.abs(learned - start).max() > 1e-3
     np.testing.assert_allclose(learned @ learned.T, np.eye(4), atol=1e-5)
+
+
+def test_optimize_steps_reach_the_direction(offline_bigbigan, tmp_path):
+    from generator import optimize as op
+    from generator.directions_cli import main
+
+    out = tmp_path / "opt"
+    res = CliRunner().invoke(main, ["optimize", "--gan", "bigbigan", "--steps", "3", "--batch-size", "4",
+                                    "--samples", "4", "--lr", "0.05", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    learned = np.load(out / "direction.npy")
+    start = op.initial_direction(op.OptimizeConfig(), 120)
+    # three Adam steps of lr 0.05 move d, and only the gradient through the TF1 module's `generate`
+    # can have moved it
+    assert learned.shape == (120,) and np.abs(learned - start).max() > 1e-3
+    assert np.linalg.norm(learned) == pytest.approx(1.0, abs=1e-5)
