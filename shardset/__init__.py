@@ -5,7 +5,8 @@ It imports `core` (atomic writes, the user-image reader, UserError) and no other
 
     format.py    member names, encodings, keys, shard file names, Limits, FORMAT_VERSION, the errors
     codec.py     encode/decode one sample's members; image headers checked before decoding
-    manifest.py  manifest schema v1: build, validate, load, atomic write, fingerprint
+    manifest.py  manifest schema v1: build, validate (check_counts: the one rule for its counts), load,
+                 atomic write, fingerprint
     writer.py    ShardSetWriter: atomic shards + per-shard records + manifest; resume; parallel workers
     lock.py      flock on a lock file naming its holder (one writer per set, one trainer per run folder)
     reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples; shards
@@ -35,7 +36,8 @@ from .format import (
     shard_filename,
 )
 from .lock import LockHeldError
-from .manifest import ManifestError, canonical_manifest, load_manifest, manifest_fingerprint, validate_manifest
+from .manifest import (ManifestError, canonical_manifest, check_counts, incomplete_reason, load_manifest,
+                       manifest_fingerprint, validate_manifest)
 from .reader import iter_raw_samples, iter_samples
 from .urls import ShardSetRef, expand_braces, open_url, resolve
 from .verify import verify_set
@@ -56,9 +58,11 @@ __all__ = [
     "ShardSetRef",
     "ShardSetWriter",
     "canonical_manifest",
+    "check_counts",
     "decode_sample",
     "encode_sample",
     "expand_braces",
+    "incomplete_reason",
     "iter_raw_samples",
     "iter_samples",
     "load_manifest",

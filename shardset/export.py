@@ -6,8 +6,8 @@ place last, so its presence marks a finished export.
 `export_plain_tar`: each shard decompressed to NAME-000123.tar (the same tar bytes `zstd -d` gives),
 and NAME.json, a manifest of the plain tars (format `bgw-shardset-plain-tar`: their names, sizes,
 sha256, samples and split), renamed into place last. Every shard is checked against its manifest
-record and its members against the format while it streams, so a plain tar holds only what a
-shard may hold.
+record and every sample decoded as `shardset verify` decodes it while it streams, so a plain tar
+holds only what a shard may hold.
 
 Either export, when it fails (a refused shard, a full disk), removes every file and folder it made,
 so nothing half-written is left that looks complete; files that were in --out before are not removed.
@@ -27,10 +27,11 @@ import numpy as np
 
 from core.atomic import atomic_write_text, fsync_dir
 
-from .format import (PLAIN_TAR_FORMAT, PLAIN_TAR_VERSION, SPLITS, Limits, ShardError, ShardSetError,
+from .codec import decode_sample
+from .format import (PLAIN_TAR_FORMAT, PLAIN_TAR_VERSION, SPLITS, Limits, ShardSetError,
                      ShardSetExistsError, manifest_filename, plain_tar_filename, plain_tar_glob)
 from .manifest import dumps
-from .reader import iter_raw, iter_samples, open_shard
+from .reader import check_sample_count, iter_raw, iter_samples, open_shard
 from .urls import ShardSetRef, resolve
 
 
@@ -135,14 +136,16 @@ def _plain_tar(url: str, record: dict, tmp: Path, filename: str, limits: Limits)
     with open_shard(url, limits, expect=record) as zs, open(tmp, "xb") as f:
         tee = _Tee(zs, f)
         stream = io.BufferedReader(tee, 1 << 16)
-        samples = sum(1 for _ in iter_raw(stream, url, limits))
+        samples = 0
+        for raw in iter_raw(stream, url, limits):
+            decode_sample(raw, limits)  # what verify and every reader require of a sample (an image, ...)
+            samples += 1
         while stream.read(1 << 20):  # the end-of-archive blocks: a plain tar is the whole stream
             pass
         zs.check()
         f.flush()
         os.fsync(f.fileno())
-    if samples != record["samples"]:
-        raise ShardError(url, f"holds {samples} samples, its manifest record says {record['samples']}")
+    check_sample_count(url, samples, record)
     return {"index": record["index"], "file": filename, "split": record["split"], "samples": samples,
             "bytes": tee.count, "sha256": tee.sha256.hexdigest(), "source_file": record["file"],
             "source_sha256": record["sha256"]}

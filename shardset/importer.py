@@ -161,6 +161,8 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
             raise ShardSetError(f"{what} folder {d} does not exist")
     if not isinstance(size, int) or size < 8:
         raise ShardSetError(f"size must be an int >= 8, got {size!r}")
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ShardSetError(f"shard_size must be an int >= 1, got {shard_size!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ShardSetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not isinstance(max_pixels, int) or max_pixels < 1:
@@ -183,9 +185,11 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
         "dataset_fingerprint": folder_fingerprint(pairs),
         "max_image_pixels": max_pixels,  # decides which pairs are skipped, so it is part of the set
     }
-    writer_kwargs = dict(out_dir=out, name=name, encoding=encoding, shard_size=shard_size, params=params, seed=seed)
+    plan = plan_shards(len(pairs), shard_size, val_fraction, seed)
+    planned = {"shards": len(plan), "pairs": len(pairs)}
+    writer_kwargs = dict(out_dir=out, name=name, encoding=encoding, shard_size=shard_size, params=params, seed=seed,
+                         planned=planned)
     with ShardSetWriter(**writer_kwargs, mode=mode) as writer:
-        plan = plan_shards(len(pairs), shard_size, val_fraction, seed)
         done = writer.completed()
         todo = [(k, split, idx) for k, (split, idx) in enumerate(plan) if k not in done]
         if progress:
@@ -209,4 +213,4 @@ def import_folder(images: str | os.PathLike, masks: str | os.PathLike, out: str 
                             progress(n)
         finally:
             _WORKER.clear()
-        return writer.finalize(planned={"shards": len(plan), "pairs": len(pairs)})
+        return writer.finalize(planned=planned)

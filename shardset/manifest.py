@@ -22,7 +22,7 @@ from core.atomic import atomic_write_text, fsync_dir  # noqa: F401  (re-exported
 from core.version import package_version
 
 from .format import (ENCODINGS, FORMAT_NAME, FORMAT_VERSION, NAME_RE, PLAIN_TAR_FORMAT, SHARD_FILE_RE, SPLITS,
-                     ShardSetError, shard_filename)
+                     Limits, ShardSetError, shard_filename)
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +172,85 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> dict:
         if rec["index"] in seen:
             fail(f"shard index {rec['index']} is listed twice")
         seen.add(rec["index"])
-    totals = manifest["totals"]
-    if totals.get("samples") != sum(r["samples"] for r in manifest["shards"]) or totals.get("shards") != len(
-        manifest["shards"]
-    ):
-        fail("totals do not match the shard list")
+    check_counts(manifest, where)
     if manifest["fingerprint"] != manifest_fingerprint(manifest):
         fail("fingerprint does not match the shard list (edited by hand?)")
     return manifest
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def check_counts(manifest: dict, where: str = "manifest", limits: Limits = Limits()) -> None:
+    """The one rule for a manifest's counts; ManifestError names the first field that breaks it.
+
+    Every reader of a manifest gets it through `validate_manifest` (verify, export, the trainer's
+    and benchdata's shard resolution) and every writer through `write_manifest` (gen-synth,
+    import), so no tool acts on a count another refuses. Each shard holds 0..shard_size samples,
+    and shard_size is at most `limits.max_samples`, which the reader enforces per shard anyway;
+    counts are non-negative integers; a shard draws at least the samples it keeps; totals and
+    splits are the sums of the shard list; a plan covers every listed index; a complete set holds
+    exactly its planned shards. (That a shard really holds its record's count is checked when it
+    is read to its end: `reader.check_sample_count`.)"""
+
+    def fail(msg: str):
+        raise ManifestError(f"{where}: {msg}; the manifest is corrupt or was edited: get an intact copy of the set")
+
+    shard_size, shards = manifest["shard_size"], manifest["shards"]
+    if not _is_count(shard_size) or not 1 <= shard_size <= limits.max_samples:
+        fail(f"shard_size {shard_size!r} is not a whole number in 1..{limits.max_samples} (Limits.max_samples)")
+    for i, rec in enumerate(shards):
+        for key in ("samples", "bytes", "drawn"):
+            if not _is_count(rec[key]):
+                fail(f"shards[{i}].{key} {rec[key]!r} is not a count")
+        if rec["samples"] > shard_size:
+            fail(f"shards[{i}] ({rec['file']}) claims {rec['samples']} samples, over the set's shard_size {shard_size}")
+        if rec["drawn"] < rec["samples"]:
+            fail(f"shards[{i}] ({rec['file']}) keeps {rec['samples']} samples of {rec['drawn']} drawn")
+        if not all(isinstance(k, str) and _is_count(v) for k, v in rec["rejected"].items()):
+            fail(f"shards[{i}].rejected is not a table of counts")
+    totals = manifest["totals"]
+    sums = {"shards": len(shards), "samples": sum(r["samples"] for r in shards),
+            "bytes": sum(r["bytes"] for r in shards), "drawn": sum(r["drawn"] for r in shards),
+            "rejected": _sum_rejected(shards)}
+    for key, value in sums.items():
+        if totals.get(key) != value:
+            fail(f"totals.{key} is {totals.get(key)!r}, the shard list sums to {value!r}")
+    splits = manifest["splits"]
+    for split in SPLITS:
+        mine = [r for r in shards if r["split"] == split]
+        want = {"shards": sorted(r["index"] for r in mine), "samples": sum(r["samples"] for r in mine)}
+        got = splits.get(split) if isinstance(splits.get(split), dict) else {}
+        if sorted(got.get("shards") or []) != want["shards"] or got.get("samples") != want["samples"]:
+            fail(f"splits.{split} does not match the shard list ({len(mine)} shards, {want['samples']} samples)")
+    planned = manifest.get("planned")
+    if planned is not None and not isinstance(planned, dict):
+        fail("planned must be an object or null")
+    planned_shards = (planned or {}).get("shards")
+    if planned_shards is not None:
+        if not _is_count(planned_shards):
+            fail(f"planned.shards {planned_shards!r} is not a count")
+        beyond = [r["index"] for r in shards if r["index"] >= planned_shards]
+        if beyond:
+            fail(f"shard {beyond[0]} is listed, past the {planned_shards} planned")
+        if manifest["complete"] and len(shards) != planned_shards:
+            fail(f"complete is true with {len(shards)} of {planned_shards} planned shards")
+    planned_samples = (planned or {}).get("samples")
+    if planned_samples is not None and (not _is_count(planned_samples) or sums["samples"] > planned_samples):
+        fail(f"planned.samples {planned_samples!r} is not a count of at least the {sums['samples']} samples listed")
+
+
+def incomplete_reason(manifest: dict) -> str | None:
+    """How an incomplete set falls short, e.g. "complete: false, 5 of 8 planned shards written";
+    None for a complete set. Used by `shardset verify` and the trainer alike."""
+    if manifest["complete"]:
+        return None
+    n = len(manifest["shards"])
+    planned = (manifest.get("planned") or {}).get("shards")
+    if planned is None:
+        return f"complete: false, {n} shards written; its writer recorded no plan, so how many are missing is unknown"
+    return f"complete: false, {n} of {planned} planned shards written"
 
 
 def parse_manifest(text: str | bytes, where: str = "manifest") -> dict:

@@ -7,7 +7,8 @@ decoded by `codec.decode_sample`. Every failure is a `ShardError` naming the sha
 
 Integrity: `open_shard(url, expect=record)` (a manifest shard record, `ShardSetRef.record(url)`)
 hashes the compressed bytes as the decoder pulls them, so no extra pass over the file; when the
-stream reaches its end, a size or sha256 that differs from the record is a `ShardError`. A shard
+stream reaches its end, a size or sha256 that differs from the record is a `ShardError`, and so
+is (in `iter_raw_samples`) a sample count that differs. A shard
 read only in part (a reader that stops early) is not checked; one without a record never is.
 """
 from __future__ import annotations
@@ -264,16 +265,26 @@ def open_shard(url: str, limits: Limits = Limits(), expect: dict | None = None) 
         raise
 
 
+def check_sample_count(url: str, count: int, expect: dict | None) -> None:
+    """A shard read to its end holds the number of samples its manifest record says (no check
+    without a record). Its bytes matched the record's sha256 by then, so a different count means
+    the manifest's count was edited: every reader refuses to go on, as `shardset verify` does."""
+    if expect is not None and count != expect.get("samples", count):
+        raise ShardError(url, f"holds {count} samples, its manifest record says {expect['samples']}: the "
+                              "manifest does not describe this shard; run `shardset verify`")
+
+
 def iter_raw_samples(url: str, *, limits: Limits = Limits(), expect: dict | None = None) -> Iterator[dict]:
     """Raw (undecoded) samples of one shard; with `expect`, checked against its manifest record
-    once the last member is read (before the last sample is handed out)."""
+    (bytes, sha256, sample count) once the last member is read (before the last sample is handed out)."""
     with open_shard(url, limits, expect) as zs:
-        last = None
+        last, count = None, 0
         for raw in iter_raw(io.BufferedReader(zs, 1 << 16), url, limits):
             if last is not None:
                 yield last
-            last = raw
+            last, count = raw, count + 1
         zs.check()
+        check_sample_count(url, count, expect)
         if last is not None:
             yield last
 

@@ -43,7 +43,7 @@ def write_set(out_dir: str | os.PathLike, name: str, sizes: list[int], samples_o
     gives a shard's stats (default: n drawn). Returns the final manifest."""
     shards = len(sizes)
     with ShardSetWriter(out_dir, name, encoding=encoding, shard_size=shard_size or max(sizes), params=params,
-                        seed=seed) as w:
+                        seed=seed, planned={"shards": shards}) as w:
         for k in order if order is not None else range(shards):
             w.write_shard(k, samples_of(k, sizes[k]), split="val" if k >= shards - val_shards else "train",
                           stats=stats_of(k, sizes[k]) if stats_of else {"drawn": sizes[k]})

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from .format import Limits, ShardError
-from .reader import iter_samples
+from .manifest import incomplete_reason
+from .reader import check_sample_count, iter_samples
 from .urls import ShardSetRef, open_url, resolve
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,7 @@ def verify_shard(url: str, record: dict | None, *, decode: bool = True, limits: 
         if decode:
             for _ in iter_samples(url, limits=limits):
                 n += 1
-            if record is not None and n != record["samples"]:
-                return ShardReport(url, False, n, f"{n} samples, manifest says {record['samples']}")
+            check_sample_count(url, n, record)
         return ShardReport(url, True, n if decode else (record or {}).get("samples", 0))
     except ShardError as exc:
         return ShardReport(url, False, reason=exc.reason)
@@ -90,10 +90,8 @@ def set_problems(ref: ShardSetRef) -> list[str]:
     if m is None:
         return []
     out = []
-    if not m["complete"]:
-        planned = (m.get("planned") or {}).get("shards", "?")
-        out.append(f"incomplete: the manifest says complete: false ({len(m['shards'])} of {planned} planned "
-                   "shards written); its writer stopped early or is still running")
+    if (short := incomplete_reason(m)) is not None:
+        out.append(f"incomplete: the manifest says {short}; its writer stopped early or is still running")
     selected = {u.rsplit("/", 1)[-1] for u in ref.urls}
     left_out = [r["file"] for r in m["shards"] if r["file"] not in selected]
     if left_out:

@@ -4,7 +4,7 @@ Layout in `out_dir`:
 
     NAME-000000.tar.zst ...      the shards (tar, one zstd frame, members sorted, fixed tar headers)
     NAME.json                    the manifest, rebuilt from the records after every shard
-    .NAME.records/set.json       the set header (name, params, seed, encoding, created, tool)
+    .NAME.records/set.json       the set header (name, params, seed, encoding, created, tool, planned)
     .NAME.records/000123.json    one record per finished shard: the commit marker
 
     NAME.lock                    who writes the set (see "Writers of one set" below)
@@ -225,11 +225,15 @@ class ShardSetWriter:
 
     lock: "exclusive" or "shared" (default: shared for "resume", exclusive otherwise); see the
     module docstring. Use the writer as a context manager, or call `close()`, to release it.
+
+    planned: what the producer plans, e.g. {"shards": 100}, kept in the set header so that every
+    manifest says it from the first shard on: a set whose writer stopped early then says how many
+    shards it lacks. `finalize(planned)` may still give it at the end instead.
     """
 
     def __init__(self, out_dir: str | os.PathLike, name: str, *, encoding: str = DEFAULT_ENCODING,
                  shard_size: int = 1000, params: dict | None = None, seed: int = 0, mode: str = "new",
-                 lock: str | None = None):
+                 lock: str | None = None, planned: dict | None = None):
         self.out_dir = Path(out_dir)
         self.name = check_name(name)
         self.encoding = check_encoding(encoding)
@@ -258,6 +262,8 @@ class ShardSetWriter:
 
         header = {"name": name, "params": params, "seed": self.seed, "shard_size": shard_size,
                   "encoding": encoding}
+        if planned is not None:
+            header["planned"] = json.loads(dumps(dict(planned)))
         with self._lock():
             if mode == "overwrite":
                 self._delete_set()
@@ -279,6 +285,10 @@ class ShardSetWriter:
                     self.close()
                     raise ShardSetError(f"cannot resume {self.manifest_path}: this run's settings differ from "
                                      f"the set's in {', '.join(diffs[:3])}{more}")
+                if planned is not None and self.header.get("planned") != header["planned"]:
+                    # a set begun before writers recorded their plan: the header holds this run's
+                    self.header["planned"] = header["planned"]
+                    atomic_write_text(header_path, dumps(self.header))
             else:
                 self.records_dir.mkdir(parents=True, exist_ok=True)
                 self.header = {**header, "created": utc_now(), "tool": tool_info()}
@@ -402,6 +412,7 @@ class ShardSetWriter:
 
     def _rebuild_manifest(self, *, planned: dict | None = None, finalized: bool = False) -> dict:
         with self._lock():
+            planned = planned if planned is not None else self.header.get("planned")
             manifest = build_manifest(self.header, self._records(), planned=planned, finalized=finalized)
             write_manifest(self.manifest_path, manifest)
         return manifest

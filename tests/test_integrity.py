@@ -155,7 +155,7 @@ def test_verify_fails_an_incomplete_set(tmp_path):
     manifest = _incomplete(tmp_path)
     report = verify_set(str(manifest))
     assert not report.ok and not report.bad
-    assert report.problems == ["incomplete: the manifest says complete: false (2 of 4 planned shards written); "
+    assert report.problems == ["incomplete: the manifest says complete: false, 2 of 4 planned shards written; "
                                "its writer stopped early or is still running"]
     res = CliRunner().invoke(cli, ["verify", str(manifest)])
     assert res.exit_code == 1, res.output
@@ -181,7 +181,7 @@ def test_trainer_refuses_an_incomplete_set_unless_allowed(tmp_path, caplog):
     with pytest.raises(DataError) as e:
         resolve_shards([str(manifest)])
     assert str(e.value) == (f"--shards {str(manifest)!r} is an incomplete set (its manifest says complete: false, "
-                            "2 of 4 planned shards); finish it (e.g. gen-synth --resume) or pass --allow-incomplete "
+                            "2 of 4 planned shards written); finish it (e.g. gen-synth --resume) or pass --allow-incomplete "
                             "to train on the shards it has")
     with caplog.at_level(logging.WARNING, logger="trainer.data"):
         src = resolve_shards([str(manifest)], allow_incomplete=True)

@@ -136,6 +136,7 @@ def test_plain_tar_export_refuses_members_the_format_does_not_allow(shard_set, t
         dst.addfile(info, io.BytesIO(payload))
     shard.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
     m["shards"][0].update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+    m["totals"]["bytes"] = sum(r["bytes"] for r in m["shards"])
     m["fingerprint"] = manifest_fingerprint(m)
     manifest_path.write_text(json.dumps(m))
     with pytest.raises(ShardError, match="unexpected tar member 's-000000-000000.payload.pyd'"):

@@ -21,6 +21,7 @@ from segmodel.checkpoint import (  # noqa: F401  (CKPT_DIR, LAST, find_sidecar: 
     LAST,
     CheckpointError,
     atomic_write_json,
+    checkpoint_stem,
     find_sidecar,
     read_verified,
 )
@@ -40,7 +41,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta
         buf = io.BytesIO()
         torch.save(train_state, buf)
         extra["state"] = (STATE_SUFFIX, buf.getvalue())
-    sidecar_path = save_weights(run_dir, step, model, meta, extra)
+    try:
+        sidecar_path = save_weights(run_dir, step, model, meta, extra)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # a write that fails (a full disk) names no file; every file of this checkpoint has this stem
+        raise OSError(exc.errno, exc.strerror, f"{Path(run_dir) / CKPT_DIR / checkpoint_stem(step)}.*") from None
     if train_state is not None:
         _prune_states(sidecar_path.parent, keep=sidecar_path.name)
     if keep:

@@ -8,6 +8,7 @@ the library.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -114,6 +115,11 @@ def main(shards, out, resume, config_file, verbose, **fields):
 
     try:
         summary = train(config, resume=resume, on_step=on_step if rank == 0 else None)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno != errno.ENOSPC:
+            raise
+        # metrics.jsonl, tb/ and val-grid.png fail naming no file when the disk fills: name the run
+        raise OSError(exc.errno, exc.strerror, config.out) from None
     finally:
         if bar is not None:
             bar.close()

@@ -124,10 +124,8 @@ def _check_set(spec: str, ref, allow_incomplete: bool) -> None:
         log.warning("--shards %r has no manifest (no NAME.json beside the shards): its %d shards are unverified "
                     "(no sha256 to check them against), and all train, none validate", spec, len(ref.urls))
         return
-    if not m["complete"]:
-        planned = (m.get("planned") or {}).get("shards", "?")
-        what = (f"--shards {spec!r} is an incomplete set (its manifest says complete: false, "
-                f"{len(m['shards'])} of {planned} planned shards)")
+    if (short := shardset.incomplete_reason(m)) is not None:
+        what = f"--shards {spec!r} is an incomplete set (its manifest says {short})"
         if not allow_incomplete:
             raise DataError(f"{what}; finish it (e.g. gen-synth --resume) or pass --allow-incomplete to train "
                             "on the shards it has")
