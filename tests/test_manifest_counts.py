@@ -78,17 +78,24 @@ def test_a_count_past_the_rule_is_refused_by_every_tool_alike(shard_set, tmp_pat
     assert "\n" not in str(err.value)
 
 
+def _pairs(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """A folder pair of `n` 16x16 images and masks for `shardset import`."""
+    import cv2
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+        cv2.imwrite(str(masks / f"{i}.png"), np.full((16, 16), 255, np.uint8))
+    return images, masks
+
+
 def test_a_writer_refuses_a_record_past_the_rule(tmp_path):
     """An import resumed on a set whose shard record was edited stops at the same rule."""
     from shardset.importer import import_folder
 
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir(), masks.mkdir()
-    for i in range(3):
-        import cv2
-
-        cv2.imwrite(str(images / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
-        cv2.imwrite(str(masks / f"{i}.png"), np.full((16, 16), 255, np.uint8))
+    images, masks = _pairs(tmp_path, 3)
     import_folder(images, masks, tmp_path / "out", "imp", size=16, shard_size=2, val_fraction=0.0)
     record = tmp_path / "out" / ".imp.records" / "000000.json"
     rec = json.loads(record.read_text())
@@ -179,15 +186,9 @@ def test_an_unfinished_set_says_how_many_shards_were_planned(tmp_path):
 
 
 def test_an_interrupted_import_records_its_plan(tmp_path, monkeypatch):
-    import cv2
-
     from shardset import importer
 
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir(), masks.mkdir()
-    for i in range(5):
-        cv2.imwrite(str(images / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
-        cv2.imwrite(str(masks / f"{i}.png"), np.full((16, 16), 255, np.uint8))
+    images, masks = _pairs(tmp_path, 5)
     real = importer._import_shard
 
     def stop_after_first(index, split, idx):
