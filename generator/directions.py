@@ -26,6 +26,7 @@ from core.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pth", ".pt")
+MAX_FILE_BYTES = 4 << 20  # a direction file of any format: one vector of at most a few hundred thousand floats
 # A direction is a few hundred floats; the reader refuses a .pth file with more tensor data
 TORCH_MAX_BYTES = 1 << 20
 
@@ -99,8 +100,15 @@ def load_direction(path: str | os.PathLike, dim: int | None = None) -> tuple[np.
     """Read a direction file (.npy, or .pth/.pt with torch) -> (float32 unit vector [D],
     sha256 hex digest of the file's bytes). `dim`, when given, is the required length."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the open, a device read for ever
+        raise DirectionError(f"{path}: not a regular file; pass a .npy or .pth direction file")
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            # a direction is a few hundred floats: read no more than the reader's budget allows
+            data = fh.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise DirectionError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a direction file holds one "
+                                 f"vector [D] (a few KB)")
     except FileNotFoundError:
         raise DirectionError(f"{path}: no such direction file; pass a .npy or .pth file "
                              f"that exists") from None

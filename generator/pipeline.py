@@ -60,7 +60,7 @@ def _lock_mode(cfg: GenConfig) -> str:
     return "shared" if cfg.nodes > 1 else "exclusive"
 
 
-def _open_writer(cfg: GenConfig, params: dict):
+def _open_writer(cfg: GenConfig, params: dict, plan: Plan):
     from shardset import LockHeldError, ShardSetError, ShardSetExistsError, ShardSetWriter
 
     # Nodes of a multi-node run share one folder: each joins the set (same params) and
@@ -70,7 +70,8 @@ def _open_writer(cfg: GenConfig, params: dict):
         mode = "overwrite"  # a set header from a run that wrote nothing (e.g. stopped by the filters)
     try:
         return ShardSetWriter(cfg.out, cfg.name, encoding=cfg.encoding, shard_size=cfg.shard_size,
-                              params=params, seed=cfg.seed, mode=mode, lock=_lock_mode(cfg))
+                              params=params, seed=cfg.seed, mode=mode, lock=_lock_mode(cfg),
+                              planned=plan.planned(cfg.n))
     except LockHeldError as exc:
         raise GenerationError(str(exc)) from None
     except ShardSetExistsError:
@@ -129,7 +130,7 @@ def run(config: GenConfig, progress: Callable[[int, int], None] | None = None) -
     inputs = load_inputs(cfg)
     if inputs.size_bound is not None:  # --max-fg auto, measured: the filters use the number
         cfg = dataclasses.replace(cfg, max_fg=inputs.size_bound)
-    writer = _open_writer(cfg, inputs.params)
+    writer = _open_writer(cfg, inputs.params, plan)
     try:  # the set's lock is released however the run ends, so a rerun in this process may take it
         return _run_locked(cfg, plan, inputs, writer, progress)
     finally:

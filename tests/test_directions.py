@@ -135,3 +135,18 @@ def test_saved_bytes_are_reproducible(tmp_path):
     a = D.save_direction(tmp_path / "a.npy", VEC)
     b = D.save_direction(tmp_path / "b.npy", VEC.astype(np.float64) * 2)
     assert a == b  # same unit vector, same bytes, same sha256 for the manifest
+
+
+def test_oversized_and_special_files_are_refused_before_reading(tmp_path):
+    import os
+
+    from generator.directions import MAX_FILE_BYTES, DirectionError, load_direction
+
+    big = tmp_path / "big.npy"
+    np.save(big, np.ones(MAX_FILE_BYTES // 4 + 16, np.float32))
+    with pytest.raises(DirectionError, match="larger than"):
+        load_direction(big)
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)  # an open() would wait for a writer for ever
+    with pytest.raises(DirectionError, match="not a regular file"):
+        load_direction(fifo)
