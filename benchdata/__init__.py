@@ -5,7 +5,8 @@ numpy + OpenCV only; it imports `core` and no other package of this project (a s
 split is read through the `shard_sets` reader its callers pass: shardset.open_split).
 
     io.py           DatasetError, ImageSkipped, read_image, read_gt (core.images' reader, pixel limit)
-    protocols.py    crop128 / short128: prepare_image, prepare_gt, restore_map, gt_foreground, eval_gt
+    protocols.py    crop / short at a size (crop128 / short128: the paper's): prepare_image, prepare_gt,
+                    restore_map, full_size_map, gt_foreground, eval_gt
     datasets.py     Item, Dataset, the registry of named layouts, get_dataset, folder:PATH, shards:SET
     predictions.py  iter_model_maps: a model's maps over a dataset under its protocol
 """
