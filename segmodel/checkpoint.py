@@ -4,8 +4,9 @@ the trainer, read for inference by the evaluator. Nothing here unpickles.
 Layout of a run folder's `checkpoints/`:
 
     step-000500.safetensors   model weights and BatchNorm buffers (unwrapped model), nothing else
-    step-000500.json          sidecar: format, model args, step, shard-set fingerprint, config,
-                              `files` (name and sha256 of each data file of the checkpoint)
+    step-000500.json          sidecar: format, model args, step, `input_size` (the training
+                              resolution, pixels), shard-set fingerprint, config, `files` (name
+                              and sha256 of each data file of the checkpoint)
     last.json                 names the newest complete checkpoint; written last (commit marker)
 
 A checkpoint may carry more data files (the trainer's resume state, `step-000500.state.pt`):
@@ -13,6 +14,9 @@ A checkpoint may carry more data files (the trainer's resume state, `step-000500
 `read_verified` reads one back checked against its sha256. Every file is written to a temporary
 name and renamed into place, so a killed run leaves the previous checkpoint intact. A file whose
 sha256 differs from its sidecar is refused.
+
+`input_size_of(meta)` is the size a checkpoint learnt at, which inference feeds it at by default;
+sidecars written before it was recorded fall back to their config's `size`, else the paper's 128.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from safetensors.torch import save as st_save
 from core.atomic import atomic_write_bytes
 from core.errors import UserError, first_line
 
+from .inference import DEFAULT_INPUT_SIZE
+from .runtime import whole_size
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -37,9 +43,9 @@ FORMAT_VERSION = 1
 CKPT_DIR = "checkpoints"
 LAST = "last.json"
 
-__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "CKPT_DIR", "LAST", "save_checkpoint", "find_sidecar",
-           "read_sidecar", "read_verified", "build_model", "load_checkpoint", "load_for_inference",
-           "atomic_write_json", "checkpoint_stem"]
+__all__ = ["CheckpointError", "FORMAT", "FORMAT_VERSION", "CKPT_DIR", "LAST", "DEFAULT_INPUT_SIZE", "save_checkpoint",
+           "find_sidecar", "read_sidecar", "read_verified", "build_model", "load_checkpoint", "load_for_inference",
+           "atomic_write_json", "checkpoint_stem", "input_size_of"]
 
 
 class CheckpointError(UserError, ValueError):
@@ -65,10 +71,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta
     Returns the sidecar path.
 
     `model` must be the unwrapped UNet (not DDP, not compiled); `meta` holds the sidecar's
-    `shardset` and `config` entries and any extra facts (e.g. the latest validation numbers).
+    `input_size` (the training resolution), `shardset` and `config` entries and any extra facts
+    (e.g. the latest validation numbers).
     """
     if not isinstance(model, UNet):
         raise TypeError(f"save_checkpoint wants the unwrapped UNet, got {type(model).__name__}")
+    if meta.get("input_size") is not None and whole_size(meta["input_size"]) is None:
+        raise ValueError(f"input_size must be a whole number of pixels >= 1, got {meta['input_size']!r}")
     ckpt_dir = Path(run_dir) / CKPT_DIR
     stem = checkpoint_stem(step)
     # contiguous CPU copies: safetensors refuses shared or strided storage
@@ -135,7 +144,24 @@ def read_sidecar(sidecar_path: str | Path) -> dict:
         _model_args(model)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{sidecar_path}: bad model arguments {model} ({e})")
+    if meta.get("input_size") is not None and whole_size(meta["input_size"]) is None:
+        raise CheckpointError(f"{sidecar_path}: input_size {meta['input_size']!r} is not a size in pixels; "
+                              "fix or remove it (the training config's size is used then)")
     return meta
+
+
+def input_size_of(meta: dict) -> tuple[int, str]:
+    """(size in pixels, where it came from) of the images a checkpoint was trained on: the sidecar's
+    `input_size` ("recorded"), else its training config's `size` ("config"; sidecars written before
+    the size was recorded), else the paper's 128 ("default")."""
+    size = whole_size(meta.get("input_size"))
+    if size is not None:
+        return size, "recorded"
+    config = meta.get("config")
+    size = whole_size(config.get("size")) if isinstance(config, dict) else None
+    if size is not None:
+        return size, "config"
+    return DEFAULT_INPUT_SIZE, "default"
 
 
 def _model_args(model_meta: dict) -> dict:

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FG_PROB", "foreground_probability", "normalize_images", "normalize_images_numpy", "probability_to_uint8"]
+__all__ = ["FG_PROB", "DEFAULT_INPUT_SIZE", "foreground_probability", "normalize_images", "normalize_images_numpy",
+           "probability_to_uint8"]
+
+# The paper's training size, pixels: what a model that records no training size is taken to have
+# learnt at (segmodel.checkpoint.input_size_of, segmodel.runtime.OnnxBackend).
+DEFAULT_INPUT_SIZE = 128
 
 # The rules that turn the U-Net's two logits into the foreground probability.
 FG_PROB = {

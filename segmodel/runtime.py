@@ -15,32 +15,43 @@ in [0, 1]:
   bit); the graph holds the U-Net and the FG_PROB rule it was exported with.
 
 `predict_batch(backend, images, batch_size)` runs a list of inputs of any sizes: inputs of equal
-shape go through together, `batch_size` at a time (short128 inputs differ in aspect). torch and
+shape go through together, `batch_size` at a time (short-side inputs differ in aspect). torch and
 onnxruntime are imported inside the backends, so importing this module loads neither.
+
+A model is fed at the size it learnt by default: each backend knows its `input_size` (a
+checkpoint's sidecar, an exported file's `bgw.input_size`; older ones fall back to the training
+config's size, else the paper's 128), and `feed_size(native, native_from, asked)` says at what size
+the tools feed it and why, in one line (`asked`: `--input-size N`, parsed by `parse_input_size`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import UserError, first_line
 
-from .inference import FG_PROB, normalize_images_numpy
+from .inference import DEFAULT_INPUT_SIZE, FG_PROB, normalize_images_numpy
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "BackendError", "TorchBackend", "OnnxBackend", "open_backend", "predict_batch",
-           "resolve_device", "describe_file", "sha256_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT"]
+           "resolve_device", "describe_file", "sha256_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT",
+           "META_INPUT_SIZE", "NATIVE", "INPUT_SIZE_RANGE", "whole_size", "parse_input_size", "feed_size",
+           "checkpoint_input_size"]
 
 # The exported model's contract, named by layout and range so that a caller needs no manual:
 # float32 [N, 3, H, W] RGB scaled to [-1, 1] in, float32 [N, H, W] foreground probability out.
 ONNX_INPUT = "image_rgb_nchw_pm1"
 ONNX_OUTPUT = "foreground_prob_nhw"
 ONNX_FORMAT = "bgw-unet-onnx"  # the value of the model's `bgw.format` metadata entry
+META_INPUT_SIZE = "bgw.input_size"  # the exported model's training size, pixels
+NATIVE = "native"  # --input-size native: the model's training size
+INPUT_SIZE_RANGE = (16, 4096)  # the U-Net halves its input 4 times; the top keeps a typo from eating memory
 
 
 class BackendError(UserError):
@@ -92,11 +103,39 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def whole_size(value) -> int | None:
+    """A recorded size (a number, or its digits in metadata strings) as an int; None when it is no
+    whole number >= 1."""
+    if isinstance(value, bool):
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(size) if math.isfinite(size) and size == int(size) and size >= 1 else None
+
+
+def parse_input_size(value) -> int | None:
+    """`--input-size`: a size in pixels (an int or its digits), or None for `native`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == NATIVE):
+        return None
+    lo, hi = INPUT_SIZE_RANGE
+    size = whole_size(value.strip() if isinstance(value, str) else value)
+    if size is None or not lo <= size <= hi:
+        raise BackendError(f"--input-size {value!r}: give a size in pixels from {lo} to {hi}, or {NATIVE} "
+                           "(the model's training size)")
+    return size
+
+
 class Backend:
-    """A model that maps uint8 RGB [N, h, w, 3] inputs to float32 [N, h, w] foreground probabilities."""
+    """A model that maps uint8 RGB [N, h, w, 3] inputs to float32 [N, h, w] foreground probabilities.
+    `input_size` is the size it was trained at; `input_size_from` says how that is known: "recorded",
+    "config" (an older record's training config) or "default" (nothing recorded: the paper's)."""
 
     kind = ""
     fg_prob = "softmax"
+    input_size = DEFAULT_INPUT_SIZE
+    input_size_from = "default"
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -106,26 +145,43 @@ class Backend:
         raise NotImplementedError
 
 
+def _check_checkpoint_file(path: Path) -> None:
+    """Refuse, naming what it is, a --ckpt file that is no checkpoint (a .pt save, an image)."""
+    from .checkpoint import CheckpointError
+
+    if path.is_file() and path.suffix not in (".safetensors", ".json"):
+        raise CheckpointError(f"--ckpt {path} is {describe_file(path)}, not a train-unet checkpoint; "
+                              "give a run folder or its step-*.safetensors file (with the .json sidecar beside it)")
+
+
+def checkpoint_input_size(path: str | Path) -> tuple[int, str]:
+    """(size, how it is known: Backend.input_size_from) a checkpoint was trained at, from its sidecar
+    alone: no weights are read, so several checkpoints can be compared before any is loaded."""
+    from .checkpoint import find_sidecar, input_size_of, read_sidecar
+
+    _check_checkpoint_file(Path(path))
+    return input_size_of(read_sidecar(find_sidecar(path)))
+
+
 class TorchBackend(Backend):
     """A train-unet checkpoint on a torch device; `.fingerprint` is the sha256 of its weights file."""
 
     kind = "checkpoint"
 
     def __init__(self, path: str | Path, device: str = "auto", fg_prob: str = "softmax"):
-        from .checkpoint import CheckpointError, find_sidecar, load_for_inference
+        from .checkpoint import find_sidecar, input_size_of, load_for_inference
 
         path = Path(path)
         if fg_prob not in FG_PROB:
             raise BackendError(f"unknown foreground-probability rule {fg_prob!r}; choose from {', '.join(FG_PROB)}")
-        if path.is_file() and path.suffix not in (".safetensors", ".json"):
-            raise CheckpointError(f"--ckpt {path} is {describe_file(path)}, not a train-unet checkpoint; "
-                                  "give a run folder or its step-*.safetensors file (with the .json sidecar beside it)")
+        _check_checkpoint_file(path)
         model, self.meta = load_for_inference(path)
         self.sidecar = find_sidecar(path)
         self.weights_path = self.sidecar.parent / self.meta["files"]["weights"]["name"]
         # load_for_inference checked the file against the sidecar's sha256, so it is the file's
         self.fingerprint = self.meta["files"]["weights"].get("sha256") or sha256_file(self.weights_path)
         self.fg_prob = fg_prob
+        self.input_size, self.input_size_from = input_size_of(self.meta)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
 
@@ -152,7 +208,7 @@ class TorchBackend(Backend):
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.weights_path), "sha256": self.fingerprint,
                 "step": self.meta.get("step"), "model": self.meta.get("model"),
-                "shardset": self.meta.get("shardset"), "fg_prob": self.fg_prob}
+                "shardset": self.meta.get("shardset"), "fg_prob": self.fg_prob, "input_size": self.input_size}
 
 
 def onnx_providers(device: str | None) -> list[str]:
@@ -200,8 +256,21 @@ class OnnxBackend(Backend):
                                f"[{ONNX_INPUT!r}] and gives {ONNX_OUTPUT!r}; export one with export-model")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.fg_prob = self.metadata.get("bgw.fg_prob", "softmax")
+        self.input_size, self.input_size_from = self._training_size()
         self.fingerprint = sha256_file(self.path)
         self.device = device
+
+    def _training_size(self) -> tuple[int, str]:
+        """(size, how it is known) from the metadata; files exported before `bgw.input_size` was
+        written carry the training config's size in their provenance."""
+        size = whole_size(self.metadata.get(META_INPUT_SIZE))
+        if size is not None:
+            return size, "recorded"
+        try:
+            size = whole_size(json.loads(self.metadata.get("bgw.provenance") or "{}")["training"]["size"])
+        except (ValueError, KeyError, TypeError):
+            size = None
+        return (size, "config") if size is not None else (DEFAULT_INPUT_SIZE, "default")
 
     @property
     def label(self) -> str:
@@ -213,7 +282,7 @@ class OnnxBackend(Backend):
     def describe(self) -> dict:
         provenance = self.metadata.get("bgw.provenance")
         return {"kind": self.kind, "path": str(self.path), "sha256": self.fingerprint, "fg_prob": self.fg_prob,
-                "step": self.metadata.get("bgw.step"),
+                "step": self.metadata.get("bgw.step"), "input_size": self.input_size,
                 "provenance": json.loads(provenance) if provenance else None}
 
 
@@ -236,6 +305,25 @@ def open_backend(ckpt: str | Path | None = None, model: str | Path | None = None
         raise BackendError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]', "
                            "or run an exported model with --model") from e
     return TorchBackend(ckpt, device, fg_prob or "softmax")
+
+
+def feed_size(native: int, native_from: str, asked: int | None) -> tuple[int, str]:
+    """(the size a model is fed at, the one line that says so and why). `native`, `native_from`: its
+    training size and how that is known (Backend.input_size, .input_size_from); `asked`: the
+    --input-size given (None: native)."""
+    paper = DEFAULT_INPUT_SIZE
+    if asked is None:
+        if native_from == "default":
+            return native, (f"feeding the model at {native} px, the paper's size: the model records no training "
+                            "size (--input-size N to choose another)")
+        note = " and the paper's" if native == paper else f" (--input-size {paper} for the paper's sizing)"
+        return native, f"feeding the model at {native} px, its training size{note}"
+    line = f"feeding the model at {asked} px (--input-size {asked})"
+    if native_from == "default":
+        return asked, f"{line}; the model records no training size"
+    if asked == native:
+        return asked, f"{line}, its training size"
+    return asked, f"{line}; it was trained at {native} px (--input-size {NATIVE} feeds it at that)"
 
 
 def predict_batch(backend: Backend, images: list[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:

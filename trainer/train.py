@@ -271,7 +271,7 @@ def train(config: TrainConfig, *, resume: bool = False,
                 write_grid_png(out / "val-grid.png", grid)
             if config.eval_dataset:
                 r = validate_real(raw_model, config.eval_dataset, config.data_root, device, autocast,
-                                  config.eval_samples, max_pixels=config.max_image_pixels)
+                                  config.eval_samples, max_pixels=config.max_image_pixels, input_size=config.size)
                 # fixed key names ("eval_iou", ...) so scripts need not know the dataset spec
                 res.update({f"eval_{k}": r[k] for k in ("iou", "max_f", "accuracy")})
             for k, v in res.items():
@@ -291,7 +291,8 @@ def train(config: TrainConfig, *, resume: bool = False,
                 "data": {"step": step, "world": world, "num_workers": config.num_workers,
                          "batch": config.batch, "seed": config.seed},
             }
-            meta = {"shardset": {"name": source.name, "fingerprint": source.fingerprint},
+            # input_size: the resolution inference feeds this model at (segmodel.checkpoint.input_size_of)
+            meta = {"input_size": config.size, "shardset": {"name": source.name, "fingerprint": source.fingerprint},
                     "config": config.to_dict(), "val": last_val}
             return ckpt.save_checkpoint(out, step, raw_model, meta, train_state, keep=config.keep_checkpoints)
 

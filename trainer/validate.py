@@ -3,7 +3,8 @@ samples, computed by evaluator.metrics.SegmentationMetrics (the evaluator's publ
 the one module of it the trainer imports) under a named evaluation protocol (`paper` by default:
 the numbers the paper's tables use; see evaluator.protocols). There is no second copy of the
 metrics here. Optionally a real benchmark is scored through benchdata's datasets and inference
-protocol, as eval-seg scores it.
+protocol, as eval-seg scores it: the model fed at its training size, as eval-seg feeds a checkpoint
+by default (the held-out samples are at that size already).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from benchdata.datasets import get_dataset
 from benchdata.io import DatasetError
 from benchdata.predictions import iter_model_maps
+from benchdata.protocols import parse_protocol
 from core.atomic import atomic_write_bytes
 from core.images import DEFAULT_MAX_PIXELS
 from evaluator.metrics import SegmentationMetrics
@@ -96,7 +98,7 @@ def write_grid_png(path, grid: np.ndarray) -> None:
 
 
 class _ModelPredictor:
-    """`predict_batch` over a live model: one image at a time (short128 inputs differ in aspect)."""
+    """`predict_batch` over a live model: one image at a time (short-side inputs differ in aspect)."""
 
     def __init__(self, model, device, autocast):
         self.model, self.device, self.autocast = model, device, autocast
@@ -113,12 +115,13 @@ class _ModelPredictor:
 
 def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device: torch.device,
                   autocast, limit: int = 200, protocol: str = "paper",
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+                  max_pixels: int = DEFAULT_MAX_PIXELS, input_size: int | None = None) -> dict:
     """maxF / IoU / accuracy on a real benchmark under `protocol`, through the code eval-seg uses:
     benchdata.get_dataset and benchdata.predictions.iter_model_maps (the inference protocol:
-    resize, restore), segmodel.inference's quantisation, and the evaluation protocol's own
-    binarisation of the mask. Images over `max_pixels` pixels, or that do not decode, are skipped
-    and counted (`skipped`); `n` counts the images scored."""
+    resize to `input_size`, the training size, or the dataset's 128 when None; restore),
+    segmodel.inference's quantisation, and the evaluation protocol's own binarisation of the mask.
+    Images over `max_pixels` pixels, or that do not decode, are skipped and counted (`skipped`);
+    `n` counts the images scored; `input_size` is the size the model was fed at."""
     ds = get_dataset(dataset, root=root, max_pixels=max_pixels, shard_sets=open_split)
     items = list(ds.test_items())
     items = items[:limit] if limit else items
@@ -126,7 +129,8 @@ def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device
     model.eval()
     metrics = SegmentationMetrics(VAL_METRICS, protocol=protocol)
     try:
-        for m in iter_model_maps(ds, items, _ModelPredictor(model, device, autocast), window=64):
+        for m in iter_model_maps(ds, items, _ModelPredictor(model, device, autocast), window=64,
+                                 input_size=input_size):
             if m.gt is not None:
                 metrics.update(probability_to_uint8(m.prob), m.gt_map)
     finally:
@@ -137,4 +141,5 @@ def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device
     out = _scores(metrics)
     out["n"] = metrics.n_images
     out["skipped"] = len(ds.skipped)
+    out["input_size"] = input_size or parse_protocol(ds.protocol)[1]
     return out
