@@ -21,13 +21,15 @@ import click
 import numpy as np
 
 from benchdata.datasets import DATASETS, ENV_ROOT, Dataset, dataset_names, get_dataset
+from benchdata.protocols import PAPER_SIZE, at_size
 from core.cli import Command, common_options, config_option, progress_bar
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS
 from core.version import package_version
+from segmodel.runtime import NATIVE, feed_size, parse_input_size
 from shardset.split import open_split
 
-from .predict import FG_PROB, CheckpointSource, PredDirSource, figure_rows, iter_predictions
+from .predict import FG_PROB, CheckpointSource, PredDirSource, figure_rows, iter_predictions, training_size
 from .protocols import PROTOCOLS
 from .report import aggregate, pick_examples, terminal_table, write_outputs
 
@@ -56,6 +58,7 @@ class EvalConfig:
     figures: bool = True  # best / median / worst example figure per mask dataset
     workers: int = 4  # threads reading and decoding images ahead of the model / metrics
     fg_prob: str | None = None  # checkpoints: a segmodel.inference.FG_PROB rule (None: softmax)
+    input_size: int | str = NATIVE  # checkpoints: pixels they are fed at; native: their training size
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # images (and saved maps) over this many pixels are skipped
 
 
@@ -182,20 +185,39 @@ def check_out_dir(out: Path) -> None:
         raise EvalError(f"--out {out}: {probe} is not writable; give a folder you can write to")
 
 
-def _default_method(cfg: EvalConfig, labels: list[str]) -> str:
+def _default_method(cfg: EvalConfig, labels: list[str], input_size: int | None) -> str:
     if cfg.method:
         return cfg.method
+    # results.md rows of one model fed at two sizes must not read alike
+    size = f" (input {input_size} px)" if input_size not in (None, PAPER_SIZE) else ""
     if len(labels) <= 3:
-        return ", ".join(labels)
-    return f"{labels[0]} … {labels[-1]} ({len(labels)} runs)"
+        return ", ".join(labels) + size
+    return f"{labels[0]} … {labels[-1]} ({len(labels)} runs){size}"
 
 
-def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
+def _feeding(ckpts: tuple[Path, ...], asked: int | None) -> tuple[int, str]:
+    """(the size every checkpoint is fed at, the line that says so and why), from their sidecars,
+    before any is loaded: one size for all, so that their mean ± std compares like with like."""
+    sizes = {Path(p): training_size(Path(p)) for p in ckpts}
+    natives = sorted({size for size, _ in sizes.values()})
+    if len(natives) == 1:
+        return feed_size(*next(iter(sizes.values())), asked)
+    if asked is None:
+        raise EvalError(f"the checkpoints were trained at different sizes ({', '.join(f'{n} px' for n in natives)}); "
+                        "give --input-size N to feed them all at one size")
+    return asked, (f"feeding the models at {asked} px (--input-size {asked}); they were trained at "
+                   f"{', '.join(f'{n} px' for n in natives)}")
+
+
+def evaluate(cfg: EvalConfig, progress: Progress | None = None, notify: Callable[[str], object] | None = None) -> dict:
     """Score every source (checkpoint or pred-dir) on every dataset; write `cfg.out` if set.
+    `notify` gets the line saying at what size the checkpoints are fed, before any is scored.
 
     Returns the results dict that results.json holds: tool version, method, fg_prob (the
-    checkpoints' foreground-probability rule; None for saved maps), sources (with checkpoint
-    sha256 fingerprints) and, per dataset, its input protocol (crop128 / short128), `n_images`
+    checkpoints' foreground-probability rule; None for saved maps), `feeding` (that line; None for
+    saved maps), sources (with checkpoint sha256 fingerprints) and, per dataset, its input
+    protocol (e.g. short128, crop128, short64: the sizing at the size the checkpoints were fed
+    at), `input_size` (that size in pixels; None for saved maps), `n_images`
     (scored) and `skipped` (item id -> why: over --max-image-pixels, truncated, corrupt), `protocols`
     (every evaluation protocol under its name: about, summary with mean, std and per-run values
     of every scalar metric, and each run's metrics, curves and per-image scores) and `summary`
@@ -216,6 +238,9 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
         raise EvalError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
     if cfg.fg_prob is not None and cfg.pred_dir is not None:
         raise EvalError("--fg-prob applies to --ckpt; saved --pred-dir maps are probabilities already")
+    asked = parse_input_size(cfg.input_size)
+    if asked is not None and cfg.pred_dir is not None:
+        raise EvalError("--input-size applies to --ckpt; saved --pred-dir maps are scored at the ground truth's size")
     fg_prob = (cfg.fg_prob or "softmax") if cfg.ckpts else None
     if cfg.out is not None:
         check_out_dir(cfg.out)
@@ -234,15 +259,19 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
 
     if cfg.pred_dir is not None:
         source_specs = [("pred-dir", cfg.pred_dir)]
+        input_size, feeding = None, None
     else:
         source_specs = [("ckpt", p) for p in cfg.ckpts]
+        input_size, feeding = _feeding(cfg.ckpts, asked)
+        if notify is not None:
+            notify(feeding)
     runs: dict[str, list[dict]] = {ds.name: [] for ds in datasets}
     scored: dict[str, int] = {}
     sources, labels, first_source = [], [], None
     for kind, path in source_specs:
         # one checkpoint in memory at a time (ten paper-size U-Nets would hold ~700 MB)
         src = PredDirSource(path, max_pixels=cfg.max_image_pixels) if kind == "pred-dir" else CheckpointSource(
-            Path(path), device=cfg.device, batch_size=cfg.batch_size, fg_prob=fg_prob)
+            Path(path), device=cfg.device, batch_size=cfg.batch_size, fg_prob=fg_prob, input_size=input_size)
         first_source = first_source or src
         sources.append(src.describe())
         labels.append(src.label)
@@ -257,8 +286,9 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
 
     results: dict = {
         "tool": {"name": "bgw-seg eval-seg", "version": _tool_version()},
-        "method": _default_method(cfg, labels),
+        "method": _default_method(cfg, labels, input_size),
         "fg_prob": fg_prob,
+        "feeding": feeding,
         "sources": sources,
         "datasets": {},
     }
@@ -277,7 +307,8 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None) -> dict:
             "root": str(ds.root) if ds.root is not None else None,
             **({"info": ds.info} if ds.info else {}),
             "task": ds.task,
-            "protocol": ds.protocol,  # how images are sized (crop128 / short128)
+            "protocol": at_size(ds.protocol, input_size),  # how images are sized: crop128, short128, short64 ...
+            "input_size": input_size,  # pixels the model was fed at (None: saved maps)
             "n_images": scored[ds.name],  # images scored: the test items less the skipped ones
             "limit": cfg.limit,
             "skipped": dict(sorted(ds.skipped.items())),  # item id -> why it was not scored
@@ -351,6 +382,10 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("fg_prob", type=click.Choice(list(FG_PROB)),
         help="--ckpt only: how the two logits become the foreground probability. "
              + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
+@_field("input_size", metavar=f"N|{NATIVE}",
+        help=f"--ckpt only: the input size in pixels, in each dataset's sizing (short side, or centre square); "
+             f"{NATIVE}: the size the checkpoints were trained at ({PAPER_SIZE}, the paper's, when a sidecar records "
+             f"none). {PAPER_SIZE}: the paper's protocol.")
 @_field("max_image_pixels", type=click.IntRange(min=1),
         help="Images (and --pred-dir maps) with more pixels than this, read from the file header, are "
              "skipped before decoding and listed in results.json.")
@@ -362,7 +397,7 @@ def main(**fields):
     ground truth >= 128: the paper's maxFβ, IoU, accuracy) and `sod-toolkit` (each map min-max
     normalised, ground truth > 128: the saliency toolkits' maxFβ, Sα, Eξ, MAE, wFβ).
     """
-    results = evaluate(EvalConfig(**fields), progress=_tqdm_progress)
+    results = evaluate(EvalConfig(**fields), progress=_tqdm_progress, notify=lambda line: click.echo(line, err=True))
     click.echo(terminal_table(results))
     click.echo(f"wrote {fields['out']}/results.json, results.md and the figures")
 

@@ -7,15 +7,16 @@ protocol's; see benchdata.protocols).
 
 - `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, run by
   segmodel.runtime's TorchBackend (loaded with segmodel.checkpoint.load_for_inference, which never
-  unpickles; on the GPU when there is one). Images are prepared per protocol
-  (benchdata.predictions) and go through segmodel.runtime.predict_batch, the model step `segment`
-  runs too, so a checkpoint's scores and the maps `segment` saves from it agree. torch is imported
-  lazily, so importing this module costs nothing for --pred-dir evaluations.
+  unpickles; on the GPU when there is one). Images are prepared per protocol at `input_size`
+  (benchdata.predictions; by default the size the checkpoint was trained at, set by evaluator.cli)
+  and go through segmodel.runtime.predict_batch, the model step `segment` runs too, so a
+  checkpoint's scores and the maps `segment` saves from it agree. torch is imported lazily, so
+  importing this module costs nothing for --pred-dir evaluations.
 - `PredDirSource(folder)`: saved maps `<folder>/<id>.png`, 8-bit grayscale, 255 = certain
   foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel), read by
   core.images' reader of user files (over `max_pixels` pixels: refused from the header, before
-  decoding). A map of another size is resized bilinearly to the ground truth (under crop128, a
-  map at the original image size first gets the ground truth's centre crop). A missing or
+  decoding). A map of another size is resized bilinearly to the ground truth (under crop, a map
+  at the original image size first gets the ground truth's centre crop). A missing or
   unreadable map is a `PredictionError` naming the id.
 """
 from __future__ import annotations
@@ -30,16 +31,16 @@ import numpy as np
 
 from benchdata.datasets import Dataset, Item
 from benchdata.predictions import iter_model_maps
-from benchdata.protocols import eval_gt, gt_foreground, prepare_gt, prepare_image
+from benchdata.protocols import eval_gt, eval_shape, gt_foreground, parse_protocol, prepare_gt, prepare_image
 from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from segmodel.inference import FG_PROB, foreground_probability, probability_to_uint8
-from segmodel.runtime import BackendError, predict_batch, resolve_device, sha256_file
+from segmodel.runtime import BackendError, checkpoint_input_size, predict_batch, resolve_device, sha256_file
 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction", "iter_predictions",
+__all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction", "iter_predictions", "training_size",
            "figure_rows", "resolve_device", "sha256_file", "align_prediction", "FG_PROB", "foreground_probability"]
 
 
@@ -50,6 +51,20 @@ class PredictionError(UserError):
 # --------------------------------------------------------------------------- sources
 
 
+def training_size(path: Path) -> tuple[int, str]:
+    """(size, how it is known) a checkpoint was trained at, from its sidecar alone
+    (segmodel.runtime.checkpoint_input_size), with its errors as PredictionErrors."""
+    try:
+        from segmodel.checkpoint import CheckpointError
+    except ImportError as e:
+        raise PredictionError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]'") from e
+    try:
+        return checkpoint_input_size(path)
+    except CheckpointError as e:
+        raise PredictionError(first_line(e)) from e
+
+
+
 @dataclass
 class CheckpointSource:
     """A U-Net checkpoint; `.fingerprint` is the sha256 of its safetensors file."""
@@ -58,6 +73,7 @@ class CheckpointSource:
     device: str = "auto"
     batch_size: int = 32
     fg_prob: str = "softmax"  # a FG_PROB rule
+    input_size: int | None = None  # pixels the model is fed at; None: the dataset's (the paper's 128)
     backend: object = field(default=None, repr=False)  # segmodel.runtime.TorchBackend
 
     def __post_init__(self) -> None:
@@ -145,12 +161,12 @@ def align_prediction(pred: np.ndarray, raw_gt_shape: tuple[int, int], eval_shape
                      protocol: str) -> tuple[np.ndarray, bool]:
     """A saved uint8 map at the evaluation size; returns (map, whether it had to be resized).
 
-    Under crop128 a map at the original image size gets the ground truth's crop and resize
+    Under crop a map at the original image size gets the ground truth's crop and resize
     (that is where such a map lives). Any other size mismatch is resized bilinearly.
     """
     if pred.shape == tuple(eval_shape):
         return pred, False
-    if protocol == "crop128" and pred.shape == tuple(raw_gt_shape):
+    if parse_protocol(protocol)[0] == "crop" and pred.shape == tuple(raw_gt_shape):
         return prepare_gt(pred, protocol), False
     out = cv2.resize(pred, (eval_shape[1], eval_shape[0]), interpolation=cv2.INTER_LINEAR)
     return out, True
@@ -171,7 +187,7 @@ class Prediction(NamedTuple):
 
 def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
     ign = dataset.load_ignore(item)
-    if ign is not None and dataset.protocol == "crop128":
+    if ign is not None and parse_protocol(dataset.protocol)[0] == "crop":
         ign = gt_foreground(prepare_gt(ign, dataset.protocol))
     return ign
 
@@ -179,7 +195,7 @@ def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
 def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
                      window: int | None = None, workers: int = 1) -> Iterator[Prediction]:
     """Predictions in `items` order, each at the size its metric runs at: the ground truth's
-    (after the protocol's crop for crop128), or the image's for box-only sets.
+    (after the dataset's crop for crop sets), or the image's for box-only sets.
 
     For a checkpoint, images are read `window` at a time (default 4 batches) so batches of
     equal-shaped inputs can form; for saved maps no image is decoded unless the set has boxes.
@@ -191,7 +207,7 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
     if isinstance(source, PredDirSource):
         for item, image, raw in dataset.iter_loaded(items, images=boxes, workers=workers):
             gt, gt_map = eval_gt(raw, protocol)
-            shape = image.shape[:2] if gt is None else gt.shape
+            shape = eval_shape(image.shape, protocol) if gt is None else gt.shape
             raw_shape = image.shape[:2] if raw is None else raw.shape[:2]
             pred, resized = align_prediction(source.read(item), raw_shape, shape, protocol)
             if resized:
@@ -202,7 +218,8 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
             log.warning("%d of %d predictions had another size than the ground truth and were resized "
                         "bilinearly", source.resized, len(items))
         return
-    for m in iter_model_maps(dataset, items, source.predict_batch, window or 4 * source.batch_size, workers):
+    for m in iter_model_maps(dataset, items, source.predict_batch, window or 4 * source.batch_size, workers,
+                             input_size=source.input_size):
         yield Prediction(m.item, m.gt, probability_to_uint8(m.prob), _ignore(dataset, m.item), m.gt_map)
 
 
@@ -212,7 +229,7 @@ def figure_rows(source, dataset: Dataset, items: list[Item]) -> list[tuple[Item,
     rows = []
     for item, image, _ in dataset.iter_loaded(items):
         p = preds[item.id]
-        if dataset.protocol == "crop128":
-            image = prepare_image(image, "crop128")
+        if parse_protocol(dataset.protocol)[0] == "crop":  # the image as the metrics see it: the gt's square
+            image = prepare_image(image, dataset.protocol)
         rows.append((item, image, p.gt, p.pred))
     return rows

@@ -1,11 +1,12 @@
 """Where a checkpoint comes from, and the model card that says so.
 
 `provenance(backend)` gathers, as JSON: the checkpoint (file, sha256, step, architecture), the
-training settings (the sidecar's copy of the run's config), the shard set it was trained on
-(name and fingerprint from the sidecar) and, when that set's manifest is still where the run
-read it and its fingerprint matches, the manifest's generation facts: the GAN (spec, handle,
-fingerprint), the direction (source, sha256), the latents, the dataset of the embeddings, the
-filters, and any `licence` / `license` field they carry.
+size it was trained at and the sizing named at that size (e.g. short64), the training settings (the
+sidecar's copy of the run's config), the shard set it was trained on (name and fingerprint from the
+sidecar) and, when that set's manifest is still where the run read it and its fingerprint matches,
+the manifest's generation facts: the GAN (spec, handle, fingerprint), the direction (source,
+sha256), the latents, the dataset of the embeddings, the filters, and any `licence` / `license`
+field they carry.
 
 `find_results(run, sha256)` finds eval-seg's results.json for exactly this checkpoint (in the run
 folder or one folder below it, or a path given). `model_card(...)` renders MODEL.md.
@@ -16,7 +17,9 @@ import json
 import logging
 from pathlib import Path
 
+from benchdata.protocols import parse_protocol, protocol_name
 from core.errors import UserError, first_line
+from segmodel.runtime import META_INPUT_SIZE
 from shardset import manifest_fingerprint, resolve
 
 log = logging.getLogger(__name__)
@@ -26,10 +29,12 @@ __all__ = ["provenance", "find_results", "model_card", "TRAINING_KEYS"]
 TRAINING_KEYS = ("steps", "batch", "lr", "lr_milestones", "lr_gamma", "size", "width", "seed")
 _GENERATION_KEYS = ("generator", "direction", "latents", "dataset", "filters")
 # the numbers the card quotes, per evaluation protocol: the paper's and the saliency toolkits' headline
-_PROTOCOL_STEPS = {  # benchdata.protocols, in words
-    "short128": "resize the image so its short side is 128, predict, resize the map back bilinearly",
-    "crop128": "centre-crop the image to a square, resize it to 128 x 128, predict; the map covers that square",
+_PROTOCOL_STEPS = {  # benchdata.protocols' kinds of sizing, in words, at size {s}
+    "short": "resize the image so its short side is {s}, predict, resize the map back bilinearly",
+    "crop": "centre-crop the image to a square, resize it to {s} x {s}, predict; the map covers that square",
 }
+_SIZE_FROM = {"recorded": "recorded by the checkpoint", "config": "the size in its training config",
+              "default": "the paper's: the checkpoint records no training size"}
 _CARD_METRICS = {"paper": ("max_f", "iou", "accuracy"), "sod-toolkit": ("max_f", "s_measure", "mae")}
 
 
@@ -49,7 +54,8 @@ def _manifests(specs: list[str]) -> list[tuple[str, dict]]:
 
 
 def provenance(backend, fg_prob: str, protocol: str) -> dict:
-    """JSON facts about a TorchBackend's checkpoint and its training inputs (module docstring)."""
+    """JSON facts about a TorchBackend's checkpoint and its training inputs (module docstring);
+    `protocol` is the kind of sizing (short, crop), named at the model's training size."""
     meta = backend.meta
     config = dict(meta.get("config") or {})
     shardset = dict(meta.get("shardset") or {})
@@ -57,7 +63,9 @@ def provenance(backend, fg_prob: str, protocol: str) -> dict:
         "checkpoint": {"file": backend.weights_path.name, "sha256": backend.fingerprint, "step": meta.get("step"),
                        "model": meta.get("model")},
         "fg_prob": fg_prob,
-        "protocol": protocol,
+        "protocol": protocol_name(protocol, backend.input_size),
+        "input_size": backend.input_size,
+        "input_size_from": backend.input_size_from,
         "training": {k: config[k] for k in TRAINING_KEYS if k in config},
         "validation": meta.get("val") or None,
         "shardset": {**shardset, "specs": list(config.get("shards") or [])},
@@ -105,6 +113,12 @@ def find_results(run_dir: Path, sha256: str, given: Path | None = None) -> tuple
     return None
 
 
+def _steps(protocol: str) -> str:
+    """A protocol's steps in words: short64 -> 'resize the image so its short side is 64, ...'."""
+    kind, size = parse_protocol(protocol)
+    return _PROTOCOL_STEPS[kind].format(s=size)
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -141,8 +155,9 @@ def model_card(model_name: str, prov: dict, metadata: dict[str, str], results: t
         "and width are dynamic; height and width of at least 16 pixels.",
         f"- Output `{output_name}`: float32 [N, H, W], the foreground probability in [0, 1] "
         f"(rule `{prov['fg_prob']}` over the U-Net's two logits).",
-        f"- Protocol: `{prov['protocol']}` ({_PROTOCOL_STEPS.get(prov['protocol'], '?')}; foreground at p >= 0.5 "
-        "for IoU).",
+        f"- Input size: {prov['input_size']} px, the size it was trained at "
+        f"({_SIZE_FROM.get(prov.get('input_size_from'), '?')}); `{META_INPUT_SIZE}` in the metadata.",
+        f"- Protocol: `{prov['protocol']}` ({_steps(prov['protocol'])}; foreground at p >= 0.5 for IoU).",
         "- With this project: `segment --model THIS.onnx photos/ --out masks/` (numpy, OpenCV and onnxruntime; "
         "no torch). The model's `metadata_props` repeat the facts below under `bgw.*` keys.",
         "",

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import click
 
-from benchdata.protocols import PROTOCOLS
+from benchdata.protocols import PAPER_SIZE
 from core.cli import Command, common_options, config_option, progress_bar
 from core.images import SKIP_KINDS
 from segmodel.inference import FG_PROB
+from segmodel.runtime import NATIVE
 
 from .export import FORMATS, PARITY_ATOL, ExportConfig, export_onnx
 from .segment import SegmentConfig, segment
@@ -49,6 +50,11 @@ def _bar(total: int, desc: str):
     return progress_bar(total=total, desc=desc, unit="img")
 
 
+def _note(line: str) -> None:
+    """A line about the run (the size the model is fed at) on stderr, beside the progress bar."""
+    click.echo(line, err=True)
+
+
 def _field(name: str, flag: str | None = None, **kwargs):
     return config_option(SegmentConfig, name, flag, **kwargs)
 
@@ -71,9 +77,12 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("boxes", is_flag=True,
         help="Also write boxes.jsonl: per image, the box [x0, y0, x1, y1] of the mask's largest component "
              "(p >= 0.5), as the WSOL protocol draws boxes; null for an empty mask.")
-@_field("protocol", type=click.Choice(PROTOCOLS),
-        help="How images reach the model: short128 (short side to 128, eval-seg's for photos) or crop128 "
-             "(centre square at 128x128; outside it the mask is 0).")
+@_field("protocol", metavar="short|crop",
+        help="How images reach the model: short (short side to the input size, eval-seg's for photos) or crop "
+             "(the centre square at the input size; outside it the mask is 0).")
+@_field("input_size", metavar=f"N|{NATIVE}",
+        help=f"The input size in pixels; {NATIVE}: the size the model was trained at, from its checkpoint or "
+             f"exported file ({PAPER_SIZE}, the paper's, when it records none). {PAPER_SIZE}: the paper's sizing.")
 @_field("batch_size", type=click.IntRange(min=1), help="Images per forward pass.")
 @_field("workers", type=click.IntRange(min=1), help="Threads decoding inputs and encoding outputs.")
 @_field("device", help="auto (a GPU when present), cpu, cuda or cuda:N.")
@@ -91,7 +100,7 @@ def main(inputs, **fields):
     (a path or URL a line). Outputs are <--out>/<relative path>.png. A re-run skips the images whose
     outputs are complete; unreadable images are reported, skipped and counted.
     """
-    summary = segment(SegmentConfig(inputs=tuple(inputs), **fields), progress=_bar)
+    summary = segment(SegmentConfig(inputs=tuple(inputs), **fields), progress=_bar, notify=_note)
     click.echo(summary_text(summary))
 
 
@@ -125,7 +134,8 @@ def _efield(name: str, flag: str | None = None, **kwargs):
 @_efield("fg_prob", type=click.Choice(list(FG_PROB)),
          help="The foreground-probability rule the graph ends with. "
               + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ".")
-@_efield("protocol", type=click.Choice(PROTOCOLS), help="The inference protocol the card and metadata name.")
+@_efield("protocol", metavar="short|crop",
+         help="The sizing the card and metadata name, at the size the model was trained at (bgw.input_size).")
 @_efield("results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
          help="eval-seg's results.json of this checkpoint, quoted in the card (default: one found in the run "
               "folder or a folder inside it).")
@@ -146,7 +156,8 @@ def export_main(**fields):
     click.echo("provenance: " + json.dumps({"shardset": prov["shardset"].get("fingerprint"),
                                             "gan": (prov.get("generator") or {}).get("handle"),
                                             "direction": (prov.get("direction") or {}).get("sha256"),
-                                            "step": prov["checkpoint"]["step"]}))
+                                            "step": prov["checkpoint"]["step"],
+                                            "input_size": prov["input_size"]}))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,9 @@ from core.atomic import atomic_write_bytes, atomic_write_text
 from core.errors import UserError, first_line
 from core.version import package_version
 from segmodel.inference import FG_PROB
-from segmodel.runtime import ONNX_FORMAT, ONNX_INPUT, ONNX_OUTPUT, BackendError
+from benchdata.io import DatasetError
+from benchdata.protocols import KINDS, parse_protocol
+from segmodel.runtime import META_INPUT_SIZE, ONNX_FORMAT, ONNX_INPUT, ONNX_OUTPUT, BackendError
 
 from .card import find_results, model_card, provenance
 
@@ -56,7 +58,7 @@ class ExportConfig:
     out: Path  # the .onnx file to write; MODEL.md goes beside it
     format: str = "onnx"
     fg_prob: str = "softmax"  # the segmodel.inference.FG_PROB rule the graph ends with
-    protocol: str = "short128"  # the inference protocol the card and the metadata name
+    protocol: str = "short"  # the sizing the card and the metadata name, at the model's training size
     results: Path | None = None  # eval-seg's results.json to quote (default: found in the run folder)
 
 
@@ -70,6 +72,7 @@ def _metadata(prov: dict) -> dict[str, str]:
         "bgw.output": f"{ONNX_OUTPUT}: float32 [N, H, W], foreground probability in [0, 1]",
         "bgw.fg_prob": prov["fg_prob"],
         "bgw.protocol": prov["protocol"],
+        META_INPUT_SIZE: prov["input_size"],
         "bgw.step": prov["checkpoint"]["step"],
         "bgw.checkpoint_sha256": prov["checkpoint"]["sha256"],
         "bgw.shardset_name": ss.get("name"),
@@ -135,6 +138,13 @@ def export_onnx(cfg: ExportConfig) -> dict:
         raise ExportError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
     if cfg.fg_prob not in FG_PROB:
         raise ExportError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
+    if cfg.protocol not in KINDS:
+        try:
+            kind = parse_protocol(cfg.protocol)[0]  # a name with a size: what --protocol took before
+        except DatasetError:
+            kind = None
+        hint = f"; give --protocol {kind}: the size is the model's training size" if kind else ""
+        raise ExportError(f"--protocol {cfg.protocol!r} is not a sizing ({', '.join(KINDS)}){hint}")
     out = Path(cfg.out)
     if out.suffix != ".onnx":
         raise ExportError(f"--out {out} should end in .onnx (MODEL.md is written beside it)")

@@ -2,9 +2,10 @@
 protocol eval-seg scores (docs/RULES.md, "Inference protocols").
 
 One image takes the steps of eval-seg's checkpoint path, each by the same function:
-benchdata.protocols.prepare_image (short128: short side to 128; crop128: centre square at 128) ->
+benchdata.protocols.prepare_image (short: short side to S; crop: centre square at S x S; S is the
+model's training size unless --input-size says otherwise, segmodel.runtime.feed_size) ->
 segmodel.runtime.predict_batch (normalise, the U-Net or its exported file, the foreground-probability
-rule) -> benchdata.protocols.restore_map (bilinear, back to the image's size; crop128's map goes back
+rule) -> benchdata.protocols.full_size_map (bilinear, back to the image's size; crop's map goes back
 into its square, 0 outside) -> segmodel.inference.probability_to_uint8. So the masks `--threshold
 none` saves score under `eval-seg --pred-dir` as the checkpoint scores under `eval-seg --ckpt`.
 
@@ -29,19 +30,20 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from benchdata.protocols import PROTOCOLS, center_crop, prepare_image, restore_map
+from benchdata.io import DatasetError
+from benchdata.protocols import KINDS, full_size_map, parse_protocol, prepare_image, protocol_name
 from core.atomic import atomic_write_text
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from segmodel.inference import probability_to_uint8
-from segmodel.runtime import Backend, open_backend, predict_batch
+from segmodel.runtime import NATIVE, Backend, feed_size, open_backend, parse_input_size, predict_batch
 
 from .inputs import Source, check_out_dir, expand_inputs, read_source
 from .outputs import OutputPaths, is_complete, largest_box, mask_of, output_paths, write_outputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentConfig", "SegmentError", "segment", "full_size_map", "RECORD", "BOXES"]
+__all__ = ["SegmentConfig", "SegmentError", "segment", "sizing_error", "full_size_map", "RECORD", "BOXES"]
 
 RECORD = "segment.json"  # the settings the folder's masks were made with
 BOXES = "boxes.jsonl"
@@ -50,6 +52,17 @@ _BUFFER_PIXELS = 256_000_000  # originals kept for --overlay / --cutout while a 
 
 class SegmentError(UserError):
     """A segment request that cannot run; one line naming the value and the fix."""
+
+
+def sizing_error(value: str) -> str:
+    """The one line for a --protocol that is not a kind of sizing; a name with a size (short128,
+    what --protocol took before the size became --input-size) is told its spelling now."""
+    try:
+        kind, size = parse_protocol(value)
+    except DatasetError:
+        return f"unknown --protocol {value!r}; choose from {', '.join(KINDS)}"
+    return (f"--protocol {value} is now --protocol {kind} --input-size {size} (by default, --input-size "
+            f"{NATIVE}, the model is fed at its training size)")
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,8 @@ class SegmentConfig:
     overlay: bool = False  # <rel>.overlay.jpg: the mask tinted over the image
     cutout: bool = False  # <rel>.cutout.png: RGBA, the mask as alpha
     boxes: bool = False  # boxes.jsonl: the box of each mask's largest component
-    protocol: str = "short128"  # benchdata.protocols: short128 (eval-seg's for photos) or crop128
+    protocol: str = "short"  # benchdata.protocols' sizing: short (eval-seg's for photos) or crop
+    input_size: int | str = NATIVE  # S, pixels: native (the model's training size) or a number
     batch_size: int = 32  # images per forward pass (eval-seg's default)
     workers: int = 4  # threads decoding inputs and encoding outputs
     device: str = "auto"  # auto (cuda when present), cpu, cuda, cuda:N
@@ -74,8 +88,9 @@ class SegmentConfig:
     overwrite: bool = False  # redo every image, even those whose outputs exist
 
     def check(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise SegmentError(f"unknown --protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.protocol not in KINDS:
+            raise SegmentError(sizing_error(self.protocol))
+        parse_input_size(self.input_size)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise SegmentError(f"--threshold must lie in [0, 1] (or be 'none'), got {self.threshold}")
         for name, value in (("--batch-size", self.batch_size), ("--workers", self.workers),
@@ -86,27 +101,16 @@ class SegmentConfig:
             raise SegmentError("no input given; name image files, folders, globs or @list.txt")
 
 
-def full_size_map(prob: np.ndarray, hw: tuple[int, int], protocol: str) -> np.ndarray:
-    """float32 [H, W]: the model's map at the image's size. short128: restore_map. crop128: the map
-    covers the centre square, so it is restored to that square and the rest is 0 (no prediction)."""
-    if protocol == "short128":
-        return restore_map(prob, hw)
-    out = np.zeros(hw, np.float32)
-    square = center_crop(out)  # a view: filling it fills the square in place
-    square[...] = restore_map(prob, square.shape)
-    return out
-
-
 @dataclass
 class _Job:
     source: Source
     paths: OutputPaths
 
 
-def _record(cfg: SegmentConfig, backend: Backend) -> dict:
+def _record(cfg: SegmentConfig, backend: Backend, protocol: str, input_size: int) -> dict:
     model = backend.describe()
     return {"tool": "bgw-seg segment", "model": {k: model.get(k) for k in ("kind", "sha256", "fg_prob", "step")},
-            "protocol": cfg.protocol, "threshold": cfg.threshold}
+            "protocol": protocol, "input_size": input_size, "threshold": cfg.threshold}
 
 
 def _check_record(out: Path, record: dict, overwrite: bool) -> None:
@@ -118,7 +122,8 @@ def _check_record(out: Path, record: dict, overwrite: bool) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # not ours to judge: the record is rewritten below
-    for key, what in (("model", "model"), ("protocol", "--protocol"), ("threshold", "--threshold")):
+    # the protocol's name carries the input size (short64): another size is another protocol
+    for key, what in (("model", "model"), ("protocol", "sizing"), ("threshold", "--threshold")):
         if old.get(key) != record[key]:
             def show(v):
                 return v.get("sha256", "?")[:12] if key == "model" and isinstance(v, dict) else \
@@ -147,22 +152,27 @@ class _Progress:
 
 
 def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = None,
-            backend: Backend | None = None) -> dict:
+            backend: Backend | None = None, notify: Callable[[str], object] | None = None) -> dict:
     """Write the outputs of every input image; returns the run's summary (counts, skipped files and
-    why, seconds spent decoding, in the model and encoding). `backend` replaces the --ckpt/--model
-    loading (the benchmark reuses one)."""
+    why, the size the model was fed at and why, seconds spent decoding, in the model and encoding).
+    `backend` replaces the --ckpt/--model loading (the benchmark reuses one); `notify` gets the
+    line saying at what size the model is fed, before any image is read."""
     cfg.check()
     sources = expand_inputs(cfg.inputs, cfg.recursive)
     out = Path(cfg.out)
     check_out_dir(out, cfg.inputs, sources)
     if backend is None:
         backend = open_backend(cfg.ckpt, cfg.model, device=cfg.device, fg_prob=cfg.fg_prob)
-    record = _record(cfg, backend)
+    size, feeding = feed_size(backend.input_size, backend.input_size_from, parse_input_size(cfg.input_size))
+    protocol = protocol_name(cfg.protocol, size)
+    record = _record(cfg, backend, protocol, size)
     _check_record(out, record, cfg.overwrite)
     jobs = [_Job(s, output_paths(out, s.rel, cfg.overlay, cfg.cutout)) for s in sources]
     todo = [j for j in jobs if cfg.overwrite or not all(is_complete(p) for p in j.paths.all())]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    if notify is not None:
+        notify(feeding)
 
     seconds = {"decode": 0.0, "model": 0.0, "encode": 0.0}
     lock = threading.Lock()
@@ -181,13 +191,13 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
         if isinstance(image, Skip):
             timed("decode", t0)
             return job, image, None, None
-        model_input = prepare_image(image, cfg.protocol)
+        model_input = prepare_image(image, protocol)
         timed("decode", t0)
         return job, (image if keep_image else None), image.shape[:2], model_input
 
     def write(job: _Job, image, hw: tuple[int, int], prob: np.ndarray):
         t0 = time.perf_counter()
-        mask = mask_of(probability_to_uint8(full_size_map(prob, hw, cfg.protocol)), cfg.threshold)
+        mask = mask_of(probability_to_uint8(full_size_map(prob, hw, protocol)), cfg.threshold)
         write_outputs(job.paths, image, mask)
         box = largest_box(mask) if cfg.boxes else None
         timed("encode", t0)
@@ -247,6 +257,7 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
     return {"out": str(out), "images": len(jobs), "segmented": segmented, "already_done": len(jobs) - len(todo),
             "skipped": kinds, "skipped_files": {k: v.reason for k, v in skipped.items()},
             "boxes": str(out / BOXES) if cfg.boxes else None, "model": backend.describe(),
+            "protocol": protocol, "input_size": size, "feeding": feeding,
             "seconds": {"wall": wall, **seconds}}
 
 

@@ -191,7 +191,7 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def _tiny_ckpt(run_dir: Path, seed: int) -> Path:
+def _tiny_ckpt(run_dir: Path, seed: int, **meta) -> Path:
     torch = pytest.importorskip("torch")
     unet = pytest.importorskip("segmodel.unet")
     checkpoint = pytest.importorskip("trainer.checkpoint")
@@ -203,7 +203,7 @@ def _tiny_ckpt(run_dir: Path, seed: int) -> Path:
                 mod.running_mean.uniform_(-0.1, 0.1)
                 mod.running_var.uniform_(0.5, 1.5)
     checkpoint.save_checkpoint(run_dir, 7, model, {"shardset": {"name": "toy", "fingerprint": "0" * 64},
-                                                   "config": {"seed": seed}})
+                                                   "config": {"seed": seed}, **meta})
     return run_dir
 
 
@@ -278,8 +278,8 @@ def test_several_ckpts_give_mean_and_sample_std(tmp_path):
     assert row.count("±") == 3 + 5  # the paper's maxF, IoU, Acc; the toolkit's maxF, Sα, Eξ, MAE, wFβ
 
 
-def test_crop128_ckpt_predicts_at_128(tmp_path):
-    run = _tiny_ckpt(tmp_path / "run", seed=0)
+def _one_image_cub(tmp_path: Path):
+    """The cub dataset (crop128) of one 50 x 80 image under tmp_path."""
     cub = tmp_path / "CUB_200_2011"
     (cub / "images" / "001.A").mkdir(parents=True)
     (cub / "segmentations" / "001.A").mkdir(parents=True)
@@ -287,11 +287,36 @@ def test_crop128_ckpt_predicts_at_128(tmp_path):
     (cub / "train_val_test_split.txt").write_text("1 2\n")
     cv2.imwrite(str(cub / "images" / "001.A" / "a.jpg"), np.full((50, 80, 3), 90, np.uint8))
     cv2.imwrite(str(cub / "segmentations" / "001.A" / "a.png"), _rect_mask(50, 80, 10, 40, 20, 50))
+    return D.get_dataset("cub", tmp_path)
+
+
+def test_crop128_ckpt_predicts_at_128(tmp_path):
     from evaluator.predict import CheckpointSource, iter_predictions
 
-    ds = D.get_dataset("cub", tmp_path)
+    run = _tiny_ckpt(tmp_path / "run", seed=0)
+    ds = _one_image_cub(tmp_path)
     (p,) = list(iter_predictions(ds, ds.test_items(), CheckpointSource(run, device="cpu")))
     assert p.pred.shape == (128, 128) and p.gt.shape == (128, 128) and p.pred.dtype == np.uint8
+
+
+def test_crop_ckpt_of_64_px_is_fed_the_square_at_64_and_scored_at_the_datasets_128(tmp_path, monkeypatch):
+    from segmodel.runtime import TorchBackend
+
+    run = _tiny_ckpt(tmp_path / "run", seed=0, input_size=64)
+    seen = []
+    real = TorchBackend.probabilities
+    monkeypatch.setattr(TorchBackend, "probabilities", lambda self, b: seen.append(b.shape) or real(self, b))
+    _one_image_cub(tmp_path)
+    results = evaluate(EvalConfig(datasets=("cub",), data_root=tmp_path, ckpts=(run,), device="cpu", figures=False))
+    assert seen == [(1, 64, 64, 3)]  # the centre square at the model's training size
+    ds = results["datasets"]["cub"]
+    assert (ds["protocol"], ds["input_size"], ds["n_images"]) == ("crop64", 64, 1)
+    # the ground truth, and the pixels the metrics count, are the dataset's 128 x 128 square
+    from evaluator.predict import CheckpointSource, iter_predictions
+
+    cub = D.get_dataset("cub", tmp_path)
+    (p,) = list(iter_predictions(cub, cub.test_items(), CheckpointSource(run, device="cpu", input_size=64)))
+    assert p.pred.shape == p.gt.shape == (128, 128) and seen[-1] == (1, 64, 64, 3)
 
 
 # --------------------------------------------------------------------------- WSOL sets

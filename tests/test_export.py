@@ -47,12 +47,14 @@ def test_the_file_has_one_named_input_dynamic_axes_and_the_training_provenance(r
     assert meta["bgw.direction_sha256"] == manifest["params"]["direction"]["sha256"]
     assert meta["bgw.step"] == str(sidecar["step"]) == "4"
     assert meta["bgw.checkpoint_sha256"] == sidecar["files"]["weights"]["sha256"]
-    assert meta["bgw.fg_prob"] == "softmax" and meta["bgw.protocol"] == "short128"
+    # the tiny run learnt at 32 px: the file is described, and fed by segment --model, at that size
+    assert sidecar["input_size"] == 32
+    assert meta["bgw.fg_prob"] == "softmax" and meta["bgw.protocol"] == "short32" and meta["bgw.input_size"] == "32"
     prov = json.loads(meta["bgw.provenance"])
     assert prov["shardset"]["manifest_matches"] is True and prov["training"]["width"] == 4
     card = (exported.parent / "MODEL.md").read_text()
     for fact in (meta["bgw.shardset_fingerprint"], meta["bgw.gan_fingerprint"], meta["bgw.direction_sha256"],
-                 ONNX_INPUT, ONNX_OUTPUT, "short128", "## Licences"):
+                 ONNX_INPUT, ONNX_OUTPUT, "short32", "its short side is 32", "Input size: 32 px", "## Licences"):
         assert fact in card
     assert "No eval-seg results.json" in card
 
@@ -115,7 +117,7 @@ def test_the_card_quotes_eval_seg_numbers_of_this_checkpoint(run_dir, tmp_path):
     card = (tmp_path / "m" / "MODEL.md").read_text()
     (ds,) = results["datasets"].values()
     iou = ds["protocols"]["paper"]["summary"]["iou"]["mean"]
-    assert f"{iou:.3f}" in card and "| set | 2 | short128 |" in card
+    assert f"{iou:.3f}" in card and "| set | 2 | short32 |" in card
     # results of another checkpoint are refused, not quoted
     other = json.loads((tmp_path / "eval" / "results.json").read_text())
     other["sources"][0]["sha256"] = "f" * 64

@@ -121,9 +121,11 @@ def test_inputs_that_name_nothing_or_collide_are_refused(tmp_path):
 # --------------------------------------------------------------------------- the command
 
 
-def test_segment_writes_the_checkpoints_maps_at_each_images_size(run_dir, tmp_path):
+@pytest.mark.parametrize("asked, protocol", [((), "short32"), (("--input-size", 128), "short128")])
+def test_segment_writes_the_checkpoints_maps_at_each_images_size(run_dir, tmp_path, asked, protocol):
     """Each mask is the checkpoint's map by the protocol's steps, computed here by hand: prepare_image,
-    the U-Net with its softmax, restore_map, probability_to_uint8."""
+    the U-Net with its softmax, restore_map, probability_to_uint8. The tiny run learnt at 32 px, so
+    that is the default sizing; --input-size 128 is the paper's."""
     from benchdata.protocols import prepare_image, restore_map
     from segmodel.inference import probability_to_uint8
     from segmodel.runtime import TorchBackend
@@ -131,17 +133,25 @@ def test_segment_writes_the_checkpoints_maps_at_each_images_size(run_dir, tmp_pa
     sizes = [(90, 120), (130, 70), (90, 120), (64, 64)]
     paths = write_images(tmp_path / "in", sizes)
     res = _segment(["--ckpt", run_dir, tmp_path / "in", "--out", tmp_path / "out", "--threshold", "none",
-                    "--device", "cpu", "--batch-size", 2, "--workers", 2])
+                    "--device", "cpu", "--batch-size", 2, "--workers", 2, *asked])
     assert res.exit_code == 0, res.output
     assert "segmented 4 of 4 images" in res.output
+    fed = [ln for ln in res.output.splitlines() if ln.startswith("feeding the model")]
+    assert fed == [f"feeding the model at {protocol[5:]} px" + (
+        ", its training size (--input-size 128 for the paper's sizing)" if not asked else
+        " (--input-size 128); it was trained at 32 px (--input-size native feeds it at that)")]
+    assert json.loads((tmp_path / "out" / "segment.json").read_text())["protocol"] == protocol
     backend = TorchBackend(run_dir, "cpu")
     for path, (h, w) in zip(paths, sizes):
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        x = prepare_image(rgb, "short128")
+        x = prepare_image(rgb, protocol)
+        assert min(x.shape[:2]) == int(protocol[5:])
         expected = probability_to_uint8(restore_map(backend.probabilities(x[None])[0], (h, w)))
         got = _gray(tmp_path / "out" / f"{path.stem}.png")
         assert got.shape == (h, w)
         np.testing.assert_array_equal(got, expected)
+    if asked:
+        return
     # the default: binary at p >= 0.5 of the same maps
     res = _segment(["--ckpt", run_dir, tmp_path / "in", "--out", tmp_path / "bin", "--device", "cpu"])
     assert res.exit_code == 0, res.output
@@ -214,7 +224,10 @@ def test_a_folder_of_other_settings_is_not_resumed(run_dir, tmp_path):
     base = ["--ckpt", run_dir, tmp_path / "in", "--out", tmp_path / "out", "--device", "cpu"]
     assert _segment(base).exit_code == 0
     one_line_error(_segment(base + ["--threshold", "none"]), "--threshold 0.5", "none", "--overwrite")
-    one_line_error(_segment(base + ["--protocol", "crop128"]), "--protocol short128", "crop128")
+    one_line_error(_segment(base + ["--protocol", "crop"]), "sizing short32", "crop32")
+    one_line_error(_segment(base + ["--input-size", 128]), "sizing short32", "short128")
+    one_line_error(_segment(base + ["--protocol", "crop128"]), "--protocol crop --input-size 128")
+    one_line_error(_segment(base + ["--input-size", "big"]), "--input-size 'big'", "native")
     res = _segment(base + ["--threshold", "none", "--overwrite"])
     assert res.exit_code == 0 and "segmented 1 of 1" in res.output
     assert len(np.unique(_gray(tmp_path / "out" / "img00.png"))) > 2  # 8-bit probabilities now
