@@ -137,8 +137,10 @@ def _results_table(results: dict) -> list[str]:
 
 
 def model_card(model_name: str, prov: dict, metadata: dict[str, str], results: tuple[Path, dict] | None,
-               input_name: str, output_name: str, version: str) -> str:
-    """MODEL.md: what the file is, how to run it, what it was trained on, how it scores, licences."""
+               input_name: str, output_name: str, version: str, *, model_sha256: str | None = None,
+               about: str | None = None) -> str:
+    """MODEL.md: what the file is, how to run it, what it was trained on, how it scores, licences.
+    `about` (the exporter's own words: what the model is for, its limits) comes first."""
     ck = prov["checkpoint"]
     ss = prov["shardset"]
     gen, direction = prov.get("generator") or {}, prov.get("direction") or {}
@@ -149,8 +151,11 @@ def model_card(model_name: str, prov: dict, metadata: dict[str, str], results: t
         f"(step {ck['step']}, sha256 `{ck['sha256']}`), a U-Net of width {(ck.get('model') or {}).get('width')} "
         "trained without labels on synthetic masks from a GAN (Voynov et al., \"Big GANs Are Watching You\").",
         "",
+        *([f"## About this model", "", about.strip(), ""] if about and about.strip() else []),
         "## Use",
         "",
+        *([f"- File: `{model_name}.onnx`, sha256 `{model_sha256}` (`sha256sum` checks a copy)."] if model_sha256
+          else []),
         f"- Input `{input_name}`: float32 [N, 3, H, W], RGB, x = uint8 / 127.5 - 1 (range [-1, 1]). Batch, height "
         "and width are dynamic; height and width of at least 16 pixels.",
         f"- Output `{output_name}`: float32 [N, H, W], the foreground probability in [0, 1] "
@@ -190,7 +195,9 @@ def model_card(model_name: str, prov: dict, metadata: dict[str, str], results: t
                      "`eval-seg --ckpt RUN --dataset ... --out RUN/eval` and export again (or pass --results).")
     else:
         path, res = results
-        lines += [f"eval-seg's numbers for this checkpoint (`{path}`, foreground rule `{res.get('fg_prob')}`):", ""]
+        # the results' folder and name only: an absolute path of the exporter's machine means nothing to a reader
+        where = f"{Path(path).parent.name}/{Path(path).name}"
+        lines += [f"eval-seg's numbers for this checkpoint (`{where}`, foreground rule `{res.get('fg_prob')}`):", ""]
         lines += _results_table(res)
         if res.get("fg_prob") != prov["fg_prob"]:
             lines += ["", f"These were scored with rule `{res.get('fg_prob')}`; this file computes `{prov['fg_prob']}`."]

@@ -139,6 +139,9 @@ def _efield(name: str, flag: str | None = None, **kwargs):
 @_efield("results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
          help="eval-seg's results.json of this checkpoint, quoted in the card (default: one found in the run "
               "folder or a folder inside it).")
+@_efield("about", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+         help="A markdown file in your words: what the model is, what it is for, where it fails; the card's "
+              "first section.")
 @common_options()
 def export_main(**fields):
     """Export a trained U-Net as a model file that runs without this project.

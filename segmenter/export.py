@@ -14,6 +14,7 @@ must equal PyTorch's to 1e-4 (PARITY_ATOL); the file is refused otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -60,6 +61,7 @@ class ExportConfig:
     fg_prob: str = "softmax"  # the segmodel.inference.FG_PROB rule the graph ends with
     protocol: str = "short"  # the sizing the card and the metadata name, at the model's training size
     results: Path | None = None  # eval-seg's results.json to quote (default: found in the run folder)
+    about: Path | None = None  # a markdown file: what the model is for and its limits, the card's first section
 
 
 def _metadata(prov: dict) -> dict[str, str]:
@@ -177,7 +179,14 @@ def export_onnx(cfg: ExportConfig) -> dict:
     worst = _check_parity(data, backend)
 
     results = find_results(backend.run_dir, backend.fingerprint, cfg.results)
-    card = model_card(out.stem, prov, metadata, results, ONNX_INPUT, ONNX_OUTPUT, package_version())
+    about = None
+    if cfg.about is not None:
+        try:
+            about = Path(cfg.about).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ExportError(f"--about {cfg.about}: cannot read it as UTF-8 text ({first_line(e)})") from None
+    card = model_card(out.stem, prov, metadata, results, ONNX_INPUT, ONNX_OUTPUT, package_version(),
+                      model_sha256=hashlib.sha256(data).hexdigest(), about=about)
     atomic_write_bytes(out, data)
     atomic_write_text(out.parent / CARD, card)
     log.info("wrote %s and %s", out, out.parent / CARD)

@@ -2,6 +2,7 @@
 PyTorch on real ECSSD images, the model card, and `segment --model` with torch hidden."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -57,6 +58,17 @@ def test_the_file_has_one_named_input_dynamic_axes_and_the_training_provenance(r
                  ONNX_INPUT, ONNX_OUTPUT, "short32", "its short side is 32", "Input size: 32 px", "## Licences"):
         assert fact in card
     assert "No eval-seg results.json" in card
+    assert f"sha256 `{hashlib.sha256(exported.read_bytes()).hexdigest()}`" in card  # the file's own bytes
+
+
+def test_the_card_opens_with_the_exporters_own_words(run_dir, tmp_path):
+    about = tmp_path / "about.md"
+    about.write_text("**What it is.** A tiny toy model; it segments nothing real.\n")
+    res = CliRunner().invoke(export_main, ["--ckpt", str(run_dir), "--out", str(tmp_path / "m.onnx"),
+                                           "--about", str(about)])
+    assert res.exit_code == 0, res.output
+    card = (tmp_path / "MODEL.md").read_text()
+    assert card.index("## About this model") < card.index("it segments nothing real") < card.index("## Use")
 
 
 def test_onnxruntime_equals_pytorch_on_ecssd_images(run_dir, exported, ecssd_dir):
