@@ -1,4 +1,4 @@
-"""python -m experiments list | run RECIPE [--seed K | --seeds A:B] [--dry-run] ... | table"""
+"""python -m experiments list | run RECIPE [--seed K | --seeds A:B] [--extra-seeds] [--dry-run] ... | table"""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from core.cli import Group, common_options
-from experiments.recipe import list_recipes, load_recipe
+from experiments.recipe import MAX_SEEDS, list_recipes, load_recipe
 from experiments.runner import DEFAULT_WORK_DIR, RunOptions, Workspace, describe_plan, plan_recipe, run_recipe
 from experiments.table import write_table
 
@@ -24,16 +24,27 @@ def _seed_range(ctx, param, value):
     try:
         if ":" in value:
             a, b = (int(v) for v in value.split(":"))
-            seeds = tuple(range(a, b))
         elif param.name == "seeds":
-            seeds = tuple(range(int(value)))
+            a, b = 0, int(value)
         else:
-            seeds = (int(value),)
+            a = int(value)
+            b = a + 1
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a seed K, a count N or a range A:B (A included, B not)") from None
-    if not seeds or min(seeds) < 0:
+    if a < 0 or b <= a:
         raise click.BadParameter(f"{value!r} selects no seed: give K >= 0, N >= 1 or A:B with 0 <= A < B")
-    return seeds
+    if b - a > MAX_SEEDS:  # checked before the range is built: --seeds 0:10**12 is refused, not held
+        raise click.BadParameter(f"{value!r} selects {b - a} seeds; a run takes at most {MAX_SEEDS}")
+    return tuple(range(a, b))
+
+
+def _check_seeds(recipe, flag: str, seeds: tuple[int, ...] | None, extra: bool) -> None:
+    """Seeds beyond the recipe's own are a choice to make out loud (--extra-seeds), not a typo to run."""
+    if seeds is None or extra or max(seeds) < recipe.seeds:
+        return
+    chosen = f"--seed {seeds[0]}" if flag == "--seed" else f"--seeds {seeds[0]}:{seeds[-1] + 1}"
+    raise click.UsageError(f"{chosen} reaches beyond {recipe.name}'s {recipe.seeds} seeds (0..{recipe.seeds - 1}); "
+                           "pass --extra-seeds to run seeds the recipe does not have")
 
 
 @click.group(cls=Group)
@@ -60,6 +71,8 @@ def list_cmd() -> None:
               help="Run seed K only (0-based), e.g. on one machine of several.")
 @click.option("--seeds", "seeds", callback=_seed_range, default=None, metavar="A:B|N",
               help="Run seeds A..B-1, or the first N seeds. [default: all of the recipe's]")
+@click.option("--extra-seeds", is_flag=True,
+              help="Allow --seed/--seeds beyond the recipe's seeds (more runs than the paper's ten).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder of the named datasets (passed to gen-synth, train-unet and eval-seg). [env BGW_DATA_ROOT]")
 @click.option("--gan", default=None,
@@ -76,14 +89,15 @@ def list_cmd() -> None:
 @click.option("--dry-run", is_flag=True, help="Print every stage's command, folder, status and estimated disk "
                                               "and time, and run nothing.")
 @common_options(fmt="%(message)s")
-def run(recipe: str, work: Path, seed, seeds, data_root, gan, gpus, data_per_seed, keep_checkpoints, tiny,
-        dry_run) -> None:
+def run(recipe: str, work: Path, seed, seeds, extra_seeds, data_root, gan, gpus, data_per_seed, keep_checkpoints,
+        tiny, dry_run) -> None:
     """Run RECIPE (a name from `list` or a .toml path): its unfinished stages, for the chosen seeds."""
     import os
 
     if seed is not None and seeds is not None:
         raise click.UsageError("--seed and --seeds contradict each other; pass one")
     r = load_recipe(recipe, tiny=tiny)
+    _check_seeds(r, "--seed" if seed is not None else "--seeds", seed or seeds, extra_seeds)
     options = RunOptions(seeds=seed or seeds, data_root=data_root or os.environ.get("BGW_DATA_ROOT"), gan=gan, gpus=gpus,
                          data_per_seed=data_per_seed, keep_checkpoints=keep_checkpoints)
     if dry_run:

@@ -29,6 +29,9 @@ from pathlib import Path
 from core.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+# seeds a recipe (or one run) may have: the paper reports ten; the bound keeps a plan (a few stages
+# per seed, with folders and command lines) small enough to hold and to print
+MAX_SEEDS = 1000
 STAGES = ("discover", "rank", "optimize", "generate", "import", "train", "evaluate")
 PAPER_TABLES = ("1", "2", "3", "4", "5", "6")
 
@@ -51,6 +54,13 @@ class Recipe:
     def stage(self, name: str) -> dict | None:
         opts = self.stages.get(name)
         return None if opts is None else copy.deepcopy(opts)
+
+
+def _seed_count(value, path: Path, where: str) -> int:
+    # bool is an int to Python; 1e11 is a float TOML reads happily
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEEDS:
+        raise RecipeError(f"{path}: {where} = {value!r}; give a whole number of runs from 1 to {MAX_SEEDS}")
+    return value
 
 
 def list_recipes() -> list[str]:
@@ -85,11 +95,11 @@ def load_recipe(name_or_path: str, *, tiny: bool = False) -> Recipe:
     unknown = set(data) - {"recipe", "paper", "tiny", *STAGES}
     if unknown:
         raise RecipeError(f"{path}: unknown sections {sorted(unknown)}; known: recipe, paper, tiny, {', '.join(STAGES)}")
-    seeds = int(head.get("seeds", 10))
+    seeds = _seed_count(head.get("seeds", 10), path, "[recipe] seeds")
     if tiny:
         for s, over in data.get("tiny", {}).items():
             if s == "seeds":
-                seeds = int(over)
+                seeds = _seed_count(over, path, "[tiny] seeds")
                 continue
             if s not in stages:
                 raise RecipeError(f"{path}: [tiny.{s}] overrides a stage the recipe does not have")

@@ -16,6 +16,7 @@ import importlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import click
 
 from core.cli import os_error_message
 from core.errors import UserError, first_line
-from experiments.recipe import Recipe
+from experiments.recipe import MAX_SEEDS, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def stage_args(stage: str, opts: dict) -> list[str]:
 def invoke(stage: str, args: list[str]) -> None:
     """Run a tool's click command in this process (TensorFlow and torch coexist here)."""
     cmd = _entry_point(stage)
-    log.info("%s %s", ENTRY_POINTS[stage][0], " ".join(args))
+    log.info("%s %s", ENTRY_POINTS[stage][0], shlex.join(args))
     try:
         code = cmd.main(args=args, prog_name=cmd.name, standalone_mode=False)
     except click.ClickException as exc:
@@ -186,6 +187,15 @@ class RunOptions:
     keep_checkpoints: int | None = None  # train-unet --keep-checkpoints; None: its default (last + best)
 
 
+# what a resumable stage's folder must hold for its tool's --resume to find something to continue
+# (globs): a stage killed before its first checkpoint (train), shard (generate) or config (discover)
+# leaves a folder whose --resume the tool refuses, so that folder is started afresh instead. The
+# generate stage's set is named "set"; a shard without its record yet counts, as gen-synth counts it
+RESUME_MARKERS = {"train": ("checkpoints/last.json",),
+                  "generate": (".set.records/[0-9]*.json", "set-" + "[0-9]" * 6 + ".tar.zst"),
+                  "discover": ("config.json",)}
+
+
 @dataclass
 class Stage:
     """One step of a recipe for one seed (or for all: seed None), with its folder and command."""
@@ -201,6 +211,12 @@ class Stage:
     @property
     def done(self) -> bool:
         return (self.folder / "DONE.json").is_file()
+
+    @property
+    def can_resume(self) -> bool:
+        """The folder holds what the tool's --resume continues (not merely a folder)."""
+        markers = RESUME_MARKERS.get(self.kind, ()) if self.resumable else ()
+        return any(next(self.folder.glob(m), None) for m in markers)
 
     @property
     def tool(self) -> str:
@@ -234,6 +250,9 @@ def _key(opts: dict) -> dict:
 def plan_recipe(recipe: Recipe, ws: Workspace, options: RunOptions = RunOptions()) -> list[Stage]:
     """Every stage of the seeds to run, in order, with folders and command lines. Creates nothing
     (but a `@demo-images` folder when the workspace is not dry)."""
+    count = len(options.seeds) if options.seeds is not None else recipe.seeds
+    if not 1 <= count <= MAX_SEEDS:  # a plan is a few stages per seed, all held in memory
+        raise StageError(f"{recipe.name}: {count} seeds; a run takes 1 to {MAX_SEEDS}")
     seeds = list(options.seeds) if options.seeds is not None else list(range(recipe.seeds))
     per_seed_data = recipe.vary_generation if options.data_per_seed is None else options.data_per_seed
     stages: list[Stage] = []
@@ -310,7 +329,7 @@ def invoke_torchrun(args: list[str], processes: int) -> None:
     """train-unet as `torchrun --nproc_per_node N -m trainer.cli ARGS` (NCCL on GPUs, gloo on CPUs)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
            "-m", "trainer.cli", *args]
-    log.info("%s", " ".join(cmd))
+    log.info("%s", shlex.join(cmd))
     res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if res.returncode:
         lines = [line for line in res.stderr.splitlines() if line.startswith("Error:")] or res.stderr.splitlines()[-1:]
@@ -319,8 +338,10 @@ def invoke_torchrun(args: list[str], processes: int) -> None:
 
 def run_stage(stage: Stage, options: RunOptions) -> None:
     """Run one unfinished stage and mark it done."""
-    resume = stage.resumable and stage.folder.exists()
-    if stage.folder.exists() and not stage.resumable:
+    resume = stage.can_resume
+    # train-unet and gen-synth start afresh in a folder holding nothing to resume, under their own
+    # lock: clearing it here could pull the folder from under another machine's run of the stage
+    if stage.folder.exists() and not resume and stage.kind not in ("train", "generate"):
         shutil.rmtree(stage.folder)
     stage.folder.parent.mkdir(parents=True, exist_ok=True)
     processes = _train_processes(options) if stage.kind == "train" else 1
@@ -373,12 +394,13 @@ def describe_plan(recipe: Recipe, stages: list[Stage], options: RunOptions) -> s
     gpu = _train_processes(options) > 0 and visible_gpus() > 0
     lines, disk = [], 0
     for st in stages:
-        status = "done" if st.done else ("partial: will resume" if st.folder.exists() and st.resumable else "to run")
+        status = ("done" if st.done else "partial: will resume" if st.can_resume
+                  else "partial: will start afresh" if st.folder.exists() else "to run")
         processes = _train_processes(options) if st.kind == "train" else 1
         prefix = f"torchrun --nproc_per_node {processes} -m trainer.cli" if processes > 1 else st.tool.split()[0]
         cost = estimate(st.kind, st.opts, gpu=gpu)
         disk += cost.disk_bytes or 0
-        lines += [f"{st.label(recipe)} [{status}]", f"  $ {prefix} {' '.join(st.args(False))}",
+        lines += [f"{st.label(recipe)} [{status}]", f"  $ {prefix} {shlex.join(st.args(st.can_resume))}",
                   f"  folder {st.folder}", f"  {cost.describe()}"]
     lines.append(f"total disk of these stages: {human_bytes(disk)} (datasets not counted)")
     return "\n".join(lines)

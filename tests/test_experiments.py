@@ -196,6 +196,11 @@ def test_dry_run_plans_without_running(tmp_path, monkeypatch):
     (["--seeds", "3:3"], "selects no seed"),
     (["--seeds", "a:b"], "not a seed"),
     (["--seed", "1", "--seeds", "0:2"], "contradict"),
+    # the tiny recipe has two seeds: more is a choice made out loud, never a typo that runs
+    (["--seed", "99"], "--seed 99 reaches beyond table2-ebigbigan's 2 seeds (0..1); pass --extra-seeds"),
+    (["--seeds", "0:100000"], "selects 100000 seeds; a run takes at most 1000"),
+    (["--seeds", "0:100000", "--extra-seeds"], "selects 100000 seeds; a run takes at most 1000"),
+    (["--seeds", "1000000000000"], "a run takes at most 1000"),  # refused before a range is built
 ])
 def test_bad_seed_choices_are_one_line(tmp_path, args, needle):
     res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", tmp_path, *args)
@@ -232,3 +237,122 @@ def test_training_under_torchrun_on_two_cpu_processes(tmp_path, monkeypatch):
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 3 and (run / "DONE.json").is_file()
     assert sorted(p.name for p in (tmp_path / "results" / "table2-bigbigan").glob("*.json")) == ["seed-0.json"]
+
+
+def test_extra_seeds_are_run_when_asked_for(tmp_path):
+    res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", tmp_path, "--seeds", "1:4",
+               "--extra-seeds")
+    assert res.exit_code == 0, res.output
+    assert [s for s in ("seed 1", "seed 2", "seed 3", "seed 4") if f"[table2-ebigbigan {s}] train" in res.output] == [
+        "seed 1", "seed 2", "seed 3"]
+
+
+def test_dry_run_prints_commands_a_shell_reads_back_as_they_run(tmp_path, monkeypatch):
+    import shlex
+
+    from experiments import runner
+
+    monkeypatch.setattr(runner, "invoke", lambda *a: pytest.fail("a dry run ran a stage"))
+    hostile = "x; touch pwned"
+    res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", tmp_path / "my work", "--seed", "0",
+               "--gan", hostile, "--data-root", tmp_path / "data $(touch pwned)")
+    assert res.exit_code == 0, res.output
+    commands = [line.split("$ ", 1)[1] for line in res.output.splitlines() if line.startswith("  $ ")]
+    gen = shlex.split(next(c for c in commands if c.startswith("gen-synth")))
+    assert gen[gen.index("--gan") + 1] == hostile  # one argument, as the real run passes it (plain argv)
+    recipe = load_recipe("table2-ebigbigan", tiny=True)
+    options = RunOptions(seeds=(0,), gan=hostile, data_root=str(tmp_path / "data $(touch pwned)"))
+    stages = runner.plan_recipe(recipe, runner.Workspace(tmp_path / "my work", dry=True), options)
+    assert [shlex.split(c)[1:] for c in commands] == [st.args(False) for st in stages]
+    assert "; touch pwned'" in res.output and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("value", ["1e11", "0", "-3", "1001", "true", '"10"', "2.5"])
+def test_a_recipes_seeds_are_a_small_whole_number(tmp_path, value):
+    bad = tmp_path / "seeds.toml"
+    bad.write_text(f'[recipe]\ntable = "x"\nrow = "x"\nseeds = {value}\n[generate]\n[train]\n[evaluate]\n')
+    with pytest.raises(RecipeError, match=r"\[recipe\] seeds = .*; give a whole number of runs from 1 to 1000"):
+        load_recipe(str(bad))
+    res = _cli("run", bad, "--dry-run", "--work-dir", tmp_path)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code != 0 and len(lines) == 1 and "whole number of runs" in lines[0], res.output
+    bad.write_text('[recipe]\ntable = "x"\nrow = "x"\n[generate]\n[train]\n[evaluate]\n'
+                   f'[tiny]\nseeds = {value}\n')
+    with pytest.raises(RecipeError, match=r"\[tiny\] seeds"):
+        load_recipe(str(bad), tiny=True)
+
+
+def test_the_runner_never_plans_more_seeds_than_it_can_hold(tmp_path):
+    from experiments.runner import Workspace, plan_recipe
+
+    recipe = load_recipe("table2-ebigbigan", tiny=True)
+    with pytest.raises(StageError, match="2000 seeds; a run takes 1 to 1000"):
+        plan_recipe(recipe, Workspace(tmp_path, dry=True), RunOptions(seeds=tuple(range(2000))))
+
+
+def _stages_by_kind(tmp_path):
+    from experiments.runner import Workspace, plan_recipe
+
+    recipe = load_recipe("table2-ebigbigan", tiny=True)
+    return {st.kind: st for st in plan_recipe(recipe, Workspace(tmp_path, dry=True), RunOptions(seeds=(0,)))}
+
+
+@pytest.mark.parametrize("kind, killed, resumable", [
+    ("train", ["config.json", "metrics.jsonl"], False),  # killed before its first checkpoint
+    ("train", ["config.json", "checkpoints/last.json"], True),
+    ("generate", [".set.records/set.json", "set.json"], False),  # killed before its first shard
+    ("generate", [".set.records/set.json", ".set.records/000000.json"], True),
+    ("generate", [".set.records/set.json", "set-000001.tar.zst"], True),  # a shard whose record is not written yet
+])
+def test_a_stage_resumes_only_what_its_tool_can_resume(tmp_path, monkeypatch, kind, killed, resumable):
+    from experiments import runner
+
+    stage = _stages_by_kind(tmp_path)[kind]
+    for name in killed:
+        (stage.folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (stage.folder / name).write_text("{}")
+    calls = []
+    monkeypatch.setattr(runner, "invoke", lambda kind_, args: calls.append(args))
+    assert stage.can_resume is resumable
+    assert f"[{'partial: will resume' if resumable else 'partial: will start afresh'}]" in runner.describe_plan(
+        load_recipe("table2-ebigbigan", tiny=True), [stage], RunOptions(gpus=0))
+    runner.run_stage(stage, RunOptions(gpus=0))
+    assert ("--resume" in calls[0]) is resumable and stage.done
+    # the tool starts afresh in its own folder, under its own lock: a folder another machine may be
+    # writing is never cleared from under it
+    assert all((stage.folder / name).exists() for name in killed)
+
+
+def test_a_stage_that_cannot_resume_is_redone_in_a_clean_folder(tmp_path, monkeypatch):
+    from experiments import runner
+
+    stage = _stages_by_kind(tmp_path)["evaluate"]
+    stage.folder.mkdir(parents=True)
+    (stage.folder / "results.json.tmp").write_text("half")
+    calls = []
+
+    def invoke(kind, args):
+        calls.append(args)
+        stage.folder.mkdir()
+
+    monkeypatch.setattr(runner, "invoke", invoke)
+    runner.run_stage(stage, RunOptions())
+    assert "--resume" not in calls[0] and not (stage.folder / "results.json.tmp").exists() and stage.done
+
+
+def test_a_training_killed_before_its_first_checkpoint_is_started_afresh(tmp_path):
+    """The bug: the rerun passed --resume and train-unet refused (\"holds no checkpoint\")."""
+    from experiments import runner
+    from trainer.toy import write_disc_set
+
+    shards = write_disc_set(tmp_path / "set", "discs", n_train=16, n_val=8, size=32, shard_size=8)
+    folder = tmp_path / "train" / "run"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"steps": 2}')  # what a run killed before its first checkpoint leaves
+    (folder / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    opts = {"shards": str(shards), "size": 32, "width": 4, "batch": 4, "steps": 2, "val_every": 0, "val_samples": 8,
+            "num_workers": 0, "shuffle_buffer": 8, "ckpt_every": 2, "cpu_threads": 1, "device": "cpu"}
+    stage = runner.Stage("train", 0, opts, folder, resumable=True,
+                         args=lambda resume: runner.stage_args("train", {**opts, "out": str(folder), "resume": resume}))
+    runner.run_stage(stage, RunOptions(gpus=0))
+    assert json.loads((folder / "checkpoints" / "last.json").read_text())["step"] == 2 and stage.done
