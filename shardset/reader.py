@@ -52,7 +52,9 @@ class HashingReader(io.RawIOBase):
     This is the one place shard bytes are checked while streaming: every reader (iter_samples,
     the webdataset stages, the trainer, eval-seg's shards:SET, export) opens shards through
     `open_shard`. The check runs when a read returns end-of-file, and again (a no-op by then)
-    from `check()`, which iter_raw_samples calls after the last tar member.
+    from `check()`, which iter_raw_samples calls after the last tar member. The bytes it judges
+    are complete: a remote read cut short is taken up again by `open_url`, or fails there saying
+    the connection dropped, so "changed" is said only of a whole shard that differs.
     """
 
     def __init__(self, raw: BinaryIO, url: str, expect: dict):

@@ -4,13 +4,25 @@
 `open_url(url)` opens one shard or manifest for reading: local paths and `file://` directly,
 `http(s)://` through urllib, anything else with a scheme (`s3://`, `gs://`, ...) through fsspec
 when it is installed.
+
+An http(s) read survives the network (teams share sets from ordinary web servers): a body cut
+short (the connection closed, reset or timed out before Content-Length) is taken up again where it
+stopped, with a Range request when the server honours it (206 and a Content-Range starting there),
+else with a plain request whose first bytes, already delivered, are skipped; up to RETRY_ATTEMPTS
+tries in a row that deliver nothing, waiting RETRY_BACKOFF_S, then twice that, and so on. When
+they are spent the read fails with `ShardConnectionError`, which says the connection dropped: a
+shard is called changed only when its complete bytes differ from its manifest record.
 """
 from __future__ import annotations
 
 import glob
+import http.client
+import io
 import logging
 import os
 import re
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,12 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from core.errors import first_line
+
 from .format import SHARD_FILE_RE, NothingMatchedError, ShardError, ShardSetError
 from .manifest import ManifestError, is_manifest_file, parse_manifest
 
 log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 60.0
+RETRY_ATTEMPTS = 5  # tries in a row that deliver nothing before a read gives up
+RETRY_BACKOFF_S = 0.5  # the wait before the first try; it doubles with each try in a row
+MAX_RECONNECTS = 100  # tries of one stream in all: a server that dribbles a byte per connection ends too
+# answers that say "not now" rather than "not there": worth another try
+_RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 _BRACE_RE = re.compile(r"\{([^{}]*)\}")
 _RANGE_RE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 _MAX_EXPANSION = 1_000_000
@@ -63,6 +82,176 @@ def _file_url_to_path(url: str) -> str:
     return urllib.request.url2pathname(urllib.parse.urlparse(url).path)
 
 
+class ShardConnectionError(ShardError):
+    """The connection to a remote shard or manifest dropped and could not be taken up again: the
+    network or the server failed, not (as far as anyone can tell) the shard."""
+
+    def __reduce__(self):  # picklable across DataLoader worker processes, as its own class
+        return (type(self), (self.url, self.reason))
+
+
+class _Retry(Exception):
+    """A try that failed in a way another try may not: the reason, for the final message."""
+
+
+def _why(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)  # URLError wraps the socket's error
+    inner = reason if isinstance(reason, BaseException) else exc
+    return f"{type(inner).__name__}: {first_line(inner)}" if str(inner).strip() else type(inner).__name__
+
+
+def _content_length(resp) -> int | None:
+    value = resp.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _validator(resp) -> str | None:
+    """What names this version of the resource, to tell a resumed body from another file's."""
+    return resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+
+
+class _ResumingHTTPStream(io.RawIOBase):
+    """The body of an http(s) GET that is taken up again where it stopped when the connection
+    drops (see the module's docstring). `pos` counts the bytes delivered to the reader."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pos = 0
+        self._failures = 0  # tries in a row that delivered nothing
+        self._tries = 0
+        self._ranges = True  # until the server answers a Range request with something else
+        self._length: int | None = None  # None: chunked, the end is the server's word
+        self._version: str | None = None
+        self._opened = False
+        self._resp = self._connect(first=True)
+        self._opened = True
+        self._length = _content_length(self._resp)
+        self._version = _validator(self._resp)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if not len(b):
+            return 0
+        while True:
+            try:
+                n = self._resp.readinto(b)
+            except (OSError, http.client.HTTPException) as exc:
+                why = _why(exc)
+            else:
+                if n:
+                    self.pos += n
+                    self._failures = 0
+                    return n
+                if self._length is None or self.pos >= self._length:
+                    return 0
+                # http.client reports a body cut short as a plain end: Content-Length tells them apart
+                why = "the server closed the connection before the end"
+            self._resp.close()
+            self._resp = self._connect(first=False, why=why)
+
+    def _connect(self, *, first: bool, why: str = ""):
+        while True:
+            if not first:
+                self._failures += 1
+                self._tries += 1
+                if self._failures > RETRY_ATTEMPTS or self._tries > MAX_RECONNECTS:
+                    raise self._gave_up(why)
+                time.sleep(RETRY_BACKOFF_S * 2 ** (self._failures - 1))
+            try:
+                return self._request(first)
+            except _Retry as exc:
+                why, first = str(exc), False
+
+    def _gave_up(self, why: str) -> ShardConnectionError:
+        if not self._opened:
+            return ShardConnectionError(self.url, f"cannot open ({why}), and {RETRY_ATTEMPTS} more tries failed; "
+                                                  "the server or the network failed: rerun when it answers")
+        of = f" of {self._length}" if self._length is not None else ""
+        tries = (f"{RETRY_ATTEMPTS} tries in a row to take it up again failed" if self._failures > RETRY_ATTEMPTS
+                 else f"it was taken up again {MAX_RECONNECTS} times")
+        return ShardConnectionError(self.url, f"the connection dropped after {self.pos}{of} bytes and {tries} "
+                                              f"(last: {why}); the server or the network failed, not necessarily "
+                                              "the shard: rerun when it answers")
+
+    def _request(self, first: bool):
+        """One GET: the whole body, or (after a drop) the body from `pos` on, checked to be the same file."""
+        start = 0 if first else self.pos
+        headers = {"Range": f"bytes={start}-"} if start and self._ranges else {}
+        try:
+            resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=HTTP_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code in _RETRY_STATUSES:
+                raise _Retry(f"HTTP {exc.code} {exc.reason}") from None
+            if not self._opened:
+                raise ShardError(self.url, f"HTTP {exc.code} {exc.reason}") from None
+            raise ShardError(self.url, f"HTTP {exc.code} {exc.reason} when taking up the read again after "
+                                       f"{start} bytes") from None
+        except (OSError, http.client.HTTPException) as exc:
+            # a first connection refused or a name not found is a wrong address, not a drop
+            refused = isinstance(getattr(exc, "reason", exc), (ConnectionRefusedError, socket.gaierror))
+            if first and refused:
+                raise ShardError(self.url, f"cannot open ({exc})") from None
+            raise _Retry(_why(exc)) from None
+        if not self._opened:
+            return resp
+        try:
+            self._check_same(resp)
+            if not start:
+                return resp
+            if resp.status == 206:
+                return self._ranged(resp, start)
+            # no Range support: the body again from its first byte; what was delivered is skipped
+            self._skip(resp, start)
+            return resp
+        except BaseException:
+            resp.close()
+            raise
+
+    def _check_same(self, resp) -> None:
+        version = _validator(resp)
+        if self._version and version and version != self._version:
+            raise self._changed(f"{self._version} -> {version}")
+        total = _content_length(resp) if resp.status == 200 else None
+        if total is not None and self._length is not None and total != self._length:
+            raise self._changed(f"{self._length} bytes, now {total}")
+
+    def _changed(self, detail: str) -> ShardError:
+        # the bytes delivered and those to come are of two versions: no reader should join them
+        return ShardError(self.url, f"changed on the server while it was read ({detail}); read it again")
+
+    def _ranged(self, resp, start: int):
+        content_range = resp.headers.get("Content-Range", "")
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range.strip())
+        if m is None or int(m.group(1)) != start:
+            self._ranges = False  # a server that cannot be trusted with ranges gets whole requests
+            raise _Retry(f"asked for bytes {start}- the server answered Content-Range {content_range!r}")
+        if m.group(3) != "*" and self._length is not None and int(m.group(3)) != self._length:
+            raise self._changed(f"{self._length} bytes, now {m.group(3)}")
+        if m.group(3) != "*" and self._length is None:  # a chunked first answer: now the end is known
+            self._length = int(m.group(3))
+        return resp
+
+    def _skip(self, resp, n: int) -> None:
+        left = n
+        try:
+            while left:
+                chunk = resp.read(min(left, 1 << 16))
+                if not chunk:
+                    raise _Retry(f"the connection closed {n - left} bytes into the {n} already read")
+                left -= len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Retry(_why(exc)) from None
+
+    def close(self) -> None:
+        try:
+            self._resp.close()
+        finally:
+            super().close()
+
+
 def open_url(url: str) -> BinaryIO:
     """Open a shard or manifest for binary reading; failures are ShardErrors naming the URL."""
     scheme = _scheme(url)
@@ -72,12 +261,10 @@ def open_url(url: str) -> BinaryIO:
         if scheme == "file":
             return open(_file_url_to_path(url), "rb")
         if scheme in ("http", "https"):
-            return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)
+            return io.BufferedReader(_ResumingHTTPStream(url), 1 << 16)
     except FileNotFoundError:
         raise ShardError(url, "no such file") from None
-    except urllib.error.HTTPError as exc:
-        raise ShardError(url, f"HTTP {exc.code} {exc.reason}") from None
-    except (OSError, urllib.error.URLError) as exc:
+    except OSError as exc:
         raise ShardError(url, f"cannot open ({exc})") from None
     try:
         import fsspec

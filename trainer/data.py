@@ -45,6 +45,7 @@ import torch
 import shardset
 from core.errors import UserError, first_line
 from shardset.format import parse_shard_filename
+from shardset.urls import ShardConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,8 @@ def read_shard_raw(url: str, limits=None, expect: dict | None = None) -> Iterato
             yield raw
     except DataError:
         raise
+    except ShardConnectionError as e:  # the network failed, not (as far as anyone knows) the shard
+        raise DataError(f"cannot read shard {url}: {e.reason}") from None
     except shardset.ShardError as e:  # its message starts with the URL already
         raise DataError(f"corrupt shard {url}: {e.reason}") from None
     except Exception as e:  # noqa: BLE001 - the per-shard boundary: a shard from strangers fails in any way
