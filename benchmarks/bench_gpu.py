@@ -23,7 +23,7 @@ the tool itself runs (nothing re-implemented here):
       (and the share of the run the renderer was busy) and the samples per second the host thread
       filtered and wrote. A renderer busy most of the run means the accelerator is the bottleneck.
   find-direction discover
-      generator.discover.discover(toy, K 120, batch 32): steps/s after the warm-up, projected to
+      finder.discover.discover(toy, K 120, batch 32): steps/s after the warm-up, projected to
       the authors' 100,000 steps.
   eval-seg
       evaluator.cli.evaluate(EvalConfig(...)) on ECSSD (--ecssd, default ../shared/data/ecssd;
@@ -355,7 +355,7 @@ def part_gen(form: Form, work: Path) -> list[dict]:
     from generator.config import GenConfig
     from generator.inputs import cached_gan
     from generator.pipeline import run
-    from generator.toy import toy_direction
+    from gans.toy import toy_direction
 
     _tf_threads(form)
     cfg = GenConfig(gan="toy", latents="prior", n=form.gen_n, shard_size=form.gen_shard, batch_size=form.gen_batch,
@@ -407,7 +407,7 @@ def part_gen(form: Form, work: Path) -> list[dict]:
 
 
 def part_discover(form: Form, work: Path) -> list[dict]:
-    from generator.discover import DiscoverConfig, discover
+    from finder.discover import DiscoverConfig, discover
     from generator.inputs import cached_gan
 
     _tf_threads(form)

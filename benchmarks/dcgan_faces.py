@@ -20,7 +20,7 @@ import numpy as np
 
 def _tiles(x: np.ndarray, xs: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[3 rows x N columns] uint8 RGB picture, each tile upscaled 2x (64 -> 128 px)."""
-    from generator.direction_search import image_grid, unit_to_uint8
+    from finder.rank import image_grid, unit_to_uint8
     from generator.preview import signed_to_uint8
 
     def up(a):
@@ -49,8 +49,8 @@ def _labelled_stack(pictures: list[np.ndarray], labels: list[str]) -> np.ndarray
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None)
 def main(rankings, cand_files, top, n, show, shift, out, cache_dir):
-    from generator import masks
-    from generator.gan import load_gan
+    from masking import rules as masks
+    from gans.loader import load_gan
 
     gan = load_gan("dcgan-faces", cache_dir=cache_dir)
     z = np.random.default_rng(2024).standard_normal((n, gan.latent_dim)).astype(np.float32)

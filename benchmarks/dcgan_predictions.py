@@ -115,7 +115,7 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
     how = "short128" if side is None else f"short side {side}"
     titles = [f"held-out GAN samples (val shards): image | shard mask | prediction ({how}, p >= 0.5)",
               f"photos: image | prediction ({how}, p >= 0.5) | ground truth"]
-    from generator.direction_search import image_grid
+    from finder.rank import image_grid
     from generator.preview import label_band
 
     blocks = []

@@ -1,6 +1,6 @@
 """How long must `find-direction discover` run on the toy GAN before `rank` finds a segmenting direction?
 
-Trains Voynov & Babenko's directions on `--gan toy` (generator.discover, the code behind
+Trains Voynov & Babenko's directions on `--gan toy` (finder.discover, the code behind
 `find-direction discover`), stopping at each of `--steps` (one run, resumed from its checkpoint
 at each stop), and after each stop prints one row:
 
@@ -16,7 +16,7 @@ at each stop), and after each stop prints one row:
 - geo leak: the weight of the best-aligned direction on the toy's geometric coordinates (centre,
   size, aspect, rotation, roundness, wobble): at shift 5 even 0.1 moves the object a few pixels.
 
-The toy's factors are known (generator/toy.py), so the table also gives the best |cos| with a few
+The toy's factors are known (gans/toy.py), so the table also gives the best |cos| with a few
 other factors. Ends with one JSON line. Slow on a CPU (about 0.16 s per step on 2 cores, and
 about 100 s per ranking of 120 directions x 2 signs); a GPU is the place for long runs.
 
@@ -45,7 +45,7 @@ GEOMETRIC = ("center_x", "center_y", "size", "aspect", "rotation", "roundness", 
 
 def _coords(name: str) -> tuple[int, ...]:
     """The coordinates of u = z @ Q that a toy factor owns (TOY_FACTORS holds an int or a tuple)."""
-    from generator import toy
+    from gans import toy
 
     idx = toy.TOY_FACTORS[name]
     return idx if isinstance(idx, tuple) else (idx,)
@@ -53,7 +53,7 @@ def _coords(name: str) -> tuple[int, ...]:
 
 def geometric_leak(h: np.ndarray) -> float:
     """Norm of the unit direction h's components on the toy's geometric coordinates."""
-    from generator import toy
+    from gans import toy
 
     u = np.asarray(h, np.float64) @ toy._params()["q"].astype(np.float64)
     idx = [i for f in GEOMETRIC for i in _coords(f)]
@@ -63,7 +63,7 @@ def geometric_leak(h: np.ndarray) -> float:
 def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
     """Best |cos| of any learned direction with each toy factor (multi-coordinate factors: any
     of their coordinates)."""
-    from generator import toy
+    from gans import toy
 
     c = np.abs(dirs @ toy._params()["q"])
     out = {}
@@ -74,7 +74,7 @@ def factor_alignment(dirs: np.ndarray) -> dict[str, float]:
 
 def lighting_masks(gan, z: np.ndarray, x: np.ndarray, h: np.ndarray, shift: float = 5.0):
     """G(z + shift h) and the lighting-rule masks (gray brightens, large components) of x = G(z)."""
-    from generator.masks import keep_large_components, lighting_mask
+    from masking.rules import keep_large_components, lighting_mask
 
     xs = gan.generate(z + shift * h[None])
     return xs, keep_large_components(lighting_mask(x, xs)).astype(bool)
@@ -88,7 +88,7 @@ def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray
 def print_leak_table(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, seed: int = 5) -> None:
     """How much leak the IoU bar allows: directions c * light + sqrt(1 - c^2) * (a random unit
     vector orthogonal to it), three per c; prints each one's geometric leak and mask IoU."""
-    from generator import toy
+    from gans import toy
 
     light = toy.toy_direction().astype(np.float64)
     rng = np.random.default_rng(seed)
@@ -106,8 +106,8 @@ def print_leak_table(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, seed:
 def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray) -> None:
     """Rows = samples; columns: G(z), G(z + 5h) and its mask for the discovered direction h, the
     same for the toy's shipped direction, and the true object mask."""
-    from generator import direction_search as ds
-    from generator import toy
+    from finder import rank as ds
+    from gans import toy
 
     def tile(img):
         return ds.unit_to_uint8(ds.to_unit_range(img))
@@ -140,9 +140,9 @@ def write_picture(path: str, gan, z: np.ndarray, x: np.ndarray, truth: np.ndarra
 @click.option("--quick", is_flag=True, help="Smoke run for `make bench`: --steps 10,20 --directions 8 --iou-samples 20.")
 def main(steps: str, directions: int, lr: float, lr_directions: float, milestones: str, init: str, seed: int,
          rank: bool, iou_samples: int, out: str | None, picture: str | None, leak_table: bool, quick: bool) -> None:
-    from generator import direction_search as ds
-    from generator import toy
-    from generator.discover import DiscoverConfig, discover
+    from finder import rank as ds
+    from gans import toy
+    from finder.discover import DiscoverConfig, discover
     from generator.inputs import cached_gan
 
     if quick:

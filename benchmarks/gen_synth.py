@@ -1,7 +1,7 @@
 """gen-synth throughput: the host side per core, and the toy GAN end to end on this machine.
 
 Rows:
-- host: mask + filters            generator.masks.process_batch alone
+- host: mask + filters            masking.rules.process_batch alone
 - host: mask + filters + write    the pipeline's host thread (process_batch, sample build, encode,
                                   tar + zstd, atomic write) fed synthetic batches, one core
 - toy: render pairs               Gan.generate_pair alone (the accelerator side; here TF on CPU)
@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from generator.latents import LatentStream
-from generator.masks import FilterConfig, process_batch
+from masking.rules import FilterConfig, process_batch
 from generator.config import GenConfig, make_plan
 from generator.render import _Host
 
@@ -217,7 +217,7 @@ def bench_stages(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float]]:
 def bench_toy(n: int) -> dict:
     from generator.inputs import cached_gan
     from generator.pipeline import run
-    from generator.toy import toy_direction
+    from gans.toy import toy_direction
 
     gan = cached_gan("toy")
     z = np.random.default_rng(0).standard_normal((BATCH, 120)).astype(np.float32)

@@ -22,7 +22,7 @@ import click
 import cv2
 import numpy as np
 
-from generator import masks as M
+from masking import rules as M
 
 DEFAULT_DATA = Path(os.environ.get("BGW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -1,4 +1,4 @@
-"""Host-side throughput of mask rule + filters (generator.masks.process_batch) per CPU core.
+"""Host-side throughput of mask rule + filters (masking.rules.process_batch) per CPU core.
 
 Pairs are synthetic but shaped like the GAN's: a smooth random blob (the object) on a smooth
 coloured background, the shifted image brighter on the object and darker elsewhere, plus pixel
@@ -23,7 +23,7 @@ import click
 import cv2
 import numpy as np
 
-from generator import masks as M
+from masking import rules as M
 
 
 def smooth_field(rng: np.random.Generator, n: int, size: int, cells: int, channels: int = 1) -> np.ndarray:

@@ -27,18 +27,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @click.option("--quick", is_flag=True, help="Optimise only 60 steps of batch 8 (seconds, not minutes).")
 @click.option("--cache-dir", default=None, help="Where the toy is built (default: $BGW_CACHE_DIR).")
 def main(direction, samples, quick, cache_dir):
-    from generator import direction_search as ds
-    from generator import optimize as op
-    from generator import toy
-    from generator.gan import load_gan
-    from generator.masks import FilterConfig, process_batch
+    from finder import rank as ds
+    from finder import optimize as op
+    from gans import toy
+    from gans.loader import load_gan
+    from masking.rules import FilterConfig, process_batch
 
     gan = load_gan("toy", cache_dir=cache_dir)
     if direction is None:
         cfg = op.OptimizeConfig(steps=60, batch=8) if quick else op.OptimizeConfig()
         d, _ = op.optimize_direction(gan, cfg)
     else:
-        from generator.directions import load_direction
+        from gans.directions import load_direction
 
         d, _ = load_direction(direction, dim=gan.latent_dim)
     print("cosine with the toy's factors (|cos| >= 0.05):")

@@ -1,10 +1,10 @@
-"""The toy GAN (generator/toy.py, a test fixture): rendering speed and what the paper's filters do to it.
+"""The toy GAN (gans/toy.py, a test fixture): rendering speed and what the paper's filters do to it.
 
 Two tables:
   1. speed: images per wall second of `Gan.generate`, `Gan.generate_pair` (2 images per latent)
      and the raw `generate` signature, best of 3 repeats of `--reps` batches of `--batch-size`;
   2. filters, once per histogram rule (bimodal, the default, and paper):
-     `generator.masks.process_batch(G(z), G(z + 5h), preset with that rule)` on `--n` prior latents
+     `masking.rules.process_batch(G(z), G(z + 5h), preset with that rule)` on `--n` prior latents
      (seed `--seed`) with the shipped direction h = toy_direction(): acceptance, rejections per
      reason, mean IoU of the accepted masks with `toy_true_mask`, and the median saliency
      coordinate s of each group.
@@ -50,15 +50,16 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @click.option("--batch-size", "batch", type=click.IntRange(1), default=64, show_default=True, help="latents per call")
 @click.option("--reps", type=click.IntRange(1), default=None, help="calls per timing repeat [10; quick 3]")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the prior latents")
-@click.option("--preset", "preset_name", default="default", show_default=True, help="generator.masks preset")
+@click.option("--preset", "preset_name", default="default", show_default=True, help="masking.rules preset")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="where the toy module is built [a temp folder]")
 @click.option("--quick", is_flag=True, help="small sizes (a smoke run)")
 def main(n, batch, reps, seed, preset_name, cache_dir, quick):
     import tensorflow as tf
 
-    from generator import masks, toy
-    from generator.gan import load_gan
+    from masking import rules as masks
+    from gans import toy
+    from gans.loader import load_gan
 
     n = n or (128 if quick else 512)
     reps = reps or (3 if quick else 10)

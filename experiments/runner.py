@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 
 # stage -> (the tool's click entry point, its sub-command or None)
 ENTRY_POINTS = {
-    "discover": ("generator.directions_cli:main", "discover"),
-    "rank": ("generator.directions_cli:main", "rank"),
-    "optimize": ("generator.directions_cli:main", "optimize"),
+    "discover": ("finder.cli:main", "discover"),
+    "rank": ("finder.cli:main", "rank"),
+    "optimize": ("finder.cli:main", "optimize"),
     "generate": ("generator.cli:main", None),
     "import": ("shardset.cli:cli", "import"),
     "train": ("trainer.cli:main", None),

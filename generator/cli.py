@@ -20,10 +20,10 @@ import threading
 import click
 
 from core.cli import Group, common_options, config_option, progress_bar, verbosity_option
+from masking.rules import HISTOGRAM_RULES, MASK_RULES, PRESETS
 from shardset.format import ENCODINGS
 
 from .config import MAX_FG_AUTO, NO_HISTOGRAM, GenConfig, GenerationError
-from .masks import HISTOGRAM_RULES, MASK_RULES, PRESETS
 
 DATASET_HELP = "cub, flowers, imagenet, duts, ecssd, dut-omron, or folder:PATH (any folder of images)"
 

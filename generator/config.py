@@ -12,13 +12,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardset.format import DEFAULT_ENCODING
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS
+from gans.loader import DEFAULT_GAN, MIN_IMAGE_SIZE
+from masking.rules import PRESETS, FilterConfig, UnknownRuleError
+from shardset.format import DEFAULT_ENCODING
 
-from .gan import MIN_IMAGE_SIZE
 from .latents import LATENT_SOURCES
-from .masks import PRESETS, FilterConfig, UnknownRuleError
 
 # Datasets whose latents use alpha = 0.2 by default (paper, section 3.3); imagenet uses 0.
 SMALL_DATASETS = ("cub", "flowers", "duts", "ecssd", "dut-omron")
@@ -41,7 +41,7 @@ class GenConfig:
     """Every setting of a gen-synth run. ``None`` means "derived" (see ``resolved``)."""
 
     # -- model
-    gan: str = "bigbigan"  # "bigbigan", "toy", "dcgan-faces", a local SavedModel folder or a TF-Hub handle
+    gan: str = DEFAULT_GAN  # "bigbigan", "toy", "dcgan-faces", a local SavedModel folder or a TF-Hub handle
     direction: str | None = None  # .npy/.pth file of h_bg [latent_dim]; None = the model's shipped one
     shift: float = 5.0  # r: latent units moved along the unit direction, x' = G(z + r h)
     cache_dir: str | None = None  # model and embeddings cache folder; None = $BGW_CACHE_DIR or ~/.cache/bgw-seg
@@ -64,7 +64,7 @@ class GenConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # dataset images larger than this are skipped (read from the header)
     preview: str | bool | None = None  # path of a preview PNG to write; True = OUT/NAME-preview.png; None = none
     # -- masks and filters (None = the preset's value)
-    preset: str | None = None  # key of generator.masks.PRESETS; None = the dataset's ("flowers") or "default"
+    preset: str | None = None  # key of masking.rules.PRESETS; None = the dataset's ("flowers") or "default"
     mask_rule: str | None = None  # "lighting" | "mean"
     connectivity: int | None = None  # 4 (paper) | 8 (reference code)
     components_filter: bool | None = None  # drop components < 0.2 x the largest; False = keep every component

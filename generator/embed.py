@@ -236,7 +236,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
     if not paths:
         raise ValueError(f"no images given for {dataset_name}")
     if cache_dir is None:
-        from generator.toy import default_cache_dir
+        from gans.toy import default_cache_dir
 
         cache_dir = default_cache_dir()
     if root is None:

@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError, first_line
+from gans.directions import PUBLISHED_DIRECTIONS
+from gans.loader import resample_record
 
 from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, make_plan
-from .directions import PUBLISHED_DIRECTIONS
-from .gan import resample_record
 from .latents import DRAW_BLOCK, LatentStream
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ _GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_d
 
 
 def cached_gan(spec: str, cache_dir: str | None = None):
-    """generator.gan.load_gan, memoised per process (several runs in one process share a model)."""
-    from . import gan as gan_mod
+    """gans.loader.load_gan, memoised per process (several runs in one process share a model)."""
+    from gans import loader as gan_mod
 
     key = (spec, cache_dir)
     if key not in _GANS:
@@ -65,7 +65,7 @@ def require_direction(cfg: GenConfig) -> None:
 
 def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
     """(unit direction, sha256, description) for the run."""
-    from .directions import DirectionError, as_unit_vector, load_direction, published_direction_path
+    from gans.directions import DirectionError, as_unit_vector, load_direction, published_direction_path
 
     if cfg.direction is None and cfg.gan in PUBLISHED_DIRECTIONS:
         try:
@@ -79,7 +79,7 @@ def _direction(cfg: GenConfig, latent_dim: int) -> tuple[np.ndarray, str, str]:
             raise GenerationError(
                 f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
                 f"[{latent_dim}] floats; find one with find-direction)")
-        from .toy import toy_direction
+        from gans.toy import toy_direction
 
         vec = as_unit_vector(toy_direction(), name="toy direction", dim=latent_dim)
         return vec, hashlib.sha256(vec.astype("<f4").tobytes()).hexdigest(), "toy:shipped"
@@ -167,13 +167,13 @@ AUTO_BOUND_STREAM = MAX_SHARDS  # their latent stream: a shard index that no set
 
 
 def auto_size_bound(gan, cfg: GenConfig, direction: np.ndarray, embeddings: np.ndarray | None) -> dict:
-    """The size bound of `--max-fg auto` (generator.masks.size_bound) over the masks of
+    """The size bound of `--max-fg auto` (masking.rules.size_bound) over the masks of
     AUTO_BOUND_SAMPLES draws from the run's own latent source (stream AUTO_BOUND_STREAM of its seed),
     made as the run makes them (mask rule, image size, shift, connected components), before any
     filter. A function of the params and the seed, so a resumed or distributed run finds the same."""
     import dataclasses as dc
 
-    from .masks import SIZE_BOUND_QUANTILE, process_batch, size_bound
+    from masking.rules import SIZE_BOUND_QUANTILE, process_batch, size_bound
 
     stream = LatentStream(cfg.seed, AUTO_BOUND_STREAM, int(gan.latent_dim), embeddings=embeddings,
                           alpha=cfg.alpha if embeddings is not None else 0.0)

@@ -18,12 +18,12 @@ from typing import Callable
 
 import numpy as np
 
+from masking.rules import REASONS, FilterConfig, process_batch
 from shardset.format import sample_key
 
 from .config import GIVE_UP_EMPTY, GenConfig, GenerationError, Plan
 from .inputs import Inputs
 from .latents import LatentStream
-from .masks import REASONS, FilterConfig, process_batch
 from .preview import PreviewCollector, signed_to_uint8
 
 log = logging.getLogger(__name__)

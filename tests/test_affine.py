@@ -1,11 +1,11 @@
-"""The two-operator model (generator.affine) on hand-made images with known operators and region,
+"""The two-operator model (finder.affine) on hand-made images with known operators and region,
 and the appendix-B ranking rule on hand-made L/D/balance tables."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from generator import affine
+from finder import affine
 
 # Two known operators in [M | b] form: A1 lights and desaturates a little, A2 halves and darkens.
 A1 = np.array([[0.6, 0.1, 0.0, 0.35],

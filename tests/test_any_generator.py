@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from generator import toy
+from gans import toy
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
@@ -75,7 +75,7 @@ def test_embeddings_need_an_encoder(toy64, tmp_path, ecssd_dir):
 
 
 def test_rank_finds_the_light_at_64_pixels(toy64, tmp_path):
-    from generator.directions_cli import main
+    from finder.cli import main
 
     module, _ = toy64
     rng = np.random.default_rng(0)

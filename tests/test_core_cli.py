@@ -127,7 +127,7 @@ def test_config_option_keeps_a_required_option_without_a_default_missing():
     assert res.exit_code == 2 and "Missing option '--out'" in res.output
 
 
-@pytest.mark.parametrize("entry", ["generator.cli:main", "generator.directions_cli:main", "trainer.cli:main",
+@pytest.mark.parametrize("entry", ["generator.cli:main", "finder.cli:main", "trainer.cli:main",
                                    "evaluator.cli:main", "shardset.cli:cli", "experiments.__main__:cli"])
 def test_every_tool_follows_the_convention(entry):
     """-h, --version and -v on every tool; no --batch, no --num-workers or --worker-index."""

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from generator import dcgan
-from generator.gan import GanLoadError, load_gan
+from gans import dcgan
+from gans.loader import GanLoadError, load_gan
 
 pytestmark = pytest.mark.tf
 pytest.importorskip("tensorflow")

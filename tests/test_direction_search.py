@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from generator import affine
-from generator import direction_search as ds
+from finder import affine
+from finder import rank as ds
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
@@ -169,8 +169,8 @@ def test_unit_rows_rejects_zero_rows():
 
 @pytest.fixture(scope="module")
 def toy_env(tmp_path_factory):
-    from generator import toy
-    from generator.gan import load_gan
+    from gans import toy
+    from gans.loader import load_gan
 
     cache = tmp_path_factory.getbasetemp() / "bgw-cache"
     toy.ensure_toy_module(cache)
@@ -178,7 +178,7 @@ def toy_env(tmp_path_factory):
 
 
 def _lighting(gan, z, h):
-    from generator.masks import lighting_mask
+    from masking.rules import lighting_mask
 
     x, xs = gan.generate_pair(z, h, 5.0)
     return lighting_mask(x, xs)
@@ -194,7 +194,7 @@ def test_rank_on_the_toy_picks_a_direction_whose_masks_match_the_shipped_one(toy
     # The done criterion on a subset (6 axes + the shipped direction, negated as a discovered
     # direction may be, + 2 random distractors), fewer samples and steps; the full 120-axis run
     # is a README command.
-    from generator import toy
+    from gans import toy
 
     gan, _ = toy_env
     rng = np.random.default_rng(5)
@@ -235,7 +235,7 @@ class TinyTfGan:
 
 
 def test_discover_writes_orthonormal_directions_and_resumes_exactly(tmp_path):
-    from generator import discover as dc
+    from finder import discover as dc
 
     gan = TinyTfGan()
     cfg = dc.DiscoverConfig(directions=3, steps=2, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2,
@@ -263,7 +263,7 @@ def test_discover_writes_orthonormal_directions_and_resumes_exactly(tmp_path):
 
 
 def test_directions_lr_drops_by_gamma_at_each_milestone():
-    from generator import discover as dc
+    from finder import discover as dc
 
     cfg = dc.DiscoverConfig(lr_directions=1e-3, lr_directions_milestones=(3, 5), lr_directions_gamma=0.5)
     assert [dc.directions_lr(cfg, s) for s in range(7)] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
@@ -271,7 +271,7 @@ def test_directions_lr_drops_by_gamma_at_each_milestone():
 
 
 def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
-    from generator import discover as dc
+    from finder import discover as dc
 
     gan = TinyTfGan()
     base = dict(directions=3, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2, checkpoint_every=1,
@@ -292,7 +292,7 @@ def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
 def test_config_json_records_the_settings_of_each_resumed_stretch(tmp_path):
     import json
 
-    from generator import discover as dc
+    from finder import discover as dc
 
     gan = TinyTfGan()
     base = dict(directions=3, batch=4, recon_size=16, width=4, lr=1e-2, lr_directions=1e-2, checkpoint_every=1,
@@ -311,7 +311,7 @@ def test_config_json_records_the_settings_of_each_resumed_stretch(tmp_path):
 
 
 def test_draw_step_pushes_small_shifts_out_and_is_seeded():
-    from generator import discover as dc
+    from finder import discover as dc
 
     cfg = dc.DiscoverConfig()
     z, idx, eps = dc.draw_step(3, 7, 4096, 5, 10, cfg)
@@ -329,13 +329,13 @@ def test_draw_step_pushes_small_shifts_out_and_is_seeded():
 @pytest.fixture
 def cli_env(toy_env, monkeypatch):
     monkeypatch.setenv("BGW_CACHE_DIR", str(toy_env[1]))
-    from generator.directions_cli import main
+    from finder.cli import main
 
     return main
 
 
 def test_cli_rank_on_axes_file_writes_outputs(cli_env, tmp_path):
-    from generator import toy
+    from gans import toy
 
     cands = tmp_path / "c.npy"
     np.save(cands, np.stack([np.eye(120, dtype=np.float32)[0], toy.toy_direction()]))
@@ -347,7 +347,7 @@ def test_cli_rank_on_axes_file_writes_outputs(cli_env, tmp_path):
     for name in ("ranking.json", "direction.npy", "ranking.png"):
         assert (tmp_path / "r" / name).is_file()
     # the winner is ready for gen-synth --direction
-    from generator.directions import load_direction
+    from gans.directions import load_direction
 
     h, _ = load_direction(tmp_path / "r" / "direction.npy")
     np.testing.assert_allclose(h, toy.toy_direction(), atol=1e-6)
@@ -386,8 +386,8 @@ def test_cli_discover_refuses_an_existing_run_without_resume(cli_env, tmp_path):
 
 
 def test_cli_bad_out_resume_and_shift_fail_before_any_work(cli_env, tmp_path, monkeypatch):
-    from generator import direction_search as ds
-    from generator import discover as dc
+    from finder import rank as ds
+    from finder import discover as dc
 
     calls = []
     monkeypatch.setattr(ds, "score_candidates", lambda *a, **k: calls.append("fit"))

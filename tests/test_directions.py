@@ -1,4 +1,4 @@
-"""generator.directions: .npy and .pth direction files, their checks and the atomic save."""
+"""gans.directions: .npy and .pth direction files, their checks and the atomic save."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from generator import directions as D
-from generator.directions import DirectionError
+from gans import directions as D
+from gans.directions import DirectionError
 
 VEC = np.array([3.0, 0.0, -4.0], np.float32)  # norm 5
 UNIT = np.array([0.6, 0.0, -0.8], np.float32)
@@ -140,7 +140,7 @@ def test_saved_bytes_are_reproducible(tmp_path):
 def test_oversized_and_special_files_are_refused_before_reading(tmp_path):
     import os
 
-    from generator.directions import MAX_FILE_BYTES, DirectionError, load_direction
+    from gans.directions import MAX_FILE_BYTES, DirectionError, load_direction
 
     big = tmp_path / "big.npy"
     np.save(big, np.ones(MAX_FILE_BYTES // 4 + 16, np.float32))

@@ -210,7 +210,7 @@ def test_dataset_spec_source(tmp_path):
 @pytest.mark.data
 def test_toy_gan_on_real_images(ecssd_dir, tmp_path_factory):
     pytest.importorskip("tensorflow")
-    from generator.gan import load_gan
+    from gans.loader import load_gan
 
     gan = load_gan("toy", cache_dir=tmp_path_factory.getbasetemp() / "bgw-cache")
     paths = sorted((ecssd_dir / "images").iterdir())[:6]

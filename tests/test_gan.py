@@ -1,4 +1,4 @@
-"""generator.gan.load_gan: the real loading path (tensorflow_hub) run against the toy stand-in,
+"""gans.loader.load_gan: the real loading path (tensorflow_hub) run against the toy stand-in,
 under its own name, as a local folder, and under BigBiGAN's real handle from the hub cache."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator import gan as gan_mod
-from generator import toy
-from generator.gan import BIGBIGAN_HANDLE, GanLoadError, load_gan
+from gans import loader as gan_mod
+from gans import toy
+from gans.loader import BIGBIGAN_HANDLE, GanLoadError, load_gan
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")

@@ -189,7 +189,7 @@ def test_embed_subcommand_caches_the_embeddings(tmp_path):
 def test_filters_that_reject_everything_stop_with_one_line(tmp_path, monkeypatch):
     import generator.render as render
 
-    from generator import masks
+    from masking import rules as masks
 
     def reject_all(x, x_shift, cfg):
         res = masks.process_batch(x, x_shift, cfg)
@@ -324,7 +324,7 @@ def test_bad_size_bounds_give_one_line(args, needles):
 def test_max_fg_auto_follows_the_directions_own_masks(tmp_path):
     """A direction that lights and grows the toy's objects makes masks over half the image: `auto`
     measures them, records the bound, and keeps masks the paper's 0.5 rejects; no kept mask exceeds it."""
-    from generator import toy
+    from gans import toy
     from shardset.reader import iter_samples
 
     grow = toy.toy_factor_direction("saliency_light") + 1.5 * toy.toy_factor_direction("size")

@@ -3,7 +3,7 @@
 `pip install '.[gen]'` goes into a fresh virtual environment (once per session; about two minutes
 with a warm pip cache, marked slow). In it, with no torch importable, `gen-synth --gan bigbigan`
 loads the TF1 Hub-format stand-in from the hub cache and reads the published-format direction
-`bg_direction.pth` (written by torch in THIS process) through generator.torchfile."""
+`bg_direction.pth` (written by torch in THIS process) through gans.torchfile."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import toy
+from gans import toy
 from tf1_hub_standin import build_tf1_hub_module, place_under_handle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,15 +3,17 @@
 Every .py file's imports are parsed with `ast` (lazy imports inside functions included: they are
 imports all the same) into a graph of packages:
 
-- ground floor: core, shardset, benchdata, segmodel. They import core and nothing else of this
-  project (core imports none of them).
-- upper floor: generator, trainer, evaluator, segmenter. Each may import the ground floor, none
-  imports another upper package, except the trainer -> evaluator.metrics (the public streaming API,
+- ground floor: core, shardset, benchdata, segmodel, masking. They import core and nothing else of
+  this project (core imports none of them).
+- between them, on the TensorFlow side: gans (the GANs and their direction files), which imports the
+  ground floor only: what the generator and the finder share sits below both.
+- upper floor: generator, finder, trainer, evaluator, segmenter. Each may import the floors below,
+  none imports another upper package, except the trainer -> evaluator.metrics (the public streaming API,
   SegmentationMetrics), and only that module.
 - experiments sits on top and may import anything.
 
-And the frameworks: TensorFlow only in the generator; torch nowhere in core, shardset, benchdata
-or the generator (it reads .pth files with generator.torchfile); the segmenter and
+And the frameworks: TensorFlow only in gans, the generator and the finder; torch nowhere in core,
+shardset, benchdata, masking or the TensorFlow side (it reads .pth files with gans.torchfile); the segmenter and
 segmodel.runtime load torch only for a checkpoint, so `segment --model` runs without it. Importing a
 package's modules in a fresh interpreter proves the same at run time, and a trainer-only install's
 declared dependencies name no TensorFlow."""
@@ -28,10 +30,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GROUND = ("core", "shardset", "benchdata", "segmodel")
-UPPER = ("generator", "trainer", "evaluator", "segmenter")
+GROUND = ("core", "shardset", "benchdata", "segmodel", "masking")
+MIDDLE = ("gans",)  # the TensorFlow side's shared floor, below the generator and the finder
+UPPER = ("generator", "finder", "trainer", "evaluator", "segmenter")
 TOP = ("experiments",)
-PACKAGES = GROUND + UPPER + TOP
+PACKAGES = GROUND + MIDDLE + UPPER + TOP
+TF_SIDE = ("gans", "generator", "finder")
 ALLOWED_ACROSS = {("trainer", "evaluator.metrics")}  # (importing package, the one module it may use)
 TF_MODULES = ("tensorflow", "tensorflow_hub", "tf_keras", "keras")
 
@@ -99,6 +103,18 @@ def test_the_ground_floor_imports_only_core(package):
     assert not bad, f"{package} imports {bad}"
 
 
+@pytest.mark.parametrize("package", MIDDLE)
+def test_the_middle_floor_imports_only_the_ground_floor(package):
+    bad = {mod: where for (src, mod), where in EDGES.items()
+           if src == package and mod.split(".")[0] not in GROUND}
+    assert not bad, f"{package} imports {bad}"
+
+
+def test_the_generator_and_the_finder_share_only_what_lies_below_them():
+    assert not [k for k in EDGES if k[0] in ("generator", "finder") and k[1].split(".")[0] in ("generator", "finder")]
+    assert ("finder", "gans.loader") in EDGES and ("generator", "gans.loader") in EDGES
+
+
 def test_core_imports_no_other_package():
     assert not [k for k in EDGES if k[0] == "core"]
 
@@ -133,13 +149,13 @@ def _framework_imports(package: str, names: tuple[str, ...]) -> list[str]:
             for mod, line in _imports(path, package) if mod.split(".")[0] in names]
 
 
-@pytest.mark.parametrize("package", [p for p in PACKAGES if p not in ("generator", "experiments")])
-def test_no_tensorflow_outside_the_generator(package):
+@pytest.mark.parametrize("package", [p for p in PACKAGES if p not in (*TF_SIDE, "experiments")])
+def test_no_tensorflow_outside_the_tensorflow_side(package):
     assert not _framework_imports(package, TF_MODULES)
 
 
-@pytest.mark.parametrize("package", ["core", "shardset", "benchdata", "generator"])
-def test_no_torch_in_core_shardset_benchdata_or_the_generator(package):
+@pytest.mark.parametrize("package", ["core", "shardset", "benchdata", "masking", *TF_SIDE])
+def test_no_torch_in_core_shardset_benchdata_masking_or_the_tensorflow_side(package):
     assert not _framework_imports(package, ("torch", "safetensors", "torchvision"))
 
 
@@ -170,14 +186,15 @@ def test_package_never_imports_tensorflow(package):
     assert "tensorflow" not in _frameworks_after_importing(_modules(package)), f"{package} imported tensorflow"
 
 
-@pytest.mark.parametrize("package", ["core", "shardset", "benchdata"])
+@pytest.mark.parametrize("package", ["core", "shardset", "benchdata", "masking"])
 def test_ground_floor_data_packages_import_neither_framework(package):
     assert _frameworks_after_importing(_modules(package)) == []
 
 
-def test_generator_imports_no_torch():
-    """A `[gen]` install has no torch: the generator reads .pth files with generator.torchfile."""
-    assert "torch" not in _frameworks_after_importing(_modules("generator"))
+@pytest.mark.parametrize("package", TF_SIDE)
+def test_the_tensorflow_side_imports_no_torch(package):
+    """A `[gen]` install has no torch: .pth files are read with gans.torchfile."""
+    assert "torch" not in _frameworks_after_importing(_modules(package))
 
 
 def test_the_segmenter_and_the_model_runtime_load_no_torch():

@@ -1,4 +1,4 @@
-"""generator.masks: every rule and filter against hand-made arrays with exact expected outcomes,
+"""masking.rules: every rule and filter against hand-made arrays with exact expected outcomes,
 the binning against np.histogram, and the clean-up against skimage.measure.label."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from generator import masks as M
+from masking import rules as M
 
 W = [np.float32(c) for c in M.GRAY_WEIGHTS]
 

@@ -1,4 +1,4 @@
-"""find-direction optimize (generator.optimize): the loss in numpy against hand-computed values, the
+"""find-direction optimize (finder.optimize): the loss in numpy against hand-computed values, the
 TensorFlow step against the numpy loss, determinism, a hand-made GAN whose one centre-lighting axis
 the optimisation must find, the toy through the CLI, and the statistics that `--max-fg auto` uses."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from generator import optimize as op
-from generator.masks import size_bound
+from finder import optimize as op
+from masking.rules import size_bound
 
 # ------------------------------------------------------------------------------ numpy, by hand
 
@@ -122,7 +122,7 @@ class CentreLightGan:
 
 
 def test_the_tensorflow_step_computes_the_numpy_loss():
-    from generator.discover import Adam, differentiable_generator
+    from finder.discover import Adam, differentiable_generator
 
     gan = CentreLightGan()
     cfg = op.OptimizeConfig(batch=6)
@@ -150,7 +150,7 @@ def test_optimize_finds_the_centre_light_and_is_deterministic():
 
 
 def test_run_writes_direction_summary_and_picture(tmp_path):
-    from generator.directions import load_direction
+    from gans.directions import load_direction
 
     gan = CentreLightGan()
     summary = op.run(gan, tmp_path, op.OptimizeConfig(steps=30, batch=8, lr=0.05, samples=32), picture_samples=3)
@@ -167,7 +167,7 @@ def test_run_writes_direction_summary_and_picture(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_cache(tmp_path_factory):
-    from generator import toy
+    from gans import toy
 
     cache = tmp_path_factory.getbasetemp() / "bgw-cache"
     toy.ensure_toy_module(cache)
@@ -177,7 +177,7 @@ def toy_cache(tmp_path_factory):
 def test_cli_optimize_on_the_toy(toy_cache, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from generator.directions_cli import main
+    from finder.cli import main
 
     monkeypatch.setenv("BGW_CACHE_DIR", str(toy_cache))
     out = tmp_path / "opt"

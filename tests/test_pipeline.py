@@ -91,7 +91,7 @@ def test_set_verifies_and_holds_what_the_format_says(reference):
 
 
 def test_image_is_the_rounded_generator_output(reference):
-    from generator.toy import toy_direction
+    from gans.toy import toy_direction
 
     s = _samples(reference)[0]
     x, _ = cached_gan("toy").generate_pair(s["z"][None], toy_direction(), 5.0)
@@ -101,7 +101,7 @@ def test_image_is_the_rounded_generator_output(reference):
 
 
 def test_masks_agree_with_the_toy_truth(reference):
-    from generator.toy import toy_true_mask
+    from gans.toy import toy_true_mask
 
     samples = _samples(reference)
     truth = toy_true_mask(np.stack([s["z"] for s in samples]))
@@ -253,7 +253,7 @@ def test_embeddings_path_end_to_end(tmp_path):
     xi = (np.stack([s["z"] for s in samples]).astype(np.float64) - table[src]) / 0.2
     assert abs(xi.std() - 1.0) < 0.1  # z = E(I_i) + 0.2 xi, xi ~ N(0, I)
 
-    from generator.toy import toy_true_mask
+    from gans.toy import toy_true_mask
 
     truth = toy_true_mask(np.stack([s["z"] for s in samples]))
     ious = [np.logical_and(s["mask"], t).sum() / max(1, np.logical_or(s["mask"], t).sum())

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from generator import directions
-from generator.directions import DirectionError, download_with_checksum, load_direction, published_direction_path
+from gans import directions
+from gans.directions import DirectionError, download_with_checksum, load_direction, published_direction_path
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from generator import toy
-from generator.gan import BIGBIGAN_HANDLE, load_gan
+from gans import toy
+from gans.loader import BIGBIGAN_HANDLE, load_gan
 from tf1_hub_standin import build_tf1_hub_module, place_under_handle
 
 pytestmark = pytest.mark.tf
@@ -113,8 +113,8 @@ def test_gen_synth_embed_and_embeddings_latents(offline_bigbigan, tmp_path, ecss
 
 
 def test_discover_steps_reach_the_directions(offline_bigbigan, tmp_path):
-    from generator import discover as disc
-    from generator.directions_cli import main
+    from finder import discover as disc
+    from finder.cli import main
 
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["discover", "--gan", "bigbigan", "--directions", "4", "--steps", "3",
@@ -132,8 +132,8 @@ def test_discover_steps_reach_the_directions(offline_bigbigan, tmp_path):
 
 
 def test_optimize_steps_reach_the_direction(offline_bigbigan, tmp_path):
-    from generator import optimize as op
-    from generator.directions_cli import main
+    from finder import optimize as op
+    from finder.cli import main
 
     out = tmp_path / "opt"
     res = CliRunner().invoke(main, ["optimize", "--gan", "bigbigan", "--steps", "3", "--batch-size", "4",

@@ -1,4 +1,4 @@
-"""generator.torchfile: torch.save files read without torch, and nothing unpickled beyond tensors.
+"""gans.torchfile: torch.save files read without torch, and nothing unpickled beyond tensors.
 
 torch writes the files here (it is the reference); the reader runs with torch blocked where it
 matters, and a malicious pickle must be refused with nothing executed."""
@@ -15,13 +15,13 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from generator import torchfile
-from generator.torchfile import TorchFileError
+from gans import torchfile
+from gans.torchfile import TorchFileError
 
 torch = pytest.importorskip("torch")
 
 MiB = 1 << 20
-BUDGET = MiB  # what generator.directions allows
+BUDGET = MiB  # what gans.directions allows
 
 
 @pytest.fixture(params=[True, False], ids=["zip", "legacy"])
@@ -358,7 +358,7 @@ def test_storage_types_are_fresh_per_load(tmp_path):
 
 
 def test_a_direction_over_its_budget_is_refused(tmp_path):
-    from generator.directions import TORCH_MAX_BYTES, DirectionError, load_direction
+    from gans.directions import TORCH_MAX_BYTES, DirectionError, load_direction
 
     torch.save(torch.ones(TORCH_MAX_BYTES // 4 + 1), tmp_path / "big.pth")
     with pytest.raises(DirectionError, match=r"big.pth: .*past this reader's limit of 1 MiB") as err:
@@ -370,7 +370,7 @@ def test_a_direction_over_its_budget_is_refused(tmp_path):
 
 def test_the_dcgan_weights_fit_their_budget():
     """dcgan.WEIGHTS_MAX_BYTES is sized for weights.tar: it loads, with less than 20% to spare."""
-    from generator import dcgan
+    from gans import dcgan
 
     try:
         path = dcgan.weights_path()

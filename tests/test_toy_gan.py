@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generator import toy
+from gans import toy
 
 pytestmark = pytest.mark.tf
 tf = pytest.importorskip("tensorflow")
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def gray(x: np.ndarray) -> np.ndarray:
-    """The gray of docs/RULES.md, inline so this file does not depend on generator.masks."""
+    """The gray of docs/RULES.md, inline so this file does not depend on masking.rules."""
     return 0.2989 * x[..., 0] + 0.5870 * x[..., 1] + 0.1140 * x[..., 2]
 
 
@@ -152,8 +152,8 @@ def test_toy_direction_is_fixed_unit_and_orthogonal_to_other_factors():
 
 
 def test_importing_toy_and_gan_does_not_import_tensorflow():
-    code = ("import sys, generator, generator.toy, generator.gan, generator.embed\n"
-            "generator.toy.toy_direction(); generator.toy.toy_true_mask([[0.0]*120])\n"
+    code = ("import sys, generator, gans.toy, gans.loader, generator.embed\n"
+            "gans.toy.toy_direction(); gans.toy.toy_true_mask([[0.0]*120])\n"
             "print('TF' if 'tensorflow' in sys.modules else 'OK')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -178,8 +178,8 @@ def test_shipped_direction_segments_the_object(toy_module):
 
 @pytest.fixture(scope="module")
 def filtered_batch(toy_module):
-    """A fixed prior batch through both histogram rules (generator.masks), with the paper's other filters."""
-    from generator import masks as gm
+    """A fixed prior batch through both histogram rules (masking.rules), with the paper's other filters."""
+    from masking import rules as gm
 
     z = prior(256, 12)
     x = _gen(toy_module, z)["default"]

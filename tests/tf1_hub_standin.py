@@ -6,7 +6,7 @@ graph saved with `SignatureDef`s under the EMPTY tag set, beside a `tfhub_module
 signatures from the SignatureDefs, pruned `WrappedFunction`s instead of traced functions), and
 the module carries the extra signatures `default` and `discriminate`.
 
-This fixture builds exactly that from the toy GAN's formulas (generator/toy.py, version
+This fixture builds exactly that from the toy GAN's formulas (gans/toy.py, version
 `toy.TOY_VERSION`): placeholders `z` [?, 120], `x` [?, 256, 256, 3] (encode) and `x`/`z` of
 `discriminate`, the output keys, shapes and ranges of BigBiGAN's module (README, "The model contract"). So the images are the toy's and
 every test that knows the toy knows what to expect.
@@ -28,7 +28,7 @@ def build_tf1_hub_module(path: str | os.PathLike) -> Path:
     """Save the toy as a TF1 Hub-format module at `path` (which must not exist)."""
     import tensorflow as tf
 
-    from generator import toy
+    from gans import toy
 
     path = Path(path)
     v1 = tf.compat.v1

@@ -1,7 +1,7 @@
 """GAN adapters: load BigBiGAN, or any module that meets the model contract, behind one small API.
 
 `load_gan(spec)` accepts `bigbigan` (https://tfhub.dev/deepmind/bigbigan-resnet50/1), `toy` (the
-project's stand-in, a test fixture, built on first use by generator.toy), a local SavedModel
+project's stand-in, a test fixture, built on first use by gans.toy), a local SavedModel
 folder, or any TF-Hub handle. Everything goes through `tensorflow_hub`, which finds a cached
 copy of a handle under `$TFHUB_CACHE_DIR/<sha1 of the handle>` with no network, so a module
 placed there loads offline under its real handle. Both of TF-Hub's formats load: TF2
@@ -35,6 +35,7 @@ from core.errors import UserError, first_line
 log = logging.getLogger(__name__)
 
 BIGBIGAN_HANDLE = "https://tfhub.dev/deepmind/bigbigan-resnet50/1"
+DEFAULT_GAN = "bigbigan"  # the paper's model: what --gan means when it is not given
 GAN_ALIASES = {"bigbigan": BIGBIGAN_HANDLE}
 MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are meant for
 ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open
@@ -96,10 +97,11 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
     """Load a GAN by name (`bigbigan`, `toy`, `dcgan-faces`), local SavedModel folder or TF-Hub handle.
 
     `cache_dir` holds the built modules (toy, dcgan-faces) and the fingerprint cache (default:
-    generator.toy's `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
+    gans.toy's `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
     Raises GanLoadError with a one-line message on any failure.
     """
-    from generator import dcgan, toy
+    from gans import dcgan
+    from gans import toy
 
     _hub()  # TensorFlow starts here, quietly, before anything builds a module with it
     cache = Path(cache_dir) if cache_dir is not None else toy.default_cache_dir()

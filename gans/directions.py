@@ -3,7 +3,7 @@
 Formats:
 - `.npy`: float array [D] (or [1, D] / [D, 1]); read with `allow_pickle=False`.
 - `.pth` / `.pt`: a tensor as the paper's authors published their directions, or a dict holding
-  exactly one tensor; read by `generator.torchfile`, which needs no torch and admits nothing but
+  exactly one tensor; read by `gans.torchfile`, which needs no torch and admits nothing but
   tensors and containers (a malicious pickle is refused before anything in it runs).
 
 `load_direction` returns the unit vector and the sha256 of the file's bytes (for the manifest),
@@ -36,7 +36,7 @@ class DirectionError(UserError, ValueError):
 
 
 def _from_torch(path: Path, data: bytes) -> np.ndarray:
-    """A direction from a torch.save file, read by generator.torchfile: no torch needed, and
+    """A direction from a torch.save file, read by gans.torchfile: no torch needed, and
     nothing unpickled beyond tensors and containers."""
     from .torchfile import TorchFileError, load
 

@@ -4,11 +4,11 @@
     find-direction rank --gan toy --candidates runs/dirs/directions.npy --out runs/dirs/rank
     find-direction --gan toy --out runs/dirs            # both: discover, then rank its output
 
-`discover` learns K directions (Voynov & Babenko 2020, `generator.discover`); `rank` fits the
+`discover` learns K directions (Voynov & Babenko 2020, `finder.discover`); `rank` fits the
 two-operator model to each candidate and picks the segmenting one (paper, appendix B;
-`generator.direction_search`). Thin click layer: it parses, validates, shows progress and calls
+`finder.rank`). Thin click layer: it parses, validates, shows progress and calls
 the library functions. Defaults come from DiscoverConfig and FitConfig (and the GAN's from
-GenConfig); each option is named as the field it sets.
+gans.loader's DEFAULT_GAN); each option is named as the field it sets.
 """
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ import click
 import numpy as np
 
 from core.cli import Group, common_options, progress_bar, verbosity_option
+from gans.loader import DEFAULT_GAN
 
-from .config import GenConfig
-from .direction_search import BOTH_SIGNS, ORIENT_WINNER, PICTURE_TOP, FitConfig
 from .discover import DiscoverConfig
 from .optimize import SHIFT_DRAWS, OptimizeConfig
+from .rank import BOTH_SIGNS, ORIENT_WINNER, PICTURE_TOP, FitConfig
 
 log = logging.getLogger(__name__)
 
 
 def _load_gan(spec: str):
-    from generator.gan import load_gan
+    from gans.loader import load_gan
 
     return load_gan(spec)  # GanLoadError: one line at the edge (core.cli)
 
@@ -89,7 +89,7 @@ _OPT = OptimizeConfig()
 
 
 def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Path:
-    from generator import discover as dc
+    from finder import discover as dc
 
     _out_folder(out)
     if resume and not (out / "config.json").is_file():
@@ -116,8 +116,8 @@ def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Pat
 
 def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
               orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS) -> dict:
-    from generator import affine
-    from generator import direction_search as ds
+    from finder import affine
+    from finder import rank as ds
 
     _out_folder(out)
     model = _load_gan(gan)
@@ -134,7 +134,7 @@ def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitCo
     return report
 
 
-_gan_opt = click.option("--gan", "gan", default=GenConfig.gan, show_default=True,
+_gan_opt = click.option("--gan", "gan", default=DEFAULT_GAN, show_default=True,
                         help="GAN: bigbigan, toy, dcgan-faces, a SavedModel folder or a TF-Hub handle.")
 
 
@@ -258,7 +258,7 @@ def rank(gan, candidates, out, top, both_signs, orient, **fields):
 
 
 def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig) -> dict:
-    from generator import optimize as op
+    from finder import optimize as op
 
     _out_folder(out)
     cfg.check()

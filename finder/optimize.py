@@ -22,7 +22,7 @@ Two choices, each documented and an option:
   the background; the summary shows it.
 
 The images are the GAN's own (native size, values in [-1, 1]); the gray weights are the mask
-rule's (`generator.masks.GRAY_WEIGHTS`); the Sobel filter is kornia's normalised one (kernel / 8,
+rule's (`masking.rules.GRAY_WEIGHTS`); the Sobel filter is kornia's normalised one (kernel / 8,
 replicated border, magnitude sqrt(gx^2 + gy^2 + 1e-6)), the authors' choice.
 
 Every draw comes from ``(seed, step)`` (the start of d from its own stream), so a seed fixes the
@@ -41,9 +41,9 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError
-from generator import direction_search as ds
-from generator.directions import save_direction
-from generator.masks import GRAY_WEIGHTS, FilterConfig, gray, process_batch, size_bound
+from finder import rank as ds
+from gans.directions import save_direction
+from masking.rules import GRAY_WEIGHTS, FilterConfig, gray, process_batch, size_bound
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def band_masks(size: int) -> tuple[np.ndarray, np.ndarray]:
 def mask_statistics(masks: np.ndarray) -> dict:
     """Where masks [N, S, S] (0/1) fall: mean foreground fraction, its quantiles, the foreground
     share of the central square and of the border band (`band_masks`), and the size bound that
-    `--max-fg auto` derives from these masks (`generator.masks.size_bound`)."""
+    `--max-fg auto` derives from these masks (`masking.rules.size_bound`)."""
     m = np.asarray(masks).astype(bool)
     centre, border = band_masks(m.shape[-1])
     frac = m.reshape(len(m), -1).mean(axis=1)
@@ -240,12 +240,12 @@ def _train_step(generate, d, adam, cfg: OptimizeConfig, size: int):
 
 def optimize_direction(gan, cfg: OptimizeConfig = OptimizeConfig(),
                        progress: Callable[[int, dict], None] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Fit the direction on ``gan`` (a `generator.gan.Gan`, or anything `discover.differentiable_generator`
+    """Fit the direction on ``gan`` (a `gans.loader.Gan`, or anything `discover.differentiable_generator`
     takes). Returns (unit direction float32 [D], the loss terms of every step).
     ``progress(step, terms)`` is called after each step."""
     import tensorflow as tf
 
-    from generator.discover import Adam, differentiable_generator
+    from finder.discover import Adam, differentiable_generator
 
     cfg.check()
     dim = int(gan.latent_dim)

@@ -28,7 +28,7 @@ exactly where alpha (1 - gray(obj)) > (1 - alpha)(1 + gray(bg)): the object, up 
 `toy_true_mask(z)` gives the ground truth (alpha >= 0.5) from the same formula in numpy.
 
 The object's edge is soft in every image (alpha's edge is about 0.5 px wide, with or without the
-light): the toy is not shaped to suit either histogram rule of generator.masks. Version 4 hardened
+light): the toy is not shaped to suit either histogram rule of masking.rules. Version 4 hardened
 the edge under the light so that an earlier, wrongly padded reading of the paper's rule could pass
 (it passed 0% of version 5's samples). Realistic failures: when s is low, z + 5h does not
 saturate the colours and the histogram filters may reject the sample; objects that cover more
@@ -59,7 +59,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .masks import GRAY_WEIGHTS
+from masking.rules import GRAY_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _make_module():
     p = _params()
 
     class ToyGan(tf.Module):
-        """Procedural stand-in for BigBiGAN (a test fixture); see generator/toy.py."""
+        """Procedural stand-in for BigBiGAN (a test fixture); see gans/toy.py."""
 
         def __init__(self):
             super().__init__(name="toy_gan")
@@ -464,7 +464,7 @@ def default_cache_dir() -> Path:
 def ensure_toy_module(cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of the saved toy GAN under `cache_dir` (default `default_cache_dir()`)/toy-gan-v{TOY_VERSION}.
 
-    Built on first use, and rebuilt when generator/toy.py changed (a stamp file records the
+    Built on first use, and rebuilt when gans/toy.py changed (a stamp file records the
     source digest). Built in a temp folder and renamed into place, so a crash or a concurrent
     build never leaves a half-written module where a reader looks.
     """

@@ -2,7 +2,7 @@
 
 A latent shift h is *segmenting* when every pixel of G(z+h) is one of two fixed affine colour maps
 of the same pixel of G(z) (eq. 3). This module holds the maths of that model, shared by the
-TensorFlow fit (`generator.direction_search`), the `find-direction rank` command and the tests:
+TensorFlow fit (`finder.rank`), the `find-direction rank` command and the tests:
 
 - an affine operator is a float ``[3, 4]`` array ``[M | b]`` acting as ``A(c) = M c + b``; a pair
   of operators is ``ops[2, 3, 4]`` (``ops[0]`` = A1, ``ops[1]`` = A2);
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from generator.masks import gray, lighting_mask
+from masking.rules import gray, lighting_mask
 
 # A pixel class is the index of the operator that explains it (eq. 7).
 CLASS_A1 = 0
@@ -146,7 +146,7 @@ def fit_least_squares(x: np.ndarray, x_shift: np.ndarray, classes: np.ndarray,
 
 
 def lighting_classes(x: np.ndarray, x_shift: np.ndarray) -> np.ndarray:
-    """The lighting rule (generator.masks.lighting_mask) as a class map: A1 (0) where gray
+    """The lighting rule (masking.rules.lighting_mask) as a class map: A1 (0) where gray
     brightens, A2 (1) elsewhere."""
     x, x_shift = _check_pair(x, x_shift)
     return (~lighting_mask(x, x_shift)).astype(np.uint8)

@@ -5,7 +5,7 @@ The package ships the PyTorch-tutorial DCGAN generator trained on DigiFace1M (re
 of varied backgrounds): z [N, 100, 1, 1] -> five transposed convolutions (kernel 4; stride 1 and
 padding 0, then stride 2 and padding 1), batch norm and ReLU between them, tanh at the end ->
 [N, 3, 64, 64] in [-1, 1]. Its weights are `gan_face_generate/weights.tar`, a torch zip checkpoint
-whose `netG_state_dict` this module reads with generator.torchfile (no torch, nothing unpickled).
+whose `netG_state_dict` this module reads with gans.torchfile (no torch, nothing unpickled).
 
 `ensure_dcgan_module()` builds, once, a SavedModel with one signature,
 `generate(z [N, 100]) -> {"default": [N, 64, 64, 3]}` (NHWC, batch norm in inference mode with

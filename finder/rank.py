@@ -3,8 +3,8 @@
 For every candidate direction h (made unit, then scaled by ``shift`` = 5 as in the paper) this
 fits the two affine colour operators A1, A2 that best restore G(z + 5h) from G(z) pixel by pixel
 (the restoration loss L_h, eq. 5-6) with Adam (batch 4, 200 steps, lr 0.005: the paper's numbers),
-then scores the fit with the numpy model in `generator.affine` (L_h, D_h, class balance) and ranks
-the candidates with `generator.affine.rank_candidates`.
+then scores the fit with the numpy model in `finder.affine` (L_h, D_h, class balance) and ranks
+the candidates with `finder.affine.rank_candidates`.
 
 How the samples are drawn (a documented choice, the paper does not say): ``samples`` latents
 z ~ N(0, I) are drawn once from ``seed``; G(z) is rendered once and G(z + 5h) once per candidate.
@@ -42,8 +42,8 @@ import numpy as np
 
 from core.atomic import atomic_write_bytes as write_bytes
 from core.errors import UserError
-from generator import affine
-from generator.masks import lighting_mask
+from finder import affine
+from masking.rules import lighting_mask
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.
 
 
 # --------------------------------------------------------------------------------------------
-# pictures (shared with generator.discover)
+# pictures (shared with finder.discover)
 
 
 def unit_to_uint8(x: np.ndarray) -> np.ndarray:

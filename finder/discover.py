@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError
-from generator import direction_search as ds
+from finder import rank as ds
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,11 @@ def _reconstruct(rec: dict, x, xs, size: int):
 def differentiable_generator(gan):
     """A TF callable z -> G(z) [N,128,128,3] that gradients pass through.
 
-    Uses the loaded module behind `generator.gan.Gan` (its ``module`` attribute); anything else
+    Uses the loaded module behind `gans.loader.Gan` (its ``module`` attribute); anything else
     with a ``path`` or ``handle`` is loaded with ``hub.load``."""
     module = getattr(gan, "module", None)
     if module is None:
-        from generator.gan import _hub
+        from gans.loader import _hub
 
         module = _hub().load(str(getattr(gan, "path", None) or gan.handle))
     sig = module.signatures["generate"]
