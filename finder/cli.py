@@ -174,20 +174,24 @@ def _out_opt(help: str):
               help="Run folder: discovery in OUT, ranking in OUT/rank. [required without a sub-command]")
 @click.option("--directions", default=_DISCOVER.directions, show_default=True, type=int,
               help="K directions to discover.")
-@click.option("--discover-steps", default=_DISCOVER.steps, show_default=True, type=int, callback=_positive,
-              help="Training steps of discover.")
-@click.option("--rank-steps", default=_FIT.steps, show_default=True, type=int, help="Adam steps per candidate.")
-@click.option("--samples", default=_FIT.samples, show_default=True, type=int, callback=_positive,
-              help="Latents z drawn once for rank.")
+@click.option("--steps", default=_DISCOVER.steps, show_default=True, type=int, callback=_positive,
+              help="Training steps of discover (rank runs at its defaults: `find-direction rank` sets them).")
 @click.option("--resume", is_flag=True, help="Continue the discovery run in OUT.")
 @_seed_opt(_DISCOVER.seed)
 @common_options()
 @click.pass_context
-def main(ctx, gan, out, directions, discover_steps, rank_steps, samples, resume, seed):
-    """Find a GAN's segmenting latent direction: `discover`, then `rank` (both when no sub-command).
+def main(ctx, gan, out, directions, steps, resume, seed):
+    """Find a GAN's segmenting latent direction without labels.
+
+    \b
+    optimize   one direction fitted directly (Melas-Kyriazi et al. 2022): minutes, any GAN
+    discover   K interpretable directions (Voynov & Babenko 2020), then
+    rank       the segmenting one among candidates (the paper's appendix B)
+    With no sub-command: discover, then rank its directions (options named as discover's).
 
     \b
     Examples:
+      find-direction optimize --gan dcgan-faces --out runs/opt
       find-direction --gan toy --out runs/dirs
       find-direction discover --gan toy --directions 120 --steps 2000 --out runs/dirs
       find-direction rank --gan toy --candidates runs/dirs/directions.npy --out runs/dirs/rank
@@ -195,9 +199,10 @@ def main(ctx, gan, out, directions, discover_steps, rank_steps, samples, resume,
     if ctx.invoked_subcommand is not None:
         return
     if out is None:
-        raise click.UsageError("missing --out: name the run folder, e.g. --out runs/dirs (or use discover / rank)")
-    path = _run_discover(gan, out, resume, DiscoverConfig(directions=directions, steps=discover_steps, seed=seed))
-    _run_rank(gan, str(path), out / "rank", FitConfig(steps=rank_steps, samples=samples, seed=seed))
+        raise click.UsageError("missing --out: name the run folder, e.g. --out runs/dirs (or use optimize, "
+                               "discover or rank)")
+    path = _run_discover(gan, out, resume, DiscoverConfig(directions=directions, steps=steps, seed=seed))
+    _run_rank(gan, str(path), out / "rank", FitConfig(seed=seed))
 
 
 @main.command()

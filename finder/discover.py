@@ -28,6 +28,7 @@ stream an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -175,6 +176,20 @@ def differentiable_generator(gan):
     return lambda z: sig(z=z)["default"]
 
 
+@contextlib.contextmanager
+def _remapper_off(tf):
+    """Grappler's remapper cannot fuse this graph's LeakyRelu gradients: it fails, leaves the graph as
+    it was, and says so at ERROR level on every run (`E0000 ... remapper failed`), which no log level
+    short of hiding every error holds back. Switching the pass off for this graph changes nothing but
+    that line; it is switched back on after, for whatever else the process runs."""
+    before = tf.config.optimizer.get_experimental_options().get("remapping", True)
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": before})
+
+
 def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: DiscoverConfig):
     """The random draws of one step, from ``(seed, step)``: z [B, D], index [B], eps [B]."""
     rng = np.random.default_rng([seed, step])
@@ -246,49 +261,50 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     generate = differentiable_generator(gan)
     k = cfg.directions
 
-    @tf.function
-    def train_step(z, idx, eps, lr_s):
-        x = tf.stop_gradient(generate(z))
-        with tf.GradientTape() as tape:
-            dirs = _directions(s, k)
-            shift = eps[:, None] * tf.gather(dirs, idx)
-            xs = generate(z + shift)
-            logits, eps_pred = _reconstruct(rec, x, xs, cfg.recon_size)
-            ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=idx, logits=logits))
-            shift_loss = cfg.shift_weight * tf.reduce_mean(tf.abs(eps_pred - eps))
-            loss = ce + shift_loss
-        grads = tape.gradient(loss, [s] + rec_vars)
-        opt_s.apply(grads[:1], lr_s)
-        opt_r.apply(grads[1:])
-        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), idx), tf.float32))
-        return {"loss": loss, "ce": ce, "shift_loss": shift_loss, "accuracy": acc}
+    with _remapper_off(tf):
+        @tf.function
+        def train_step(z, idx, eps, lr_s):
+            x = tf.stop_gradient(generate(z))
+            with tf.GradientTape() as tape:
+                dirs = _directions(s, k)
+                shift = eps[:, None] * tf.gather(dirs, idx)
+                xs = generate(z + shift)
+                logits, eps_pred = _reconstruct(rec, x, xs, cfg.recon_size)
+                ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=idx, logits=logits))
+                shift_loss = cfg.shift_weight * tf.reduce_mean(tf.abs(eps_pred - eps))
+                loss = ce + shift_loss
+            grads = tape.gradient(loss, [s] + rec_vars)
+            opt_s.apply(grads[:1], lr_s)
+            opt_r.apply(grads[1:])
+            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), idx), tf.float32))
+            return {"loss": loss, "ce": ce, "shift_loss": shift_loss, "accuracy": acc}
 
-    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
-    # tf.summary.write is TensorFlow's own op; tf.summary.scalar goes through TensorBoard's Python
-    # layer, which a train-unet run earlier in the same process switches to its TF-free stub
-    scalar_meta = tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
-    metrics: dict = {}
-    window: list[dict] = []
-    for step in range(start, cfg.steps):
-        z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
-        lr_s = directions_lr(cfg, step)
-        metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps),
-                                                          tf.constant(lr_s, tf.float32)).items()}
-        metrics["lr_directions"] = lr_s
-        step_var.assign(step + 1)
-        window.append(metrics)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            with writer.as_default(step=step + 1):
-                for key in metrics:
-                    tf.summary.write(key, tf.constant(float(np.mean([m[key] for m in window]))),
-                                     metadata=scalar_meta)
-            window = []
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            manager.save(checkpoint_number=step + 1)
-        if progress is not None:
-            progress(step + 1, metrics)
-    writer.flush()
+        writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+        # tf.summary.write is TensorFlow's own op; tf.summary.scalar goes through TensorBoard's Python
+        # layer, which a train-unet run earlier in the same process switches to its TF-free stub
+        scalar_meta = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
+        metrics: dict = {}
+        window: list[dict] = []
+        for step in range(start, cfg.steps):
+            z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
+            lr_s = directions_lr(cfg, step)
+            metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps),
+                                                              tf.constant(lr_s, tf.float32)).items()}
+            metrics["lr_directions"] = lr_s
+            step_var.assign(step + 1)
+            window.append(metrics)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                with writer.as_default(step=step + 1):
+                    for key in metrics:
+                        tf.summary.write(key, tf.constant(float(np.mean([m[key] for m in window]))),
+                                         metadata=scalar_meta)
+                window = []
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                manager.save(checkpoint_number=step + 1)
+            if progress is not None:
+                progress(step + 1, metrics)
+        writer.flush()
 
     dirs = _directions(s, k).numpy().astype(np.float64)
     dirs = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
@@ -309,5 +325,8 @@ def write_effects(gan, dirs: np.ndarray, folder: Path, cfg: DiscoverConfig) -> N
         zz = (z[:, None, :] + shifts[None, :, None] * h[None, None, :]).reshape(-1, dirs.shape[1])
         imgs = ds.unit_to_uint8(ds.to_unit_range(gan.generate(zz)))
         imgs = imgs.reshape(len(z), len(shifts), *imgs.shape[1:])
-        ds.write_png(folder / f"direction-{k:03d}.png", ds.image_grid([list(row) for row in imgs]))
+        cols = ", ".join(f"{v:+g}" for v in shifts)
+        ds.write_png(folder / f"direction-{k:03d}.png", ds.labelled_grid(
+            [list(row) for row in imgs], [f"sample {i + 1}" for i in range(len(z))],
+            title=f"direction {k}: G(z + s h), s = {cols} (left to right)"))
 

@@ -122,7 +122,8 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("val_shards", type=click.IntRange(min=0),
         help="Number of validation shards (the last ones); overrides --val-fraction.")
 @_field("seed", type=click.IntRange(min=0), help="Seed; with the shard index it fixes every draw.")
-@_field("out", type=click.Path(file_okay=False), help="Output folder of the set.")
+@_field("out", type=click.Path(file_okay=False), default=None, show_default=False,
+        help="Output folder of the set (created when missing), e.g. --out sets/cub. [required]")
 @_field("name", help="Set name. [default: the dataset's, or MODEL-prior]")
 @_field("preview", is_flag=True, default=False,
         help="Also write OUT/NAME-preview.png (masks and rejected samples).")
@@ -185,6 +186,8 @@ def main(ctx, preview, connectivity, histogram_filter, ray_address, **fields):
     try:
         cfg = GenConfig(**fields, preview=True if preview else None,
                         connectivity=int(connectivity) if connectivity else None).resolved()
+        if cfg.out is None:  # not click's required=True: `gen-synth embed` writes no set and needs none
+            raise click.UsageError("missing --out: name the folder the shard set goes to, e.g. --out sets/toy")
         from . import pipeline
 
         if ray_address is not None:

@@ -57,7 +57,7 @@ class GenConfig:
     val_shards: int | None = None  # number of validation shards (the last ones); overrides val_fraction
     seed: int = 0  # with the shard index, fixes every draw
     # -- output
-    out: str = "shards"  # folder of the set
+    out: str | None = None  # folder of the set (gen-synth requires it: nothing is written into the current folder unasked)
     name: str | None = None  # set name; None = from the dataset (or the model for the prior)
     encoding: str = DEFAULT_ENCODING  # image encoding in the shards: png | webp | jpg | npy (default: raw npy)
     image_size: int = 128  # side of the set's images in pixels; G(z) of another size is resampled to it
@@ -97,7 +97,8 @@ class GenConfig:
         preset = self.preset or DATASET_PRESETS.get(dataset_name, "default")
         name = self.name or _default_name(self)
         write_threads = self.write_threads or min(4, os.cpu_count() or 1)
-        preview = str(Path(self.out) / f"{name}-preview.png") if self.preview is True else self.preview or None
+        preview = (str(Path(self.out) / f"{name}-preview.png") if self.out else None) if self.preview is True \
+            else self.preview or None
         cfg = dataclasses.replace(self, latents=latents, alpha=float(alpha), preset=preset, name=name,
                                   write_threads=write_threads, preview=preview)
         _validate(cfg)

@@ -351,3 +351,9 @@ def test_max_fg_auto_follows_the_directions_own_masks(tmp_path):
     assert again.exit_code == 0, again.output
     for p in sorted((tmp_path / "auto").glob("a-*.tar.zst")):
         assert (tmp_path / "again" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_a_missing_out_writes_nothing_into_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(invoke("--gan", "toy", "--latents", "prior", "--n", "10"), "--out")
+    assert "e.g. --out" in line and not list(tmp_path.iterdir())
