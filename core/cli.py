@@ -19,9 +19,11 @@ named as the field, with the field's default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import errno
 import logging
 import os
+import re
 import sys
 from typing import Callable
 
@@ -30,7 +32,7 @@ import click
 from .errors import UserError, first_line
 from .version import package_version
 
-__all__ = ["Command", "Group", "CONTEXT_SETTINGS", "common_options", "verbosity_option", "version_option",
+__all__ = ["Command", "Group", "USAGE_EXIT_CODE", "CONTEXT_SETTINGS", "common_options", "verbosity_option", "version_option",
            "config_option", "progress_bar", "os_error_message", "LOG_FORMAT"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -65,11 +67,16 @@ class _OneLineErrors:
         except click.ClickException as exc:
             if isinstance(exc, click.UsageError):
                 exc.ctx = None  # the message already says what to change; no usage block
+                better = _explain(exc, argv)
+                if better:
+                    click.echo(f"Error: {better}", err=True)
+                    sys.exit(exc.exit_code)
             exc.show()
             sys.exit(exc.exit_code)
         except UserError as exc:
             click.echo(f"Error: {first_line(exc)}", err=True)
-            sys.exit(1)
+            # a name or value chosen from a list is a usage error, whichever layer found it
+            sys.exit(getattr(exc, "exit_code", 1))
         except OSError as exc:
             click.echo(f"Error: {os_error_message(exc)}", err=True)
             sys.exit(1)
@@ -85,6 +92,38 @@ class _OneLineErrors:
                 os._exit(code)
             sys.exit(code)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+USAGE_EXIT_CODE = 2  # click's, for every tool: a bad option, a missing one, a name not in a list
+
+
+def _given(flags: list[str], argv: list[str]) -> list[str]:
+    """The values `argv` gives an option (`--x v` or `--x=v`)."""
+    out = []
+    for i, tok in enumerate(argv):
+        if tok in flags and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        out += [tok.split("=", 1)[1] for f in flags if tok.startswith(f + "=")]
+    return out
+
+
+def _explain(exc: click.UsageError, argv: list[str]) -> str | None:
+    """A better one-line message where click only names the option: a missing option says what goes
+    there (its help), a value not among the choices gets the close ones. None: click's is fine."""
+    param = getattr(exc, "param", None)
+    if param is None or not isinstance(param, click.Option):
+        return None
+    flag = max(param.opts, key=len)
+    if isinstance(exc, click.MissingParameter):
+        what = re.split(r"\.\s+(?=[A-Z\[])", param.help or "")[0].strip().rstrip(".")  # its first sentence
+        return f"missing {flag}" + (f": {what[0].lower() + what[1:]}" if what else "")
+    if isinstance(exc, click.BadParameter) and isinstance(param.type, click.Choice):
+        choices = [str(c) for c in param.type.choices]
+        close = [m for v in _given(param.opts, argv) if v not in choices
+                 for m in difflib.get_close_matches(v, choices, n=3)]
+        if close:
+            return f"{exc.format_message()} (did you mean {', '.join(dict.fromkeys(close))}?)"
+    return None
 
 
 class Command(_OneLineErrors, click.Command):

@@ -74,7 +74,8 @@ def main() -> int:
             "--val-every", str(max(STEPS // 3, 1)), "--ckpt-every", str(max(STEPS // 3, 1)), "--workers", "1",
             "--seed", "0",
         ] + (["--resume"] if run.exists() and not (run / "DONE").exists() else []))
-        evaluation = OUT / "eval"
+        # inside the run folder, where export-model looks for this checkpoint's scores (the card quotes them)
+        evaluation = run / "eval"
         datasets = ["--dataset", f"shards:{manifest}"]
         if (SHARED_DATA / "ecssd" / "images").is_dir():
             datasets += ["--dataset", f"folder:{SHARED_DATA / 'ecssd'}"]

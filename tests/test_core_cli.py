@@ -124,7 +124,7 @@ def test_config_option_takes_name_default_and_flag_from_the_field():
 
 def test_config_option_keeps_a_required_option_without_a_default_missing():
     res = CliRunner().invoke(_config_tool(), ["--name", "a"])
-    assert res.exit_code == 2 and "Missing option '--out'" in res.output
+    assert res.exit_code == 2 and res.output.startswith("Error: missing --out")
 
 
 @pytest.mark.parametrize("entry", ["generator.cli:main", "finder.cli:main", "trainer.cli:main",
@@ -141,3 +141,36 @@ def test_every_tool_follows_the_convention(entry):
     flags = {o for c in commands for p in c.params for o in p.opts + p.secondary_opts}
     assert not flags & {"--batch", "--num-workers", "--worker-index"}, flags
     assert CliRunner().invoke(cmd, ["--version"]).output.strip().endswith(package_version())
+
+
+def _chooser():
+    @click.command(cls=Command)
+    @click.option("--rule", type=click.Choice(["lighting", "mean"]), default="lighting")
+    @click.option("--out", required=True, help="Folder the results go to. Created when missing.")
+    def tool(rule, out):
+        """A tool with a choice and a required option."""
+
+    return tool
+
+
+def test_a_value_not_in_the_choices_gets_the_close_ones_and_exit_2():
+    res = CliRunner().invoke(_chooser(), ["--out", "o", "--rule", "lightnig"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "Error: Invalid value for '--rule': 'lightnig' is not one of 'lighting', 'mean'. (did you mean lighting?)"]
+    res = CliRunner().invoke(_chooser(), ["--out", "o", "--rule=xyz"])
+    assert res.exit_code == 2 and "did you mean" not in res.output  # nothing close: the choices say it
+
+
+def test_a_missing_option_says_what_goes_there():
+    res = CliRunner().invoke(_chooser(), [])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["Error: missing --out: folder the results go to"]
+
+
+def test_a_user_error_may_declare_itself_a_usage_error():
+    class _UnknownName(UserError):
+        exit_code = 2
+
+    res = CliRunner().invoke(_tool(_UnknownName("unknown dataset 'ecsd' (did you mean ecssd?)")), [])
+    assert res.exit_code == 2 and res.output.strip() == "Error: unknown dataset 'ecsd' (did you mean ecssd?)"

@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 import benchdata.datasets as D
-from evaluator.cli import EvalConfig, EvalError, evaluate, main
-from evaluator.metrics import SegmentationMetrics
+from evaluator.cli import main
+from evaluator.evaluation import EvalConfig, EvalError, evaluate
+from scoring import SegmentationMetrics
 
 
 def _run(args, env=None):
@@ -110,7 +111,7 @@ def test_missing_prediction_is_one_line_naming_the_id(tmp_path):
 
 def test_out_is_required():
     res = CliRunner().invoke(main, ["--pred-dir", ".", "--dataset", "ecssd"])
-    assert res.exit_code == 2 and "Error: Missing option '--out'" in res.output and "Usage" not in res.output
+    assert res.exit_code == 2 and "Error: missing --out" in res.output and "Usage" not in res.output
 
 
 def test_images_over_the_pixel_limit_are_skipped_named_and_counted(tmp_path):
@@ -296,7 +297,7 @@ def test_crop128_ckpt_predicts_at_128(tmp_path):
     run = _tiny_ckpt(tmp_path / "run", seed=0)
     ds = _one_image_cub(tmp_path)
     (p,) = list(iter_predictions(ds, ds.test_items(), CheckpointSource(run, device="cpu")))
-    assert p.pred.shape == (128, 128) and p.gt.shape == (128, 128) and p.pred.dtype == np.uint8
+    assert p.pred.shape == (128, 128) and p.truth.mask.shape == (128, 128) and p.pred.dtype == np.uint8
 
 
 def test_crop_ckpt_of_64_px_is_fed_the_square_at_64_and_scored_at_the_datasets_128(tmp_path, monkeypatch):
@@ -316,14 +317,13 @@ def test_crop_ckpt_of_64_px_is_fed_the_square_at_64_and_scored_at_the_datasets_1
 
     cub = D.get_dataset("cub", tmp_path)
     (p,) = list(iter_predictions(cub, cub.test_items(), CheckpointSource(run, device="cpu", input_size=64)))
-    assert p.pred.shape == p.gt.shape == (128, 128) and seen[-1] == (1, 64, 64, 3)
+    assert p.pred.shape == p.truth.mask.shape == (128, 128) and seen[-1] == (1, 64, 64, 3)
 
 
 # --------------------------------------------------------------------------- WSOL sets
 
 
 def test_box_and_pxap_sets_through_pred_dir(tmp_path):
-    pytest.importorskip("evaluator.wsol")
     base = tmp_path / "wsolevaluation"
     # cub-wsol: one image, one box; the prediction is that box filled
     meta = base / "metadata" / "CUB" / "test"
@@ -350,9 +350,9 @@ def test_box_and_pxap_sets_through_pred_dir(tmp_path):
                                   out=tmp_path / "R"))
     assert results["datasets"]["cub-wsol"]["summary"]["max_box_acc"]["mean"] == 1.0
     assert results["datasets"]["cub-wsol"]["summary"]["max_box_acc_v2"]["mean"] == 1.0
-    # PxAP of the same map and mask fed to evaluator.wsol directly (its 224 resize blurs edges,
+    # PxAP of the same map and mask fed to scoring.wsol directly (its 224 resize blurs edges,
     # so a perfect map scores just under 1)
-    from evaluator.wsol import PxAP
+    from scoring.wsol import PxAP
 
     ref = PxAP()
     ref.update(_rect_mask(30, 30, 5, 20, 5, 20).astype(np.float32) / 255, _rect_mask(30, 30, 5, 20, 5, 20) >= 128)
@@ -533,9 +533,9 @@ def _tree(folder: Path) -> dict:
 def test_out_under_a_file_is_one_line_before_scoring(tmp_path, monkeypatch):
     args = _pred_dir_case(tmp_path)
     (tmp_path / "afile").write_text("x")
-    import evaluator.cli as cli
+    import evaluator.evaluation as evaluation
 
-    monkeypatch.setattr(cli, "_score", lambda *a, **k: pytest.fail("scored before checking --out"))
+    monkeypatch.setattr(evaluation, "score", lambda *a, **k: pytest.fail("scored before checking --out"))
     res = _run(args + ["--out", tmp_path / "afile" / "sub"])
     _assert_one_line_error(res, "--out", "afile", "is a file")
     assert (tmp_path / "afile").read_text() == "x"
