@@ -99,6 +99,9 @@ def render_preview(collector: PreviewCollector) -> np.ndarray:
         row += [blank] * (PAIRS_PER_ROW * 3 - len(row))
         parts.append(np.concatenate(row, axis=1))
     per_row = width // TILE
+    if not any(collector.rejected.values()):  # one line for "nothing rejected", not a "(none)" band per filter
+        parts.append(label_band(width, "rejected: none (no filter rejected a sample while the preview was collected)"))
+        return np.concatenate(parts, axis=0)
     for reason, examples in collector.rejected.items():
         label = FILTER_LABELS.get(reason, f"rejected by {reason}")
         if not examples:  # a filter that is off, or rejected nothing: its band says so, no empty row

@@ -161,7 +161,7 @@ def test_the_stop_flag_ends_a_run_whose_interrupt_was_lost(reference, tmp_path, 
     keeping the complete shards; nothing else of the run is left behind."""
     from generator import render
 
-    real = render._Host._consume
+    real = render.Host.consume
     calls = {"n": 0}
 
     def consume_then_flag(self, *a):
@@ -170,7 +170,7 @@ def test_the_stop_flag_ends_a_run_whose_interrupt_was_lost(reference, tmp_path, 
         if calls["n"] == 3:
             render.STOP.set()  # what the handler does; its KeyboardInterrupt is "lost" here
 
-    monkeypatch.setattr(render._Host, "_consume", consume_then_flag)
+    monkeypatch.setattr(render.Host, "consume", consume_then_flag)
     try:
         with pytest.raises(KeyboardInterrupt):
             run(dataclasses.replace(BASE, out=str(tmp_path)))
@@ -178,7 +178,7 @@ def test_the_stop_flag_ends_a_run_whose_interrupt_was_lost(reference, tmp_path, 
         render.STOP.clear()
     assert sorted(_shards(tmp_path)) != sorted(_shards(reference))  # it stopped before the end
     assert not list(tmp_path.glob("*.tmp"))
-    monkeypatch.setattr(render._Host, "_consume", real)
+    monkeypatch.setattr(render.Host, "consume", real)
     res = run(dataclasses.replace(BASE, out=str(tmp_path), resume=True))
     assert res.complete and _shards(tmp_path) == _shards(reference)
 
@@ -278,7 +278,7 @@ def test_plan_and_defaults():
     assert not flowers.filter_config().size_filter
     toy = GenConfig(gan="toy").resolved()
     assert (toy.latents, toy.name) == ("prior", "toy-prior")
-    over = GenConfig(connectivity=8, histogram_rule="none", size_filter=False).resolved().filter_config()
+    over = GenConfig(connectivity=8, histogram_filter=False, size_filter=False).resolved().filter_config()
     assert (over.connectivity, over.histogram_rule, over.size_filter) == (8, None, False)
 
 
@@ -291,6 +291,8 @@ def test_plan_and_defaults():
     ({"val_shards": 4}, "must leave a training shard"),
     ({"name": "a.b"}, "set name"),
     ({"mask_rule": "median"}, "unknown mask rule"),
+    ({"preset": "flower"}, "unknown filter preset 'flower' \\(did you mean flowers\\?\\)"),
+    ({"histogram_rule": "paper", "histogram_filter": False}, "contradict"),
     ({"encoding": "gif"}, "encoding"),
 ])
 def test_resolving_validates_and_names_the_bad_value(change, match):
@@ -371,3 +373,13 @@ def test_preview_picture_has_labelled_strips():
     overlay = img[LABEL_H:LABEL_H + TILE, 2 * TILE:3 * TILE]
     assert not np.array_equal(overlay[64, 64], first[64, 64])  # the mask tints the object
     np.testing.assert_array_equal(overlay[5, 5], first[5, 5])  # and leaves the background
+
+
+def test_a_preview_with_nothing_rejected_says_so_in_one_band():
+    from generator.preview import LABEL_H, TILE, PreviewCollector, render_preview
+
+    x = np.full((2, 128, 128, 3), -0.5, np.float32)
+    col = PreviewCollector(rows=3, per_reason=2)
+    col.add(x, -x, np.zeros((2, 128, 128), np.uint8), [None, None])
+    # the accepted band, one row of two triplets, and one band for every filter together
+    assert render_preview(col).shape == (2 * LABEL_H + TILE, 6 * TILE, 3)
