@@ -1,5 +1,5 @@
-"""Benchmark datasets by name: where each lives under the data root, its split, its inference
-protocol (benchdata.protocols), and how its images and ground truth load.
+"""Benchmark datasets by name: where each lives under the data root, its split, its input
+sizing (benchdata.sizing), and how its images and ground truth load.
 
 numpy + cv2 only (the generator uses it for train images, so no torch, no TF); it imports `core`
 and no other package of this project.
@@ -32,7 +32,7 @@ from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS
 
 from .io import IMAGE_EXTS, DatasetError, ImageSkipped, read_gt, read_image
-from .protocols import gt_foreground
+from .sizing import CROP128, SHORT128, Sizing
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ class Item:
 
 @dataclass
 class Dataset:
-    """A named dataset: `.name`, `.protocol`, `.train_images()`, `.test_items()`.
+    """A named dataset: `.name`, `.sizing`, `.train_images()`, `.test_items()`.
 
     `task` says which ground truth its items carry: "mask" (segmentation masks), "boxes"
     (WSOL bounding boxes) or "pxap" (WSOL masks with ignore regions).
     """
 
     name: str
-    protocol: str
+    sizing: Sizing  # how its images reach the model and its maps the metrics (CROP128, SHORT128)
     root: Path | None
     task: str = "mask"
     _list_train: Callable[[], list[Path]] | None = field(default=None, repr=False)
@@ -101,9 +101,8 @@ class Dataset:
         return read_image(item.image_path, self.max_pixels)
 
     def load_gt(self, item: Item) -> np.ndarray:
-        """The raw ground-truth map at its original size (uint8/uint16 [H, W]); binarise with
-        `benchdata.protocols.gt_foreground` (after `prepare_gt`, which resizes it when the
-        protocol says so)."""
+        """The raw ground-truth map at its original size (uint8/uint16 [H, W]); `sizing.prepare_gt`
+        sizes it for the metrics, the evaluation protocols binarise it (scoring.binarize_gt)."""
         if self._gt_reader is not None:
             return self._gt_reader(item, self.max_pixels)
         if item.mask_path is None:
@@ -114,10 +113,11 @@ class Dataset:
         return gt
 
     def load_ignore(self, item: Item) -> np.ndarray | None:
-        """bool [H, W] pixels to leave out of PxAP (OpenImages), or None."""
+        """The map of the pixels to leave out of PxAP (OpenImages; foreground as a ground truth's,
+        scoring.binarize_gt), raw as `load_gt`, or None."""
         if item.ignore_path is None:
             return None
-        return gt_foreground(read_gt(item.ignore_path, self.max_pixels))
+        return read_gt(item.ignore_path, self.max_pixels)
 
     def _note_skip(self, item: Item, exc: ImageSkipped) -> None:
         first = item.id not in self.skipped
@@ -222,7 +222,7 @@ def get_dataset(spec: str, root: Path | str | None = None, *, max_pixels: int = 
     if spec.startswith("folder:"):
         path = Path(spec[len("folder:"):]).expanduser()
         # tables name the folder ("ecssd"), so its rows line up with the named set's
-        ds = _folder(path, name=path.resolve().name or spec, protocol="short128")
+        ds = _folder(path, name=path.resolve().name or spec, sizing=SHORT128)
     elif spec.startswith("shards:"):
         if shard_sets is None:
             raise DatasetError(f"{spec}: this tool reads no shard sets as benchmarks; name a dataset or folder:PATH")
@@ -256,7 +256,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _paired(name: str, images: Path, masks: Path, source: str, protocol: str) -> Dataset:
+def _paired(name: str, images: Path, masks: Path, source: str, sizing: Sizing) -> Dataset:
     """A flat images/ + masks/ layout: `<images>/<id>.<ext>` pairs with `<masks>/<id>.png`."""
 
     def test() -> list[Item]:
@@ -274,20 +274,20 @@ def _paired(name: str, images: Path, masks: Path, source: str, protocol: str) ->
             raise DatasetError(f"{name}: no images in {images}; {source}")
         return items
 
-    return Dataset(name=name, protocol=protocol, root=images.parent, _list_test=test,
+    return Dataset(name=name, sizing=sizing, root=images.parent, _list_test=test,
                    _list_train=lambda: _images_in(images), source=source)
 
 
-def _folder(path: Path, *, name: str, protocol: str) -> Dataset:
+def _folder(path: Path, *, name: str, sizing: Sizing) -> Dataset:
     source = "a folder: layout is PATH/images/<id>.jpg + PATH/masks/<id>.png"
     if not path.is_dir():
         raise DatasetError(f"{name}: {path} is not a folder; {source}")
     images = _find_dir(path, ["images"], name, source)
     masks = _find_dir(path, ["masks", "ground_truth_mask", "gt"], name, source)
-    return _paired(name, images, masks, source, protocol)
+    return _paired(name, images, masks, source, sizing)
 
 
-# ---- table 1: CUB-200-2011 and Flowers-102 (crop128)
+# ---- table 1: CUB-200-2011 and Flowers-102 (CROP128)
 
 _CUB_SOURCE = ("get CUB_200_2011.tgz and segmentations.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ "
                "and train_val_test_split.txt from https://github.com/mickaelChen/ReDO (datasplits/cub/)")
@@ -325,7 +325,7 @@ def _cub(root: Path) -> Dataset:
         return [Item(rel.rsplit(".", 1)[0], images / rel, segs / (rel.rsplit(".", 1)[0] + ".png"))
                 for rel in _cub_split_ids(cub, 2)]
 
-    return Dataset("cub", "crop128", cub, _list_test=test, source=_CUB_SOURCE,
+    return Dataset("cub", CROP128, cub, _list_test=test, source=_CUB_SOURCE,
                    _list_train=lambda: [images / rel for rel in _cub_split_ids(cub, 0)])
 
 
@@ -365,11 +365,11 @@ def _flowers(root: Path) -> Dataset:
     def gt(item: Item, max_pixels: int) -> np.ndarray:
         return flowers_segmim_mask(read_image(item.mask_path, max_pixels)).astype(np.uint8) * 255
 
-    return Dataset("flowers", "crop128", flowers, _list_test=test, _gt_reader=gt, source=_FLOWERS_SOURCE,
+    return Dataset("flowers", CROP128, flowers, _list_test=test, _gt_reader=gt, source=_FLOWERS_SOURCE,
                    _list_train=lambda: [jpg / f"image_{i:05d}.jpg" for i in _flowers_split(flowers, "tstid")])
 
 
-# ---- table 2: saliency sets (short128)
+# ---- table 2: saliency sets (SHORT128)
 
 _ECSSD_SOURCE = ("get images.zip and ground_truth_mask.zip from "
                  "https://www.cse.cuhk.edu.hk/leojia/projects/hsaliency/dataset.html into 'ecssd'")
@@ -380,14 +380,14 @@ _OMRON_SOURCE = ("get DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip fro
 
 def _saliency_set(name: str, layout: str, source: str, bases: list[str], image_dirs: list[str],
                   mask_dirs: list[str]) -> None:
-    """Register a saliency set laid out as BASE/IMAGES/<id>.jpg + BASE/MASKS/<id>.png (short128);
+    """Register a saliency set laid out as BASE/IMAGES/<id>.jpg + BASE/MASKS/<id>.png (SHORT128);
     each list names the folder names accepted, the official one first."""
 
     def build(root: Path) -> Dataset:
         base = _find_dir(root, bases, name, source)
         images = _find_dir(base, image_dirs, name, source)
         masks = _find_dir(base, mask_dirs, name, source)
-        return _paired(name, images, masks, source, "short128")
+        return _paired(name, images, masks, source, SHORT128)
 
     _register(name, layout, source)(build)
 
@@ -418,10 +418,10 @@ def _imagenet(root: Path) -> Dataset:
     def listing() -> list[Path]:
         return [p for d in sorted(x for x in train.iterdir() if x.is_dir()) for p in _images_in(d)]
 
-    return Dataset("imagenet", "short128", base, _list_train=listing, source=_IMAGENET_SOURCE)
+    return Dataset("imagenet", SHORT128, base, _list_train=listing, source=_IMAGENET_SOURCE)
 
 
-# ---- table 3: WSOL sets in Choe et al. (2020)'s metadata layout (short128)
+# ---- table 3: WSOL sets in Choe et al. (2020)'s metadata layout (SHORT128)
 
 _WSOL_SOURCE = ("clone https://github.com/clovaai/wsolevaluation into the data root as 'wsolevaluation' "
                 "and run its dataset/prepare_*.sh scripts (images under wsolevaluation/dataset/{})")
@@ -472,7 +472,7 @@ def _wsol(root: Path, name: str, subset: str, task: str) -> Dataset:
         _need(meta / "image_ids.txt", name, source, "train metadata")
         return [data / i for i in _wsol_image_ids(meta)]
 
-    return Dataset(name, "short128", data, task=task, _list_test=test, _list_train=train, source=source)
+    return Dataset(name, SHORT128, data, task=task, _list_test=test, _list_train=train, source=source)
 
 
 @_register("imagenet-wsol", "wsolevaluation/{metadata/ILSVRC/test/, dataset/ILSVRC/val/}",
@@ -539,6 +539,6 @@ def _shards(set_spec: str, open_split: Callable[[str], object]) -> Dataset:
 
     # tables name the set by its manifest name (the spec is in results.json)
     display = f"shards:{split.manifest_name}" if split.manifest_name else name
-    return Dataset(display, "short128", None, _list_test=test, _iter_loaded=loaded,
+    return Dataset(display, SHORT128, None, _list_test=test, _iter_loaded=loaded,
                    source="a shard set written by gen-synth",
                    info={"shardset": split.manifest_name, "fingerprint": split.fingerprint, "val_shards": len(urls)})

@@ -1,8 +1,8 @@
-"""A model's probability maps over a dataset's test items under the dataset's inference protocol:
-images are read (ahead, in threads), prepared for the model (benchdata.protocols.prepare_image, at
-the dataset's size or the model's own), handed to `predict_batch` a window at a time, and each map
-is restored to the size the metrics run at (the dataset's, whatever the input size). The trainer's
-benchmark validation and eval-seg's checkpoint path share this loop, so their numbers agree; the model
+"""A model's probability maps over a dataset's test items under the dataset's sizing: images are
+read (ahead, in threads), prepared for the model (Sizing.prepare_image, at the dataset's size or
+the model's own), handed to `predict_batch` a window at a time, and each map is restored to the
+size the metrics run at (the dataset's, whatever the input size). The trainer's benchmark
+validation and eval-seg's checkpoint path share this loop, so their numbers agree; the model
 itself stays the caller's (`predict_batch`)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from .datasets import Dataset, Item
-from .protocols import at_size, eval_gt, eval_shape, prepare_image, restore_map
+from .sizing import restore_map
 
 __all__ = ["ModelMap", "iter_model_maps"]
 
@@ -21,8 +21,7 @@ class ModelMap(NamedTuple):
 
     item: Item
     prob: np.ndarray  # float32 [H, W] in [0, 1]
-    gt: np.ndarray | None  # bool foreground (benchdata.protocols.gt_foreground); None for box-only sets
-    gt_map: np.ndarray | None  # the 8-bit mask before binarising (else the bool gt)
+    gt: np.ndarray | None  # the ground truth at [H, W] as read, not binarised (Sizing.prepare_gt); None: box-only sets
 
 
 def iter_model_maps(dataset: Dataset, items: Iterable[Item],
@@ -35,20 +34,19 @@ def iter_model_maps(dataset: Dataset, items: Iterable[Item],
     that size in the dataset's kind of sizing (None: the dataset's own, the paper's 128). The
     evaluation size is the ground truth's (after the dataset's crop for crop sets), or the image's
     for box-only sets."""
-    protocol = dataset.protocol
-    feed = at_size(protocol, input_size)
-    buf: list[tuple[Item, np.ndarray, tuple, tuple[int, int]]] = []
+    sizing = dataset.sizing
+    feed = sizing.at(input_size)
+    buf: list[tuple[Item, np.ndarray, np.ndarray | None, tuple[int, int]]] = []
 
     def flush() -> Iterator[ModelMap]:
         probs = predict_batch([image for _, image, _, _ in buf])
-        for (item, _, (gt, gt_map), shape), prob in zip(buf, probs):
-            yield ModelMap(item, restore_map(prob, shape), gt, gt_map)
+        for (item, _, gt, shape), prob in zip(buf, probs):
+            yield ModelMap(item, restore_map(prob, shape), gt)
         buf.clear()
 
     for item, image, raw in dataset.iter_loaded(items, workers=workers):
-        gts = eval_gt(raw, protocol)
-        shape = gts[0].shape if gts[0] is not None else eval_shape(image.shape, protocol)
-        buf.append((item, prepare_image(image, feed), gts, shape))
+        gt = None if raw is None else sizing.prepare_gt(raw)
+        buf.append((item, feed.prepare_image(image), gt, sizing.eval_shape(gt, image.shape)))
         if len(buf) >= window:
             yield from flush()
     if buf:

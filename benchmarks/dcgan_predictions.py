@@ -30,8 +30,8 @@ def _tile(a: np.ndarray) -> np.ndarray:
 
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """evaluator.metrics' IoU of one binary prediction against its ground truth (both bool)."""
-    from evaluator.metrics import IoU
+    """scoring's IoU of one binary prediction against its ground truth (both bool)."""
+    from scoring.metrics import IoU
 
     metric = IoU()
     metric.update(np.where(pred, 255, 0).astype(np.uint8), gt)
@@ -47,10 +47,10 @@ def _short_side(im: np.ndarray, side: int) -> np.ndarray:
 def _predict(backend, images: list[np.ndarray], side: int | None = None) -> list[np.ndarray]:
     """Foreground probabilities at each image's size: eval-seg's short128 protocol, or (side) the
     short side resized to `side`, e.g. the resolution the U-Net was trained at."""
-    from benchdata.protocols import prepare_image, restore_map
+    from benchdata.sizing import SHORT128, restore_map
     from segmodel.runtime import predict_batch
 
-    inputs = [prepare_image(im, "short128") if side is None else _short_side(im, side) for im in images]
+    inputs = [SHORT128.prepare_image(im) if side is None else _short_side(im, side) for im in images]
     probs = predict_batch(backend, inputs, batch_size=16)
     return [restore_map(p, im.shape[:2]) for p, im in zip(probs, images)]
 
@@ -92,7 +92,7 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
     triplets = [shown]
     if photos is not None and ids:
         from benchdata.io import read_gt, read_image
-        from benchdata.protocols import gt_foreground
+        from scoring import binarize_gt
 
         mask_dir = next((photos / d for d in ("masks", "ground_truth_mask") if (photos / d).is_dir()), None)
         pics, gts = [], []
@@ -100,7 +100,7 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
             path = next((photos / "images").glob(f"{i}.*"))
             pics.append(read_image(path))
             gt_path = mask_dir / f"{i}.png" if mask_dir else None
-            gts.append(gt_foreground(read_gt(gt_path)) if gt_path and gt_path.exists() else None)
+            gts.append(binarize_gt(read_gt(gt_path)) if gt_path and gt_path.exists() else None)
         photo_preds = _predict(backend, pics, side)
         report["photos"] = {i: {"iou": None if g is None else _iou(p >= 0.5, g), "fg_pred": float((p >= 0.5).mean())}
                             for i, p, g in zip(ids.split(","), photo_preds, gts)}

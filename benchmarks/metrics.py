@@ -6,7 +6,7 @@ Inputs: the ground-truth masks of ../shared/data/ecssd at their original size, w
 8-bit predictions (mask blurred, sigma 3, + Gaussian noise 0.15, seed 0); loading them is not
 timed. Three implementations score the same pairs:
 
-- ours: ``evaluator.metrics.SegmentationMetrics(("max_f", "iou", "accuracy", "mae"))`` on the
+- ours: ``scoring.SegmentationMetrics(("max_f", "iou", "accuracy", "mae"))`` on the
   uint8 maps (one bincount per image);
 - pysodmetrics: ``FmeasureV2`` (F handler, dynamic; IoU and accuracy handlers, binary) + ``MAE``
   with ``normalize=False`` on the float maps v / 255, precomputed outside the timer (their best
@@ -36,8 +36,9 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evaluator.metrics import SegmentationMetrics, binarize_gt, precision_recall_f  # noqa: E402
-from segmodel.inference import probability_to_uint8  # noqa: E402
+from core.maps import probability_to_uint8  # noqa: E402
+from scoring import SegmentationMetrics, binarize_gt  # noqa: E402
+from scoring.metrics import precision_recall_f  # noqa: E402
 
 ECSSD = Path(os.environ.get("BGW_SHARED_DATA", REPO.parent / "shared" / "data")) / "ecssd"
 NAMES = ("max_f", "iou", "accuracy", "mae")

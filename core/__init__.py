@@ -8,6 +8,7 @@ package may import it.
                 --version, the progress bar
     version.py  the installed package's version
     atomic.py   atomic file writes (temporary name, fsync, rename)
+    maps.py     probability_to_uint8: the one 8-bit quantisation of a probability map
     images.py   read_user_image: images users hand us, sized from their headers, skipped over a
                 pixel limit, never half-decoded
 """

@@ -1,13 +1,13 @@
 """Probability maps for a dataset's test items, from a checkpoint or from saved files.
 
-Two sources, one output: `iter_predictions` yields `Prediction(item, gt, pred, ignore, gt_map)`
-with `gt` bool (>= 128), `gt_map` the mask before binarising (each evaluation protocol binarises
-it its own way) and `pred` uint8 (v = round(255 p)), all at the size the metrics run at (the
-protocol's; see benchdata.protocols).
+Two sources, one output: `iter_predictions` yields `Prediction(item, pred, truth)` with `pred`
+uint8 (v = round(255 p)) and `truth` its ground truth (scoring.Truth: the mask as read, not
+binarised, since each evaluation protocol binarises it its own way; the boxes; PxAP's ignore
+region), all at the size the metrics run at (the dataset's sizing's; see benchdata.sizing).
 
 - `CheckpointSource(path, fg_prob=...)`: a train-unet run folder or .safetensors file, run by
   segmodel.runtime's TorchBackend (loaded with segmodel.checkpoint.load_for_inference, which never
-  unpickles; on the GPU when there is one). Images are prepared per protocol at `input_size`
+  unpickles; on the GPU when there is one). Images are prepared by the dataset's sizing at `input_size`
   (benchdata.predictions; by default the size the checkpoint was trained at, set by evaluator.cli)
   and go through segmodel.runtime.predict_batch, the model step `segment` runs too, so a
   checkpoint's scores and the maps `segment` saves from it agree. torch is imported lazily, so
@@ -16,8 +16,8 @@ protocol's; see benchdata.protocols).
   foreground (16-bit PNGs are scaled to 8 bits; colour files keep their red channel), read by
   core.images' reader of user files (over `max_pixels` pixels: refused from the header, before
   decoding). A map of another size is resized bilinearly to the ground truth (under crop, a map
-  at the original image size first gets the ground truth's centre crop). A missing or
-  unreadable map is a `PredictionError` naming the id.
+  at the original image size first gets the ground truth's centre crop: Sizing.saved_map). A
+  missing or unreadable map is a `PredictionError` naming the id.
 """
 from __future__ import annotations
 
@@ -31,17 +31,18 @@ import numpy as np
 
 from benchdata.datasets import Dataset, Item
 from benchdata.predictions import iter_model_maps
-from benchdata.protocols import eval_gt, eval_shape, gt_foreground, parse_protocol, prepare_gt, prepare_image
 from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
-from segmodel.inference import FG_PROB, foreground_probability, probability_to_uint8
+from core.maps import probability_to_uint8
+from scoring import Truth, binarize_gt
+from segmodel.inference import FG_PROB, foreground_probability
 from segmodel.runtime import BackendError, checkpoint_input_size, predict_batch, resolve_device, sha256_file
 
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PredictionError", "CheckpointSource", "PredDirSource", "Prediction", "iter_predictions", "training_size",
-           "figure_rows", "resolve_device", "sha256_file", "align_prediction", "FG_PROB", "foreground_probability"]
+           "figure_rows", "resolve_device", "sha256_file", "FG_PROB", "foreground_probability"]
 
 
 class PredictionError(UserError):
@@ -157,21 +158,6 @@ class PredDirSource:
         return data
 
 
-def align_prediction(pred: np.ndarray, raw_gt_shape: tuple[int, int], eval_shape: tuple[int, int],
-                     protocol: str) -> tuple[np.ndarray, bool]:
-    """A saved uint8 map at the evaluation size; returns (map, whether it had to be resized).
-
-    Under crop a map at the original image size gets the ground truth's crop and resize
-    (that is where such a map lives). Any other size mismatch is resized bilinearly.
-    """
-    if pred.shape == tuple(eval_shape):
-        return pred, False
-    if parse_protocol(protocol)[0] == "crop" and pred.shape == tuple(raw_gt_shape):
-        return prepare_gt(pred, protocol), False
-    out = cv2.resize(pred, (eval_shape[1], eval_shape[0]), interpolation=cv2.INTER_LINEAR)
-    return out, True
-
-
 # --------------------------------------------------------------------------- iteration
 
 
@@ -179,17 +165,13 @@ class Prediction(NamedTuple):
     """One scored image at the evaluation size."""
 
     item: Item
-    gt: np.ndarray | None  # bool (>= 128); None for box-only sets (their truth is item.boxes)
     pred: np.ndarray  # uint8, v = round(255 p)
-    ignore: np.ndarray | None  # bool pixels PxAP leaves out (OpenImages), or None
-    gt_map: np.ndarray | None = None  # 8-bit mask before binarising (else the bool gt)
+    truth: Truth  # its ground truth there: the mask as read (None for box-only sets), boxes, ignore
 
 
-def _ignore(dataset: Dataset, item: Item) -> np.ndarray | None:
-    ign = dataset.load_ignore(item)
-    if ign is not None and parse_protocol(dataset.protocol)[0] == "crop":
-        ign = gt_foreground(prepare_gt(ign, dataset.protocol))
-    return ign
+def _truth(dataset: Dataset, item: Item, gt: np.ndarray | None) -> Truth:
+    ignore = dataset.load_ignore(item)
+    return Truth(gt, item.boxes, None if ignore is None else dataset.sizing.prepare_gt(ignore))
 
 
 def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
@@ -202,34 +184,29 @@ def iter_predictions(dataset: Dataset, items: Iterable[Item], source,
     `workers` threads read and decode files ahead of the model (see Dataset.iter_loaded).
     """
     items = list(items)
-    protocol = dataset.protocol
+    sizing = dataset.sizing
     boxes = dataset.task == "boxes"
     if isinstance(source, PredDirSource):
         for item, image, raw in dataset.iter_loaded(items, images=boxes, workers=workers):
-            gt, gt_map = eval_gt(raw, protocol)
-            shape = eval_shape(image.shape, protocol) if gt is None else gt.shape
+            gt = None if raw is None else sizing.prepare_gt(raw)
             raw_shape = image.shape[:2] if raw is None else raw.shape[:2]
-            pred, resized = align_prediction(source.read(item), raw_shape, shape, protocol)
+            shape = sizing.eval_shape(gt, raw_shape)
+            pred, resized = sizing.saved_map(source.read(item), raw_shape, shape)
             if resized:
                 source.resized += 1
                 log.debug("prediction %s resized to the ground truth's %s", item.id, shape)
-            yield Prediction(item, gt, pred, _ignore(dataset, item), gt_map)
+            yield Prediction(item, pred, _truth(dataset, item, gt))
         if source.resized:
             log.warning("%d of %d predictions had another size than the ground truth and were resized "
                         "bilinearly", source.resized, len(items))
         return
     for m in iter_model_maps(dataset, items, source.predict_batch, window or 4 * source.batch_size, workers,
                              input_size=source.input_size):
-        yield Prediction(m.item, m.gt, probability_to_uint8(m.prob), _ignore(dataset, m.item), m.gt_map)
+        yield Prediction(m.item, probability_to_uint8(m.prob), _truth(dataset, m.item, m.gt))
 
 
 def figure_rows(source, dataset: Dataset, items: list[Item]) -> list[tuple[Item, np.ndarray, np.ndarray, np.ndarray]]:
     """(item, image at the evaluation size, gt bool, pred uint8) for a few mask items (the figure)."""
     preds = {p.item.id: p for p in iter_predictions(dataset, items, source)}
-    rows = []
-    for item, image, _ in dataset.iter_loaded(items):
-        p = preds[item.id]
-        if parse_protocol(dataset.protocol)[0] == "crop":  # the image as the metrics see it: the gt's square
-            image = prepare_image(image, dataset.protocol)
-        rows.append((item, image, p.gt, p.pred))
-    return rows
+    return [(item, dataset.sizing.eval_image(image), binarize_gt(preds[item.id].truth.mask), preds[item.id].pred)
+            for item, image, _ in dataset.iter_loaded(items)]

@@ -17,7 +17,7 @@ import json
 import logging
 from pathlib import Path
 
-from benchdata.protocols import parse_protocol, protocol_name
+from benchdata.sizing import Sizing
 from core.errors import UserError, first_line
 from segmodel.runtime import META_INPUT_SIZE
 from shardset import manifest_fingerprint, resolve
@@ -29,7 +29,7 @@ __all__ = ["provenance", "find_results", "model_card", "TRAINING_KEYS"]
 TRAINING_KEYS = ("steps", "batch", "lr", "lr_milestones", "lr_gamma", "size", "width", "seed")
 _GENERATION_KEYS = ("generator", "direction", "latents", "dataset", "filters")
 # the numbers the card quotes, per evaluation protocol: the paper's and the saliency toolkits' headline
-_PROTOCOL_STEPS = {  # benchdata.protocols' kinds of sizing, in words, at size {s}
+_PROTOCOL_STEPS = {  # benchdata.sizing's kinds of sizing, in words, at size {s}
     "short": "resize the image so its short side is {s}, predict, resize the map back bilinearly",
     "crop": "centre-crop the image to a square, resize it to {s} x {s}, predict; the map covers that square",
 }
@@ -63,7 +63,7 @@ def provenance(backend, fg_prob: str, protocol: str) -> dict:
         "checkpoint": {"file": backend.weights_path.name, "sha256": backend.fingerprint, "step": meta.get("step"),
                        "model": meta.get("model")},
         "fg_prob": fg_prob,
-        "protocol": protocol_name(protocol, backend.input_size),
+        "protocol": Sizing(protocol, backend.input_size).name,
         "input_size": backend.input_size,
         "input_size_from": backend.input_size_from,
         "training": {k: config[k] for k in TRAINING_KEYS if k in config},
@@ -114,9 +114,9 @@ def find_results(run_dir: Path, sha256: str, given: Path | None = None) -> tuple
 
 
 def _steps(protocol: str) -> str:
-    """A protocol's steps in words: short64 -> 'resize the image so its short side is 64, ...'."""
-    kind, size = parse_protocol(protocol)
-    return _PROTOCOL_STEPS[kind].format(s=size)
+    """A sizing's steps in words: short64 -> 'resize the image so its short side is 64, ...'."""
+    sizing = Sizing.parse(protocol)
+    return _PROTOCOL_STEPS[sizing.kind].format(s=sizing.size)
 
 
 def _fmt(v) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from benchdata.protocols import PAPER_SIZE
+from benchdata.sizing import PAPER_SIZE
 from core.cli import Command, common_options, config_option, progress_bar
 from core.images import SKIP_KINDS
 from segmodel.inference import FG_PROB

@@ -30,7 +30,7 @@ from core.errors import UserError, first_line
 from core.version import package_version
 from segmodel.inference import FG_PROB
 from benchdata.io import DatasetError
-from benchdata.protocols import KINDS, parse_protocol
+from benchdata.sizing import KINDS, Sizing
 from segmodel.runtime import META_INPUT_SIZE, ONNX_FORMAT, ONNX_INPUT, ONNX_OUTPUT, BackendError
 
 from .card import find_results, model_card, provenance
@@ -142,7 +142,7 @@ def export_onnx(cfg: ExportConfig) -> dict:
         raise ExportError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
     if cfg.protocol not in KINDS:
         try:
-            kind = parse_protocol(cfg.protocol)[0]  # a name with a size: what --protocol took before
+            kind = Sizing.parse(cfg.protocol).kind  # a name with a size: what --protocol took before
         except DatasetError:
             kind = None
         hint = f"; give --protocol {kind}: the size is the model's training size" if kind else ""

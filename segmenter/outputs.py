@@ -7,7 +7,7 @@ rename), so a file that exists under its final name is whole:
 - `<rel>.overlay.jpg` (--overlay): the image with the mask tinted red over it, at half strength.
 - `<rel>.cutout.png` (--cutout): the image as RGBA with the mask as its alpha (background transparent).
 - the box (--boxes) of the mask's largest component, foreground v >= 128 of the written mask,
-  drawn by the WSOL protocol's rule (benchdata.boxes.contour_boxes).
+  drawn by the WSOL protocol's rule (scoring.wsol.contour_boxes).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from benchdata.boxes import contour_boxes
 from core.atomic import atomic_write_bytes
+from scoring.wsol import contour_boxes
 
 __all__ = ["OutputPaths", "output_paths", "is_complete", "threshold_level", "mask_of", "overlay_jpeg",
            "cutout_png", "largest_box", "encode_png", "BOX_LEVEL"]

@@ -1,12 +1,12 @@
-"""`segment(SegmentConfig)`: a mask for every input image at its own size, under the inference
-protocol eval-seg scores (docs/RULES.md, "Inference protocols").
+"""`segment(SegmentConfig)`: a mask for every input image at its own size, under the input sizing
+eval-seg scores with (docs/RULES.md, "Inference protocols").
 
 One image takes the steps of eval-seg's checkpoint path, each by the same function:
-benchdata.protocols.prepare_image (short: short side to S; crop: centre square at S x S; S is the
-model's training size unless --input-size says otherwise, segmodel.runtime.feed_size) ->
+Sizing.prepare_image (benchdata.sizing; short: short side to S; crop: centre square at S x S; S is
+the model's training size unless --input-size says otherwise, segmodel.runtime.feed_size) ->
 segmodel.runtime.predict_batch (normalise, the U-Net or its exported file, the foreground-probability
-rule) -> benchdata.protocols.full_size_map (bilinear, back to the image's size; crop's map goes back
-into its square, 0 outside) -> segmodel.inference.probability_to_uint8. So the masks `--threshold
+rule) -> Sizing.full_size_map (bilinear, back to the image's size; crop's map goes back into its
+square, 0 outside) -> segmodel.inference.probability_to_uint8. So the masks `--threshold
 none` saves score under `eval-seg --pred-dir` as the checkpoint scores under `eval-seg --ckpt`.
 
 The work is a pipeline: `workers` threads read, decode and prepare the images (at most 4 x workers
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from benchdata.io import DatasetError
-from benchdata.protocols import KINDS, full_size_map, parse_protocol, prepare_image, protocol_name
+from benchdata.sizing import KINDS, Sizing
 from core.atomic import atomic_write_text
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
@@ -43,7 +43,7 @@ from .outputs import OutputPaths, is_complete, largest_box, mask_of, output_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentConfig", "SegmentError", "segment", "sizing_error", "full_size_map", "RECORD", "BOXES"]
+__all__ = ["SegmentConfig", "SegmentError", "segment", "sizing_error", "RECORD", "BOXES"]
 
 RECORD = "segment.json"  # the settings the folder's masks were made with
 BOXES = "boxes.jsonl"
@@ -58,10 +58,10 @@ def sizing_error(value: str) -> str:
     """The one line for a --protocol that is not a kind of sizing; a name with a size (short128,
     what --protocol took before the size became --input-size) is told its spelling now."""
     try:
-        kind, size = parse_protocol(value)
+        sizing = Sizing.parse(value)
     except DatasetError:
         return f"unknown --protocol {value!r}; choose from {', '.join(KINDS)}"
-    return (f"--protocol {value} is now --protocol {kind} --input-size {size} (by default, --input-size "
+    return (f"--protocol {value} is now --protocol {sizing.kind} --input-size {sizing.size} (by default, --input-size "
             f"{NATIVE}, the model is fed at its training size)")
 
 
@@ -78,7 +78,7 @@ class SegmentConfig:
     overlay: bool = False  # <rel>.overlay.jpg: the mask tinted over the image
     cutout: bool = False  # <rel>.cutout.png: RGBA, the mask as alpha
     boxes: bool = False  # boxes.jsonl: the box of each mask's largest component
-    protocol: str = "short"  # benchdata.protocols' sizing: short (eval-seg's for photos) or crop
+    protocol: str = "short"  # a kind of sizing (benchdata.sizing.KINDS): short (eval-seg's for photos) or crop
     input_size: int | str = NATIVE  # S, pixels: native (the model's training size) or a number
     batch_size: int = 32  # images per forward pass (eval-seg's default)
     workers: int = 4  # threads decoding inputs and encoding outputs
@@ -107,10 +107,10 @@ class _Job:
     paths: OutputPaths
 
 
-def _record(cfg: SegmentConfig, backend: Backend, protocol: str, input_size: int) -> dict:
+def _record(cfg: SegmentConfig, backend: Backend, sizing: Sizing) -> dict:
     model = backend.describe()
     return {"tool": "bgw-seg segment", "model": {k: model.get(k) for k in ("kind", "sha256", "fg_prob", "step")},
-            "protocol": protocol, "input_size": input_size, "threshold": cfg.threshold}
+            "protocol": sizing.name, "input_size": sizing.size, "threshold": cfg.threshold}
 
 
 def _check_record(out: Path, record: dict, overwrite: bool) -> None:
@@ -122,7 +122,7 @@ def _check_record(out: Path, record: dict, overwrite: bool) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # not ours to judge: the record is rewritten below
-    # the protocol's name carries the input size (short64): another size is another protocol
+    # the sizing's name carries the input size (short64): another size is another sizing
     for key, what in (("model", "model"), ("protocol", "sizing"), ("threshold", "--threshold")):
         if old.get(key) != record[key]:
             def show(v):
@@ -164,8 +164,8 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
     if backend is None:
         backend = open_backend(cfg.ckpt, cfg.model, device=cfg.device, fg_prob=cfg.fg_prob)
     size, feeding = feed_size(backend.input_size, backend.input_size_from, parse_input_size(cfg.input_size))
-    protocol = protocol_name(cfg.protocol, size)
-    record = _record(cfg, backend, protocol, size)
+    sizing = Sizing(cfg.protocol, size)
+    record = _record(cfg, backend, sizing)
     _check_record(out, record, cfg.overwrite)
     jobs = [_Job(s, output_paths(out, s.rel, cfg.overlay, cfg.cutout)) for s in sources]
     todo = [j for j in jobs if cfg.overwrite or not all(is_complete(p) for p in j.paths.all())]
@@ -191,13 +191,13 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
         if isinstance(image, Skip):
             timed("decode", t0)
             return job, image, None, None
-        model_input = prepare_image(image, protocol)
+        model_input = sizing.prepare_image(image)
         timed("decode", t0)
         return job, (image if keep_image else None), image.shape[:2], model_input
 
     def write(job: _Job, image, hw: tuple[int, int], prob: np.ndarray):
         t0 = time.perf_counter()
-        mask = mask_of(probability_to_uint8(full_size_map(prob, hw, protocol)), cfg.threshold)
+        mask = mask_of(probability_to_uint8(sizing.full_size_map(prob, hw)), cfg.threshold)
         write_outputs(job.paths, image, mask)
         box = largest_box(mask) if cfg.boxes else None
         timed("encode", t0)
@@ -257,7 +257,7 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
     return {"out": str(out), "images": len(jobs), "segmented": segmented, "already_done": len(jobs) - len(todo),
             "skipped": kinds, "skipped_files": {k: v.reason for k, v in skipped.items()},
             "boxes": str(out / BOXES) if cfg.boxes else None, "model": backend.describe(),
-            "protocol": protocol, "input_size": size, "feeding": feeding,
+            "protocol": sizing.name, "input_size": size, "feeding": feeding,
             "seconds": {"wall": wall, **seconds}}
 
 

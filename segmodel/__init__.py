@@ -10,5 +10,5 @@ torch + safetensors; never TensorFlow. Imports `core` and no other package of th
                    probability_to_uint8 (the one 8-bit quantisation of a probability map)
 
 `inference` imports torch only inside the functions that need it, so `probability_to_uint8`
-costs no torch import (evaluator.metrics uses it).
+costs no torch import (it is core.maps', which the scoring package uses too).
 """

@@ -6,15 +6,18 @@
 - `foreground_probability(logits, rule)`: `softmax` (default: softmax over the two logits, channel
   1, what the cross-entropy loss fits) or `sigmoid1` (sigmoid of the foreground logit alone, the
   authors' reference code, `postprocessing.SegmentationInference`; the paper's tables come from it).
-- `probability_to_uint8`: v = round(255 p), round half to even, p clipped to [0, 1]. Every map the
-  tools score or save goes through it (the trainer's validation, eval-seg's checkpoint path, float
-  maps handed to the metrics), so `--ckpt` and `--pred-dir` evaluations of one model agree.
+- `probability_to_uint8`: v = round(255 p), round half to even, p clipped to [0, 1] (core.maps, so
+  the scoring package, which sits beside segmodel, quantises with it too). Every map the tools score
+  or save goes through it (the trainer's validation, eval-seg's checkpoint path, float maps handed
+  to the metrics), so `--ckpt` and `--pred-dir` evaluations of one model agree.
 
 torch is imported inside the two functions that need it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from core.maps import probability_to_uint8
 
 __all__ = ["FG_PROB", "DEFAULT_INPUT_SIZE", "foreground_probability", "normalize_images", "normalize_images_numpy",
            "probability_to_uint8"]
@@ -60,16 +63,3 @@ def foreground_probability(logits, rule: str = "softmax"):
     if rule == "sigmoid1":
         return torch.sigmoid(logits.float()[:, 1])
     raise ValueError(f"unknown foreground-probability rule {rule!r}; choose from {', '.join(FG_PROB)}")
-
-
-def probability_to_uint8(prob) -> np.ndarray:
-    """8-bit map v = round(255 p) (round half to even) of a float probability map, p clipped to [0, 1].
-
-    The product is taken in the map's own precision, at least float32: the model's float32 maps
-    are quantised in float32, as every 8-bit map this project has scored or saved was, and a
-    float64 map in float64 (float16 widens to float32, where its product is exact)."""
-    p = np.asarray(prob)
-    if not np.issubdtype(p.dtype, np.floating):
-        raise TypeError(f"probability_to_uint8 wants a float map, got {p.dtype}")
-    p = p.astype(np.result_type(p.dtype, np.float32), copy=False)
-    return np.rint(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -2,8 +2,8 @@
 (eval-seg --ckpt, the trainer's benchmark validation through benchdata.predictions, segment --ckpt
 and --model, export-model's own check).
 
-A `Backend` turns a batch of model inputs, uint8 RGB [N, h, w, 3] already sized by the inference
-protocol (benchdata.protocols.prepare_image), into foreground probabilities, float32 [N, h, w]
+A `Backend` turns a batch of model inputs, uint8 RGB [N, h, w, 3] already sized by the input
+sizing (benchdata.sizing.Sizing.prepare_image), into foreground probabilities, float32 [N, h, w]
 in [0, 1]:
 
 - `TorchBackend`: a train-unet checkpoint (segmodel.checkpoint.load_for_inference, which never

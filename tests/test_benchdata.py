@@ -1,5 +1,5 @@
 """benchdata: each named layout on tiny hand-made folders (splits, ids, ground truth),
-the one-line errors, and the exact shapes and values of the two protocols."""
+the one-line errors, and the exact shapes and values of the two sizings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,10 @@ import pytest
 
 import benchdata.datasets
 import benchdata.io
-import benchdata.protocols
+import benchdata.sizing
 from benchdata import DatasetError, get_dataset
+from benchdata.sizing import Sizing
+from scoring import binarize_gt
 
 
 def _img(path: Path, h: int, w: int, value: int = 100) -> None:
@@ -32,24 +34,24 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
     return msg
 
 
-# --------------------------------------------------------------------------- protocols
+# --------------------------------------------------------------------------- sizing
 
 
 def test_input_size_short128_keeps_aspect_with_half_up_rounding():
-    assert benchdata.protocols.input_size((300, 400), "short128") == (128, 171)  # 400 * 128 / 300 = 170.67
-    assert benchdata.protocols.input_size((400, 300), "short128") == (171, 128)
-    assert benchdata.protocols.input_size((256, 384), "short128") == (128, 192)
-    assert benchdata.protocols.input_size((100, 100), "short128") == (128, 128)
-    assert benchdata.protocols.input_size((37, 501), "crop128") == (128, 128)
-    with pytest.raises(DatasetError, match="unknown protocol 'x'"):
-        benchdata.protocols.input_size((10, 10), "x")
+    assert Sizing.parse("short128").input_shape((300, 400)) == (128, 171)  # 400 * 128 / 300 = 170.67
+    assert Sizing.parse("short128").input_shape((400, 300)) == (171, 128)
+    assert Sizing.parse("short128").input_shape((256, 384)) == (128, 192)
+    assert Sizing.parse("short128").input_shape((100, 100)) == (128, 128)
+    assert Sizing.parse("crop128").input_shape((37, 501)) == (128, 128)
+    with pytest.raises(DatasetError, match="unknown sizing 'x'"):
+        Sizing.parse("x")
 
 
 def test_center_crop_exact():
     a = np.arange(15).reshape(3, 5)
-    np.testing.assert_array_equal(benchdata.protocols.center_crop(a), [[1, 2, 3], [6, 7, 8], [11, 12, 13]])
+    np.testing.assert_array_equal(benchdata.sizing.center_crop(a), [[1, 2, 3], [6, 7, 8], [11, 12, 13]])
     b = np.arange(8).reshape(4, 2)
-    np.testing.assert_array_equal(benchdata.protocols.center_crop(b), [[2, 3], [4, 5]])  # rows 1..2 of 4
+    np.testing.assert_array_equal(benchdata.sizing.center_crop(b), [[2, 3], [4, 5]])  # rows 1..2 of 4
 
 
 @pytest.mark.parametrize("shape,proto,expected", [
@@ -59,50 +61,50 @@ def test_center_crop_exact():
     ((90, 60, 3), "crop128", (128, 128, 3)),
 ])
 def test_prepare_image_shapes(shape, proto, expected):
-    out = benchdata.protocols.prepare_image(np.zeros(shape, np.uint8), proto)
+    out = Sizing.parse(proto).prepare_image(np.zeros(shape, np.uint8))
     assert out.shape == expected and out.dtype == np.uint8
 
 
 def test_prepare_gt_crop128_crops_like_the_image_and_short128_keeps_size():
     gt = np.zeros((256, 512), np.uint8)
     gt[:, 128:256] = 255  # left half of the central square is foreground
-    out = benchdata.protocols.gt_foreground(benchdata.protocols.prepare_gt(gt, "crop128"))
+    out = binarize_gt(Sizing.parse("crop128").prepare_gt(gt))
     assert out.shape == (128, 128)
     expected = np.zeros((128, 128), bool)
     expected[:, :64] = True
     np.testing.assert_array_equal(out, expected)
-    assert benchdata.protocols.prepare_gt(gt, "short128") is gt
+    assert Sizing.parse("short128").prepare_gt(gt) is gt
 
 
 def test_restore_map_resizes_the_float_map_then_the_caller_quantises():
     from segmodel.inference import probability_to_uint8
 
     prob = np.array([[0.0, 1.0], [0.5, 0.25]], np.float32)
-    np.testing.assert_array_equal(benchdata.protocols.restore_map(prob, (2, 2)), prob)
-    np.testing.assert_array_equal(probability_to_uint8(benchdata.protocols.restore_map(prob, (2, 2))),
+    np.testing.assert_array_equal(benchdata.sizing.restore_map(prob, (2, 2)), prob)
+    np.testing.assert_array_equal(probability_to_uint8(benchdata.sizing.restore_map(prob, (2, 2))),
                                   [[0, 255], [128, 64]])
-    big = benchdata.protocols.restore_map(np.array([[0.0, 1.0]], np.float32), (1, 4))
+    big = benchdata.sizing.restore_map(np.array([[0.0, 1.0]], np.float32), (1, 4))
     # bilinear on the floats (half-pixel centres): 0, 1/4, 3/4, 1 -> 8 bits 0, 64, 191, 255
     np.testing.assert_allclose(big, [[0.0, 0.25, 0.75, 1.0]])
     np.testing.assert_array_equal(probability_to_uint8(big), [[0, 64, 191, 255]])
 
 
-def test_gt_foreground_thresholds_at_half_range():
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[32767, 32768]], np.uint16)), [[0, 1]])
+def test_binarize_gt_thresholds_at_half_range():
+    np.testing.assert_array_equal(binarize_gt(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(binarize_gt(np.array([[32767, 32768]], np.uint16)), [[0, 1]])
     # a {0, 1} label map: 1 is foreground (>= 128 would make it empty)
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 1]], np.uint8)), [[0, 1]])
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(np.array([[0, 0]], np.uint8)), [[0, 0]])
+    np.testing.assert_array_equal(binarize_gt(np.array([[0, 1]], np.uint8)), [[0, 1]])
+    np.testing.assert_array_equal(binarize_gt(np.array([[0, 0]], np.uint8)), [[0, 0]])
 
 
 def test_read_gt_of_colour_and_16_bit_files(tmp_path):
     rgb = np.zeros((4, 4, 3), np.uint8)
     rgb[1, 1] = 200
     _mask(tmp_path / "c.png", rgb)
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(benchdata.io.read_gt(tmp_path / "c.png")), rgb[..., 0] >= 128)
+    np.testing.assert_array_equal(binarize_gt(benchdata.io.read_gt(tmp_path / "c.png")), rgb[..., 0] >= 128)
     m16 = np.array([[0, 40000]], np.uint16)
     _mask(tmp_path / "d.png", m16)
-    np.testing.assert_array_equal(benchdata.protocols.gt_foreground(benchdata.io.read_gt(tmp_path / "d.png")), [[False, True]])
+    np.testing.assert_array_equal(binarize_gt(benchdata.io.read_gt(tmp_path / "d.png")), [[False, True]])
 
 
 # --------------------------------------------------------------------------- errors
@@ -152,13 +154,13 @@ def test_saliency_layouts(tmp_path, name, base, images, masks):
         m[:, : 5 * (i + 1)] = 255
         _mask(tmp_path / base / masks / f"{stem}.png", m)
     ds = get_dataset(name, tmp_path)
-    assert ds.name == name and ds.protocol == "short128" and ds.task == "mask"
+    assert ds.name == name and ds.sizing.name == "short128" and ds.task == "mask"
     items = ds.test_items()
     assert [i.id for i in items] == ["a", "b"]
     loaded = list(ds.iter_loaded(items))
     assert loaded[0][1].shape == (10, 20, 3)
-    assert benchdata.protocols.gt_foreground(loaded[0][2]).sum() == 10 * 10  # "a" has 10 foreground columns
-    assert benchdata.protocols.gt_foreground(loaded[1][2]).sum() == 10 * 5
+    assert binarize_gt(loaded[0][2]).sum() == 10 * 10  # "a" has 10 foreground columns
+    assert binarize_gt(loaded[1][2]).sum() == 10 * 5
 
 
 def test_folder_layout_and_missing_mask(tmp_path):
@@ -170,7 +172,7 @@ def test_folder_layout_and_missing_mask(tmp_path):
     assert "'x2'" in _one_line(e)
     _mask(tmp_path / "masks" / "x2.png", np.zeros((6, 6), np.uint8))
     ds = get_dataset(f"folder:{tmp_path}")
-    assert ds.name == tmp_path.name and ds.protocol == "short128"
+    assert ds.name == tmp_path.name and ds.sizing.name == "short128"
     assert [i.id for i in ds.test_items()] == ["x1", "x2"]
 
 
@@ -202,12 +204,12 @@ def _make_cub(root: Path, seg_inside: bool = True) -> None:
 def test_cub_layout_uses_redo_split(tmp_path, seg_inside):
     _make_cub(tmp_path, seg_inside)
     ds = get_dataset("cub", tmp_path)
-    assert ds.protocol == "crop128"
+    assert ds.sizing.name == "crop128"
     assert [i.id for i in ds.test_items()] == ["001.A/a_2", "002.B/b_2"]
     assert [p.relative_to(tmp_path).as_posix() for p in ds.train_images()] == ["CUB_200_2011/images/001.A/a_1.jpg"]
     item = ds.test_items()[0]
     assert item.mask_path.name == "a_2.png"
-    gt = benchdata.protocols.gt_foreground(benchdata.protocols.prepare_gt(ds.load_gt(item), ds.protocol))
+    gt = binarize_gt(ds.sizing.prepare_gt(ds.load_gt(item)))
     assert gt.shape == (128, 128)
     # 40x60 -> central 40x40 (columns 10..49) -> x3.2: foreground columns 10..29 land on 32..95
     assert gt[:, 32:96].any() and not gt[:, :31].any() and not gt[:, 97:].any()
@@ -236,10 +238,10 @@ def test_flowers_layout_split_and_segmim_rule(tmp_path):
     scipy_io.savemat(str(fl / "setid.mat"), {"trnid": np.array([[3, 1]]), "valid": np.array([[2]]),
                                              "tstid": np.array([[4]])})
     ds = get_dataset("flowers", tmp_path)
-    assert ds.protocol == "crop128"
+    assert ds.sizing.name == "crop128"
     assert [i.id for i in ds.test_items()] == ["image_00003", "image_00001"]  # ReDO tests on trnid
     assert [p.name for p in ds.train_images()] == ["image_00004.jpg"]  # ... and trains on tstid
-    gt = benchdata.protocols.gt_foreground(ds.load_gt(ds.test_items()[0]))
+    gt = binarize_gt(ds.load_gt(ds.test_items()[0]))
     expected = np.zeros((30, 40), bool)
     expected[5:25, 10:30] = True
     np.testing.assert_array_equal(gt, expected)
@@ -273,7 +275,7 @@ def test_wsol_box_layout(tmp_path):
     for r in ("001.A/a.jpg", "002.B/b.jpg"):
         _img(base / "dataset" / "CUB" / r, 16, 16)
     ds = get_dataset("cub-wsol", tmp_path)
-    assert ds.task == "boxes" and ds.protocol == "short128"
+    assert ds.task == "boxes" and ds.sizing.name == "short128"
     items = ds.test_items()
     assert [i.id for i in items] == ["001.A/a", "002.B/b"]
     assert items[0].boxes == ((1, 2, 10, 12),)
@@ -300,7 +302,7 @@ def test_wsol_openimages_masks_union_and_ignore(tmp_path):
     assert ds.task == "pxap"
     (item,) = ds.test_items()
     assert item.id == "test/c/x"
-    gt = benchdata.protocols.gt_foreground(ds.load_gt(item))
+    gt = binarize_gt(ds.load_gt(item))
     np.testing.assert_array_equal(np.argwhere(gt), [[0, 0], [3, 3]])
     np.testing.assert_array_equal(np.argwhere(ds.load_ignore(item)), [[1, 1]])
 
@@ -333,7 +335,7 @@ def test_shards_val_split(tmp_path):
     from shardset.split import open_split
 
     ds = get_dataset(f"shards:{tmp_path / 'set'}", shard_sets=open_split)
-    assert ds.protocol == "short128"
+    assert ds.sizing.name == "short128"
     items = ds.test_items()
     assert [i.id for i in items] == ["toy-000001-000000", "toy-000001-000001"]
     loaded = list(ds.iter_loaded(items[::-1]))

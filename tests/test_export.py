@@ -75,10 +75,11 @@ def test_onnxruntime_equals_pytorch_on_ecssd_images(run_dir, exported, ecssd_dir
     """The parity the issue asks for: max |onnxruntime - PyTorch| <= 1e-4 on real photos under the
     short128 protocol, batched as segment and eval-seg batch them."""
     from benchdata.io import read_image
-    from benchdata.protocols import prepare_image
+    from benchdata.sizing import Sizing
     from segmodel.runtime import OnnxBackend, TorchBackend, predict_batch
 
-    images = [prepare_image(read_image(p), "short128") for p in sorted((ecssd_dir / "images").glob("*.jpg"))[:24]]
+    short128 = Sizing.parse("short128")
+    images = [short128.prepare_image(read_image(p)) for p in sorted((ecssd_dir / "images").glob("*.jpg"))[:24]]
     assert len({im.shape for im in images}) > 1  # several aspect ratios: the dynamic axes are exercised
     torch_maps = predict_batch(TorchBackend(run_dir, "cpu"), images, 8)
     onnx_maps = predict_batch(OnnxBackend(exported, "cpu"), images, 8)

@@ -1,4 +1,4 @@
-"""evaluator.metrics: hand-computed values, edge cases, a naive-loop property test and
+"""scoring.metrics: hand-computed values, edge cases, a naive-loop property test and
 agreement with pysodmetrics on the real ECSSD masks."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from evaluator.metrics import (
+from scoring import SegmentationMetrics
+from scoring.metrics import (
     EMeasure,
     IoU,
     MAE,
     Accuracy,
     MaxFMeasure,
-    SegmentationMetrics,
     SMeasure,
     binarize_gt,
     get_metric,
@@ -159,8 +159,11 @@ def test_binarize_gt():
     np.testing.assert_array_equal(binarize_gt(np.array([0, 127, 128, 255], np.uint8)), [F, F, T, T])
     np.testing.assert_array_equal(binarize_gt(np.array([0.0, 0.49, 0.5, 1.0])), [F, F, T, T])
     np.testing.assert_array_equal(binarize_gt(np.array([T, F])), [T, F])
-    with pytest.raises(ValueError, match="only 0/1"):
-        binarize_gt(np.array([0, 1, 1], np.uint8))
+    # a {0, 1} label map: 1 is foreground (>= 128 would make it empty); 16-bit at half its range
+    np.testing.assert_array_equal(binarize_gt(np.array([0, 1, 1], np.uint8)), [F, T, T])
+    np.testing.assert_array_equal(binarize_gt(np.array([0, 1, 1], np.uint8), strict=True), [F, T, T])
+    np.testing.assert_array_equal(binarize_gt(np.array([32767, 32768], np.uint16), strict=True), [F, T])
+    np.testing.assert_array_equal(binarize_gt(np.array([128], np.uint8), strict=True), [F])
     with pytest.raises(ValueError, match="bool, uint8 or float"):
         binarize_gt(np.array([0, 1], np.int64))
 

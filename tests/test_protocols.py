@@ -1,4 +1,4 @@
-"""evaluator.protocols: the `paper` and `sod-toolkit` protocols through one set of metric classes.
+"""scoring.protocols: the `paper` and `sod-toolkit` protocols through one set of metric classes.
 
 `sod-toolkit` is checked against pysodmetrics' defaults (normalize=True on uint8 maps and masks)
 on real ECSSD masks with maps that do not span [0, 1], on hand-made arrays and on hypothesis'
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from evaluator.metrics import EMeasure, SegmentationMetrics, image_stats
-from evaluator.protocols import get_protocol, prepare_sod_toolkit, protocol_names
+from scoring.metrics import EMeasure, image_stats
+from scoring.protocols import SegmentationMetrics, get_protocol, prepare_sod_toolkit, protocol_names
 from sod_reference import TOOLKIT_KEYS
 from sod_reference import pysodmetrics_defaults as _pysodmetrics
 

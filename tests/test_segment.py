@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from segmenter.cli import main
 from segmenter.inputs import InputError, expand_inputs
 from segmenter.outputs import cutout_png, largest_box, mask_of, overlay_jpeg, threshold_level
-from segmenter.segment import full_size_map
 from segmenter_fixtures import one_line_error, run_dir, write_images  # noqa: F401 (run_dir: a fixture)
 
 
@@ -44,11 +43,12 @@ def test_threshold_level_is_the_smallest_8bit_value_at_or_above_t():
 
 
 def test_full_size_map_short128_is_restore_map_and_crop128_fills_the_centre_square():
-    from benchdata.protocols import restore_map
+    from benchdata.sizing import Sizing, restore_map
 
     prob = np.random.default_rng(0).random((128, 171), dtype=np.float32)
-    np.testing.assert_array_equal(full_size_map(prob, (300, 400), "short128"), restore_map(prob, (300, 400)))
-    out = full_size_map(np.ones((128, 128), np.float32), (100, 201), "crop128")
+    short = Sizing.parse("short128").full_size_map(prob, (300, 400))
+    np.testing.assert_array_equal(short, restore_map(prob, (300, 400)))
+    out = Sizing.parse("crop128").full_size_map(np.ones((128, 128), np.float32), (100, 201))
     assert out.shape == (100, 201)
     assert out[:, 50:150].min() == 1.0 and out[:, :50].max() == 0.0 and out[:, 150:].max() == 0.0
 
@@ -126,7 +126,7 @@ def test_segment_writes_the_checkpoints_maps_at_each_images_size(run_dir, tmp_pa
     """Each mask is the checkpoint's map by the protocol's steps, computed here by hand: prepare_image,
     the U-Net with its softmax, restore_map, probability_to_uint8. The tiny run learnt at 32 px, so
     that is the default sizing; --input-size 128 is the paper's."""
-    from benchdata.protocols import prepare_image, restore_map
+    from benchdata.sizing import Sizing, restore_map
     from segmodel.inference import probability_to_uint8
     from segmodel.runtime import TorchBackend
 
@@ -144,7 +144,7 @@ def test_segment_writes_the_checkpoints_maps_at_each_images_size(run_dir, tmp_pa
     backend = TorchBackend(run_dir, "cpu")
     for path, (h, w) in zip(paths, sizes):
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        x = prepare_image(rgb, protocol)
+        x = Sizing.parse(protocol).prepare_image(rgb)
         assert min(x.shape[:2]) == int(protocol[5:])
         expected = probability_to_uint8(restore_map(backend.probabilities(x[None])[0], (h, w)))
         got = _gray(tmp_path / "out" / f"{path.stem}.png")

@@ -1,4 +1,4 @@
-"""trainer.validate: the trainer's numbers come from evaluator.metrics under a named protocol
+"""trainer.validate: the trainer's numbers come from scoring's metrics under a named protocol
 (no copy of the metrics of its own): a hand computation on fixed logits, and agreement with
 eval-seg on a real-benchmark folder."""
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_validate_real_equals_eval_seg_on_a_folder(tmp_path, max_pixels, scored)
     and skip the same images over the pixel limit (the 50 x 50 one: 2500 > 2450)."""
     unet = pytest.importorskip("segmodel.unet")
     checkpoint = pytest.importorskip("trainer.checkpoint")
-    from evaluator.cli import EvalConfig, evaluate
+    from evaluator.evaluation import EvalConfig, evaluate
 
     torch.manual_seed(0)
     model = unet.UNet(width=4).eval()

@@ -1,4 +1,4 @@
-"""evaluator.wsol: MaxBoxAcc / MaxBoxAccV2 / PxAP on hand-made maps, boxes and masks with
+"""scoring.wsol: MaxBoxAcc / MaxBoxAccV2 / PxAP on hand-made maps, boxes and masks with
 exact expected values, plus the reference procedure re-run threshold by threshold."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from evaluator.wsol import (
+from scoring.wsol import (
     MaxBoxAcc,
     MaxBoxAccV2,
     PxAP,

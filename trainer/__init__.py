@@ -1,13 +1,12 @@
 """trainer: train-unet, the paper's U-Net fitted on a shard set (PyTorch; never imports TensorFlow).
 
 The U-Net, its checkpoint format and its inference rules are segmodel's; the benchmark datasets
-are benchdata's; the metrics come through evaluator.metrics.SegmentationMetrics, the one module
-of the evaluator the trainer may import.
+are benchdata's; the metrics are scoring's (SegmentationMetrics). It imports no other tool.
 
     config.py      TrainConfig: the frozen dataclass of every knob, paper defaults
     data.py        shard stream: resolve --shards, seeded rounds split by rank and worker, safe decode
     train.py       the training loop (DDP via torchrun, AMP, validation, logs, checkpoints)
-    validate.py    held-out loss / IoU / maxF (evaluator.metrics.SegmentationMetrics) and a real benchmark
+    validate.py    held-out loss / IoU / maxF (scoring.SegmentationMetrics) and a real benchmark
     checkpoint.py  segmodel's checkpoint plus the resume state (optimizer, RNG, data position)
     toy.py         a tiny learnable disc shard set for tests and smoke runs
     cli.py         the `train-unet` command

@@ -62,7 +62,7 @@ class TrainConfig:
     log_every: int = 10                   # log loss/lr/samples-per-s every this many steps
     ckpt_every: int = 1000                # checkpoint every this many steps (and always at the end)
     keep_checkpoints: int = 1             # keep the newest N checkpoints and the best by validation IoU; 0 = all
-    eval_dataset: str | None = None       # optional real benchmark (evaluator dataset name) validated at val_every
+    eval_dataset: str | None = None       # optional real benchmark (a benchdata dataset name) validated at val_every
     data_root: str | None = None          # folder of that benchmark (images/, masks/)
     eval_samples: int = 200               # at most this many real-benchmark images per validation
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # benchmark images over this many pixels are skipped (from the header)

@@ -1,10 +1,10 @@
 """Validation during training: loss, and maxF (beta^2 = 0.3), IoU at 0.5 and accuracy on held-out
-samples, computed by evaluator.metrics.SegmentationMetrics (the evaluator's public streaming API,
-the one module of it the trainer imports) under a named evaluation protocol (`paper` by default:
-the numbers the paper's tables use; see evaluator.protocols). There is no second copy of the
-metrics here. Optionally a real benchmark is scored through benchdata's datasets and inference
-protocol, as eval-seg scores it: the model fed at its training size, as eval-seg feeds a checkpoint
-by default (the held-out samples are at that size already).
+samples, computed by scoring.SegmentationMetrics (the ground floor's scoring, which eval-seg scores
+with too) under a named evaluation protocol (`paper` by default: the numbers the paper's tables
+use; see scoring.protocols). There is no second copy of the metrics here. Optionally a real
+benchmark is scored through benchdata's datasets and input sizing, as eval-seg scores it: the model
+fed at its training size, as eval-seg feeds a checkpoint by default (the held-out samples are at
+that size already).
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from benchdata.datasets import get_dataset
 from benchdata.io import DatasetError
 from benchdata.predictions import iter_model_maps
-from benchdata.protocols import parse_protocol
 from core.atomic import atomic_write_bytes
 from core.images import DEFAULT_MAX_PIXELS
-from evaluator.metrics import SegmentationMetrics
+from scoring import SegmentationMetrics
 from segmodel.inference import foreground_probability, normalize_images, probability_to_uint8
 from shardset.split import open_split
 
@@ -117,9 +116,9 @@ def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device
                   autocast, limit: int = 200, protocol: str = "paper",
                   max_pixels: int = DEFAULT_MAX_PIXELS, input_size: int | None = None) -> dict:
     """maxF / IoU / accuracy on a real benchmark under `protocol`, through the code eval-seg uses:
-    benchdata.get_dataset and benchdata.predictions.iter_model_maps (the inference protocol:
-    resize to `input_size`, the training size, or the dataset's 128 when None; restore),
-    segmodel.inference's quantisation, and the evaluation protocol's own binarisation of the mask.
+    benchdata.get_dataset and benchdata.predictions.iter_model_maps (the dataset's sizing: resize
+    to `input_size`, the training size, or the dataset's 128 when None; restore), the one
+    quantisation, and the evaluation protocol's own binarisation of the mask.
     Images over `max_pixels` pixels, or that do not decode, are skipped and counted (`skipped`);
     `n` counts the images scored; `input_size` is the size the model was fed at."""
     ds = get_dataset(dataset, root=root, max_pixels=max_pixels, shard_sets=open_split)
@@ -132,7 +131,7 @@ def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device
         for m in iter_model_maps(ds, items, _ModelPredictor(model, device, autocast), window=64,
                                  input_size=input_size):
             if m.gt is not None:
-                metrics.update(probability_to_uint8(m.prob), m.gt_map)
+                metrics.update(probability_to_uint8(m.prob), m.gt)
     finally:
         model.train(was_training)
     if metrics.n_images == 0:
@@ -141,5 +140,5 @@ def validate_real(model: torch.nn.Module, dataset: str, root: str | None, device
     out = _scores(metrics)
     out["n"] = metrics.n_images
     out["skipped"] = len(ds.skipped)
-    out["input_size"] = input_size or parse_protocol(ds.protocol)[1]
+    out["input_size"] = input_size or ds.sizing.size
     return out

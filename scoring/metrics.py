@@ -1,8 +1,8 @@
 """Saliency / segmentation metrics as streaming accumulators (pure numpy).
 
 Every metric has ``update(pred, gt)`` (one image) and ``compute() -> dict`` (the dataset).
-``SegmentationMetrics`` bundles several of them, prepares each pair with an evaluation protocol
-(``evaluator.protocols``: ``paper`` or ``sod-toolkit``) and computes the per-image confusion
+``scoring.protocols.SegmentationMetrics`` bundles several of them, prepares each pair with an
+evaluation protocol (``paper`` or ``sod-toolkit``) and computes the per-image confusion
 histograms ONCE per image for all of them. The classes here are the only implementation of each
 metric; a protocol only prepares the inputs and picks the thresholds' conventions.
 
@@ -10,14 +10,15 @@ Inputs (validated, never normalised silently; a mismatch raises a one-line ``Met
 
 - ``pred``: ``uint8 [H, W]``, value ``v`` in 0..255 meaning probability ``v / 255`` (the
   canonical path: 8-bit PNG predictions are exactly this), or a float ``[H, W]`` array in
-  [0, 1], which is first quantised to 8 bits by ``segmodel.inference.probability_to_uint8``
+  [0, 1], which is first quantised to 8 bits by ``core.maps.probability_to_uint8``
   (``round(255 p)``, round half to even), i.e. exactly what saving it as an 8-bit PNG would
   store, so ``--ckpt`` and ``--pred-dir`` evaluations of the same maps give the same numbers. Or a ``ScoreMap(levels, prob)``: a map
   a protocol prepared (``sod-toolkit``'s min-max normalised map), whose thresholds compare the
   8-bit ``levels`` and whose pixel-wise metrics (MAE, S-measure, weighted F, adaptive
   thresholds) use the exact float ``prob``. At least one pixel.
-- ``gt``: ``bool [H, W]`` of the same shape; 8-bit or float masks go through ``binarize_gt``
-  first (>= 128, or >= 0.5 for floats; ``strict=True``: > 128, > 0.5).
+- ``gt``: ``bool [H, W]`` of the same shape. A ground truth as read (8-bit, a {0, 1} label map,
+  16-bit, float) becomes one by ``binarize_gt``, the one binarisation of the project, which the
+  evaluation protocols apply (>= 128, or >= 0.5 for floats; ``strict=True``: > 128, > 0.5).
 
 Conventions (docs/RULES.md, "Metrics and the two evaluation protocols"):
 
@@ -52,13 +53,14 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
 
 from core.errors import UserError
-from segmodel.inference import probability_to_uint8
+from core.maps import probability_to_uint8
+
 
 class MetricError(UserError, ValueError):
     """A map or mask the metrics cannot score (wrong shape, dtype or range, no pixels), or a
@@ -82,7 +84,7 @@ def _describe(a: np.ndarray) -> str:
 
 def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
     """Return the 8-bit prediction ``v`` (prob = v / 255) of a uint8 or float [0, 1] map: the map
-    is checked here, quantised by segmodel.inference.probability_to_uint8."""
+    is checked here, quantised by core.maps.probability_to_uint8."""
     pred = np.asarray(pred)
     if pred.ndim != 2:
         raise MetricError(f"prediction must be 2-D [H, W], got {_describe(pred)}")
@@ -103,28 +105,30 @@ def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
 
 
 def binarize_gt(mask: np.ndarray, *, strict: bool = False) -> np.ndarray:
-    """Binarise a ground-truth mask: bool passes, uint8 is ``>= 128``, float is ``>= 0.5``;
-    ``strict=True`` (the SOD toolkits' rule) makes them ``> 128`` and ``> 0.5``.
+    """bool foreground of a ground truth as read: the one binarisation of this project (eval-seg,
+    the trainer's validation, PxAP's masks and ignore regions all take it).
 
-    A uint8 mask holding only 0 and 1 is ambiguous (a {0, 1} label map would binarise to
-    empty), so it raises; pass ``mask.astype(bool)`` for those.
+    bool passes; uint8 is ``>= 128``, and float in [0, 1] ``>= 0.5``; ``strict=True`` (the SOD
+    toolkits' rule) makes them ``> 128`` and ``> 0.5``. A uint8 map whose values all lie in
+    {0, 1} is a label map, 1 = foreground: such masks exist in the wild and shard sets store
+    theirs so, and reading them at 128 would make every image empty. uint16 is ``>= 32768``
+    under either rule (the toolkits read 8-bit files; eval-seg has always read 16-bit masks so).
     """
     mask = np.asarray(mask)
     if mask.dtype == bool:
         return mask
     if mask.dtype == np.uint8:
-        if mask.size and mask.max() == 1:
-            raise MetricError(
-                f"uint8 ground truth {_describe(mask)} holds only 0/1; pass mask.astype(bool) "
-                "(binarize_gt thresholds 8-bit masks at 128)"
-            )
+        if mask.max(initial=0) <= 1:
+            return mask == 1
         return mask > HALF_LEVEL if strict else mask >= HALF_LEVEL
+    if mask.dtype == np.uint16:
+        return mask >= 32768
     if np.issubdtype(mask.dtype, np.floating):
         lo, hi = (float(mask.min()), float(mask.max())) if mask.size else (0.0, 0.0)
         if not (0.0 <= lo and hi <= 1.0):
             raise MetricError(f"float ground truth must lie in [0, 1], got range [{lo}, {hi}]")
         return mask > 0.5 if strict else mask >= 0.5
-    raise MetricError(f"ground truth must be bool, uint8 or float, got {_describe(mask)}")
+    raise MetricError(f"ground truth must be bool, uint8 or float (or a uint16 16-bit mask), got {_describe(mask)}")
 
 
 class ScoreMap(NamedTuple):
@@ -140,7 +144,7 @@ def check_pair(pred: np.ndarray | ScoreMap, gt: np.ndarray) -> tuple[np.ndarray,
     gt = np.asarray(gt)
     if gt.dtype != bool:
         raise MetricError(
-            f"ground truth must be bool, got {_describe(gt)}; use evaluator.metrics.binarize_gt"
+            f"ground truth must be bool, got {_describe(gt)}; use scoring.binarize_gt"
         )
     prob = None
     if isinstance(pred, ScoreMap):
@@ -591,46 +595,3 @@ def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     h = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
     h[h < np.finfo(h.dtype).eps * h.max()] = 0
     return h / h.sum()
-
-
-# --------------------------------------------------------------------------- bundle
-
-DEFAULT_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "e_measure")  # the paper protocol's
-
-
-class SegmentationMetrics:
-    """Several metrics under one evaluation protocol, fed from ONE validation + histogram pass
-    per image.
-
-    ``protocol`` names an ``evaluator.protocols`` entry (``paper``, ``sod-toolkit``): it
-    prepares each (map, ground truth) pair, picks the metrics (``names=None``) and their
-    threshold conventions (``kwargs_by_name`` override them per metric). ``update`` takes the
-    map (uint8 or float in [0, 1]) and the ground truth as bool or as the 8-bit mask, which the
-    protocol binarises. ``compute()`` merges the metrics' dicts (their keys are distinct) and
-    adds ``n_images``.
-    """
-
-    def __init__(self, names: Iterable[str] | None = None, protocol: str = "paper", **kwargs_by_name: dict) -> None:
-        from .protocols import get_protocol  # protocols builds on this module's inputs
-
-        self.protocol = get_protocol(protocol)
-        names = list(self.protocol.metrics if names is None else names)
-        if not names:
-            raise ValueError(f"no metrics selected; choose from {sorted(METRICS)}")
-        self.metrics = {name: get_metric(name, **{**self.protocol.options.get(name, {}),
-                                                  **kwargs_by_name.get(name, {})}) for name in names}
-        self.n_images = 0
-
-    def update(self, pred: np.ndarray, gt: np.ndarray) -> ImageStats:
-        """Score one image; returns its ``ImageStats`` for callers that want more."""
-        stats = image_stats(*self.protocol.prepare(pred, gt))
-        for metric in self.metrics.values():
-            metric.update_stats(stats)
-        self.n_images += 1
-        return stats
-
-    def compute(self) -> dict:
-        out: dict = {"n_images": self.n_images}
-        for metric in self.metrics.values():
-            out.update(metric.compute())
-        return out

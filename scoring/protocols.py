@@ -1,7 +1,9 @@
 """Evaluation protocols: how a prediction map and its ground truth are prepared before the
-metrics' ``update()``, and which metrics (with which threshold conventions) they report.
+metrics' ``update()``, and which metrics (with which threshold conventions) they report; and
+``SegmentationMetrics``, several metrics fed under one protocol (the trainer's validation and
+eval-seg's mask scores).
 
-The metric classes in ``evaluator.metrics`` are the only implementation of each metric; a
+The metric classes in ``scoring.metrics`` are the only implementation of each metric; a
 protocol is a pure ``prepare(pred, gt) -> (map, gt bool)`` plus a choice of metrics. Two exist,
 and every eval-seg run reports both (docs/RULES.md, "Metrics and the two evaluation protocols"):
 
@@ -18,20 +20,23 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from .metrics import DEFAULT_METRICS, ScoreMap, binarize_gt, prediction_to_uint8
+from .metrics import METRICS, ImageStats, ScoreMap, binarize_gt, get_metric, image_stats, prediction_to_uint8
 
-__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "protocol_names", "prepare_paper", "prepare_sod_toolkit"]
+__all__ = ["Protocol", "PROTOCOLS", "DEFAULT_METRICS", "get_protocol", "protocol_names", "prepare_paper",
+           "prepare_sod_toolkit", "SegmentationMetrics"]
+
+DEFAULT_METRICS = ("max_f", "iou", "accuracy", "mae", "s_measure", "e_measure")  # the paper protocol's
 
 
 @dataclass(frozen=True)
 class Protocol:
     name: str
     prepare: Callable[[np.ndarray, np.ndarray], tuple]  # (pred, gt) -> (map for the metrics, gt bool)
-    metrics: tuple[str, ...]  # evaluator.metrics names it reports
+    metrics: tuple[str, ...]  # scoring.metrics names it reports
     options: Mapping[str, dict] = field(default_factory=dict)  # metric keyword arguments: its conventions
     about: str = ""  # one line: what it is and whose numbers it is comparable with
 
@@ -80,3 +85,39 @@ def get_protocol(name: str) -> Protocol:
         close = difflib.get_close_matches(name, PROTOCOLS, n=2) or list(PROTOCOLS)
         raise ValueError(f"unknown evaluation protocol {name!r}; choose from {close}")
     return PROTOCOLS[name]
+
+
+class SegmentationMetrics:
+    """Several metrics under one evaluation protocol, fed from ONE validation + histogram pass
+    per image.
+
+    ``protocol`` names a ``PROTOCOLS`` entry (``paper``, ``sod-toolkit``): it prepares each
+    (map, ground truth) pair, picks the metrics (``names=None``) and their threshold conventions
+    (``kwargs_by_name`` override them per metric). ``update`` takes the map (uint8 or float in
+    [0, 1]) and the ground truth as bool or as read (an 8-bit mask, a label map), which the
+    protocol binarises. ``compute()`` merges the metrics' dicts (their keys are distinct) and adds
+    ``n_images``.
+    """
+
+    def __init__(self, names: Iterable[str] | None = None, protocol: str = "paper", **kwargs_by_name: dict) -> None:
+        self.protocol = get_protocol(protocol)
+        names = list(self.protocol.metrics if names is None else names)
+        if not names:
+            raise ValueError(f"no metrics selected; choose from {sorted(METRICS)}")
+        self.metrics = {name: get_metric(name, **{**self.protocol.options.get(name, {}),
+                                                  **kwargs_by_name.get(name, {})}) for name in names}
+        self.n_images = 0
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> ImageStats:
+        """Score one image; returns its ``ImageStats`` for callers that want more."""
+        stats = image_stats(*self.protocol.prepare(pred, gt))
+        for metric in self.metrics.values():
+            metric.update_stats(stats)
+        self.n_images += 1
+        return stats
+
+    def compute(self) -> dict:
+        out: dict = {"n_images": self.n_images}
+        for metric in self.metrics.values():
+            out.update(metric.compute())
+        return out
