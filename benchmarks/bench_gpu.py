@@ -239,10 +239,11 @@ def part_train(form: Form, work: Path, variant: str) -> list[dict]:
 
 def part_loader(form: Form, work: Path, workers: int) -> list[dict]:
     from trainer.config import TrainConfig
-    from trainer.data import StreamSpec, WorkerFailure, make_loader, resolve_shards
+    from shardset.select import select_shards
+    from trainer.data import StreamSpec, WorkerFailure, make_loader
 
     defaults = TrainConfig()
-    source = resolve_shards([str(work / "set" / "set.json")])
+    source = select_shards([str(work / "set" / "set.json")])
     spec = StreamSpec(urls=source.train_urls, seed=0, batch=form.batch, size=form.size,
                       shuffle_buffer=defaults.shuffle_buffer, round_samples=defaults.round_samples,
                       expect=source.expect)

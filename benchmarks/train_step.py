@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.data import StreamSpec, resolve_shards, worker_stream  # noqa: E402
+from shardset.select import select_shards  # noqa: E402
+from trainer.data import StreamSpec, worker_stream  # noqa: E402
 from trainer.toy import write_disc_set  # noqa: E402
 from segmodel.inference import normalize_images  # noqa: E402
 from segmodel.unet import UNet  # noqa: E402
@@ -40,7 +41,7 @@ def loader_rate(folder: Path, encoding: str, batch: int, n_batches: int) -> floa
     """Samples/s of one worker's stream (no DataLoader: what each worker process does)."""
     manifest = write_disc_set(folder / encoding, f"bench{encoding}", n_train=512, n_val=0, size=128,
                               shard_size=128, seed=0, encoding=encoding)
-    src = resolve_shards([str(manifest)])
+    src = select_shards([str(manifest)])
     spec = StreamSpec(urls=src.train_urls, seed=0, batch=batch, size=128, shuffle_buffer=256, round_samples=4096)
     stream = worker_stream(spec, 0, 1)
     next(stream)  # fill the shuffle buffer outside the timing

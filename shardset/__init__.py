@@ -12,6 +12,8 @@ It imports `core` (atomic writes, the user-image reader, UserError) and no other
     reader.py    safe streaming reader: bounded zstd stream, strict tar parser, iter_samples; shards
                  hashed while they stream and checked against their manifest record
     urls.py      resolve(spec) of globs, brace ranges, manifests, folders, file/http(s)/fsspec URLs
+    select.py    select_shards: the shards a training run reads (the shard-set rules: incomplete,
+                 missing, mixed and bare sets; train split from val)
     wds.py       webdataset `zstd:` URL scheme and safe pipeline stages
     verify.py    re-hash shards against the manifest and decode every sample
     inspect.py   summary table and image | mask contact sheet

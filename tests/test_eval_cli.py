@@ -203,8 +203,8 @@ def _tiny_ckpt(run_dir: Path, seed: int, **meta) -> Path:
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.1, 0.1)
                 mod.running_var.uniform_(0.5, 1.5)
-    checkpoint.save_checkpoint(run_dir, 7, model, {"shardset": {"name": "toy", "fingerprint": "0" * 64},
-                                                   "config": {"seed": seed}, **meta})
+    checkpoint.save_run_state(run_dir, 7, model, {"shardset": {"name": "toy", "fingerprint": "0" * 64},
+                                                  "config": {"seed": seed}, **meta})
     return run_dir
 
 

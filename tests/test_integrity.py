@@ -175,27 +175,27 @@ def test_verify_fails_when_listed_shards_are_missing_or_not_selected(tmp_path):
 
 
 def test_trainer_refuses_an_incomplete_set_unless_allowed(tmp_path, caplog):
-    from trainer.data import DataError, resolve_shards
+    from shardset.select import SelectionError, select_shards
 
     manifest = _incomplete(tmp_path)
-    with pytest.raises(DataError) as e:
-        resolve_shards([str(manifest)])
+    with pytest.raises(SelectionError) as e:
+        select_shards([str(manifest)])
     assert str(e.value) == (f"--shards {str(manifest)!r} is an incomplete set (its manifest says complete: false, "
                             "2 of 4 planned shards written); finish it (e.g. gen-synth --resume) or pass --allow-incomplete "
                             "to train on the shards it has")
-    with caplog.at_level(logging.WARNING, logger="trainer.data"):
-        src = resolve_shards([str(manifest)], allow_incomplete=True)
+    with caplog.at_level(logging.WARNING, logger="shardset.select"):
+        src = select_shards([str(manifest)], allow_incomplete=True)
     assert len(src.train_urls) == 2
     assert any(r.levelno == logging.WARNING and "--allow-incomplete" in r.message for r in caplog.records)
 
 
 def test_trainer_warns_with_counts_when_a_glob_selects_a_subset(tmp_path, caplog):
-    from trainer.data import resolve_shards
+    from shardset.select import select_shards
 
     write_synthetic_set(tmp_path, "s", shards=4, shard_size=2)
     (tmp_path / "s-000001.tar.zst").unlink()
-    with caplog.at_level(logging.WARNING, logger="trainer.data"):
-        src = resolve_shards([str(tmp_path / "s-*")])
+    with caplog.at_level(logging.WARNING, logger="shardset.select"):
+        src = select_shards([str(tmp_path / "s-*")])
     assert len(src.train_urls) == 3 and set(src.expect) == set(src.train_urls)
     warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert warned == [f"--shards {str(tmp_path / 's-*')!r} selects 3 of the 4 shards its manifest "
@@ -203,21 +203,21 @@ def test_trainer_warns_with_counts_when_a_glob_selects_a_subset(tmp_path, caplog
 
 
 def test_trainer_refuses_a_listed_shard_missing_on_disk(tmp_path):
-    from trainer.data import DataError, resolve_shards
+    from shardset.select import SelectionError, select_shards
 
     write_synthetic_set(tmp_path, "s", shards=3, shard_size=2)
     (tmp_path / "s-000002.tar.zst").unlink()
-    with pytest.raises(DataError, match=r"shard .*s-000002\.tar\.zst \(listed in .*s\.json\) does not exist"):
-        resolve_shards([str(tmp_path / "s.json")])
+    with pytest.raises(SelectionError, match=r"shard .*s-000002\.tar\.zst \(listed in .*s\.json\) does not exist"):
+        select_shards([str(tmp_path / "s.json")])
 
 
 def test_bare_shards_are_said_to_be_unverified_once(tmp_path, caplog):
-    from trainer.data import resolve_shards
+    from shardset.select import select_shards
 
     write_synthetic_set(tmp_path, "s", shards=2, shard_size=2)
     (tmp_path / "s.json").unlink()
     with caplog.at_level(logging.WARNING):
-        src = resolve_shards([str(tmp_path / "s-*")])
+        src = select_shards([str(tmp_path / "s-*")])
     assert src.expect == {}
     warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "unverified" in warned[0] and "no NAME.json" in warned[0]

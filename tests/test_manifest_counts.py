@@ -65,7 +65,7 @@ def _cli_error(args) -> str:
 
 def test_a_count_past_the_rule_is_refused_by_every_tool_alike(shard_set, tmp_path):
     """10^15 samples in a two-sample shard: verify, both exports and the trainer give one line."""
-    from trainer.data import DataError, resolve_shards
+    from shardset.select import SelectionError, select_shards
 
     _rewrite(shard_set, _claim(10**15))
     rule = "shards[0] (s-000000.tar.zst) claims 1000000000000000 samples, over the set's shard_size 2"
@@ -73,8 +73,8 @@ def test_a_count_past_the_rule_is_refused_by_every_tool_alike(shard_set, tmp_pat
                  ["export", str(shard_set), "--plain-tar", "--out", str(tmp_path / "p")]):
         assert rule in _cli_error(args)
     assert not (tmp_path / "x").exists() and not (tmp_path / "p").exists()
-    with pytest.raises(DataError, match=re.escape(rule)) as err:
-        resolve_shards([str(shard_set)])
+    with pytest.raises(SelectionError, match=re.escape(rule)) as err:
+        select_shards([str(shard_set)])
     assert "\n" not in str(err.value)
 
 
@@ -163,7 +163,7 @@ def _write_shards(folder: Path, planned: dict | None, done: int, shards_total: i
 
 
 def test_an_unfinished_set_says_how_many_shards_were_planned(tmp_path):
-    from trainer.data import DataError, resolve_shards
+    from shardset.select import SelectionError, select_shards
 
     manifest = _write_shards(tmp_path / "a", {"shards": 5}, done=2)
     m = shardset.load_manifest(manifest)
@@ -171,8 +171,8 @@ def test_an_unfinished_set_says_how_many_shards_were_planned(tmp_path):
     assert verify_set(str(manifest)).problems == [
         "incomplete: the manifest says complete: false, 2 of 5 planned shards written; its writer stopped early or "
         "is still running"]
-    with pytest.raises(DataError, match=r"complete: false, 2 of 5 planned shards written\); finish it"):
-        resolve_shards([str(manifest)])
+    with pytest.raises(SelectionError, match=r"complete: false, 2 of 5 planned shards written\); finish it"):
+        select_shards([str(manifest)])
     # a writer that never said its plan: no "?" for the planned count
     manifest = _write_shards(tmp_path / "b", None, done=2)
     problems = verify_set(str(manifest)).problems
@@ -241,12 +241,12 @@ def test_a_full_disk_while_saving_a_checkpoint_names_its_files(tmp_path, monkeyp
     import segmodel.checkpoint
     from core.cli import os_error_message
     from segmodel.unet import UNet
-    from trainer.checkpoint import save_checkpoint
+    from trainer.checkpoint import save_run_state
 
     monkeypatch.setattr(segmodel.checkpoint, "atomic_write_bytes", _disk_full)
     torch.manual_seed(0)
     with pytest.raises(OSError) as err:
-        save_checkpoint(tmp_path / "run", 7, UNet(width=4), {"config": {}}, {"step": 7})
+        save_run_state(tmp_path / "run", 7, UNet(width=4), {"config": {}}, {"step": 7})
     assert err.value.errno == errno.ENOSPC
     assert os_error_message(err.value) == (f"disk full while writing {tmp_path / 'run' / 'checkpoints'}/step-000007.*: "
                                            "free some space and run again")

@@ -213,12 +213,13 @@ def disc_set(tmp_path_factory):
 
 def test_training_batches_from_a_flaky_url_equal_the_local_ones(serve, disc_set, sleeps):
     torch = pytest.importorskip("torch")
-    from trainer.data import StreamSpec, make_loader, resolve_shards
+    from shardset.select import select_shards
+    from trainer.data import StreamSpec, make_loader
 
     server = serve(disc_set.parent, ranges=False)
     batches = []
     for spec in (str(disc_set), f"{server.url}/discs.json"):
-        src = resolve_shards([spec])
+        src = select_shards([spec])
         stream = StreamSpec(urls=tuple(src.train_urls), seed=0, batch=4, size=32, shuffle_buffer=8,
                             round_samples=32, expect=src.expect)
         batches.append([(img, mask) for img, mask in zip(range(16), make_loader(stream, 0, pin_memory=False))])

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from segmodel.checkpoint import CheckpointError, find_sidecar, load_for_inference
 from segmodel.unet import UNet
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import load_run_state, save_run_state
 
 torch.set_num_threads(1)
 
@@ -33,7 +33,7 @@ def run(tmp_path):
     model(torch.randn(2, 3, 16, 16)).sum().backward()
     opt.step()
     state = {"optimizer": opt.state_dict(), "rng": {"torch": torch.get_rng_state()}, "data": {"step": 3}}
-    sidecar = save_checkpoint(tmp_path, 3, model, META, state)
+    sidecar = save_run_state(tmp_path, 3, model, META, state)
     return tmp_path, model, sidecar, opt
 
 
@@ -66,7 +66,7 @@ def test_load_for_inference_round_trips_weights_and_buffers(run, which):
 
 def test_training_state_round_trips_with_weights_only(run):
     out, _, _, opt = run
-    _, _, state = load_checkpoint(out, with_state=True)
+    _, _, state = load_run_state(out, with_state=True)
     assert state["data"] == {"step": 3}
     ref = opt.state_dict()["state"]
     for k, v in state["optimizer"]["state"].items():
@@ -75,7 +75,7 @@ def test_training_state_round_trips_with_weights_only(run):
 
 def test_latest_checkpoint_wins(run):
     out, _, _, _ = run
-    save_checkpoint(out, 9, _model(seed=1), META)
+    save_run_state(out, 9, _model(seed=1), META)
     _, meta = load_for_inference(out)
     assert meta["step"] == 9
     assert find_sidecar(out).name == "step-000009.json"
@@ -83,7 +83,7 @@ def test_latest_checkpoint_wins(run):
 
 def test_only_the_newest_resume_state_is_kept(run):
     out, _, _, _ = run
-    save_checkpoint(out, 5, _model(seed=1), META, {"data": {"step": 5}})
+    save_run_state(out, 5, _model(seed=1), META, {"data": {"step": 5}})
     ck = out / "checkpoints"
     assert sorted(p.name for p in ck.glob("*.state.pt")) == ["step-000005.state.pt"]
     old = json.loads((ck / "step-000003.json").read_text())
@@ -91,8 +91,8 @@ def test_only_the_newest_resume_state_is_kept(run):
     model, meta = load_for_inference(ck / "step-000003.safetensors")  # old weights still load
     assert meta["step"] == 3
     with pytest.raises(CheckpointError, match="no training state"):
-        load_checkpoint(ck / "step-000003.safetensors", with_state=True)
-    assert load_checkpoint(out, with_state=True)[2]["data"] == {"step": 5}
+        load_run_state(ck / "step-000003.safetensors", with_state=True)
+    assert load_run_state(out, with_state=True)[2]["data"] == {"step": 5}
 
 
 def test_tampered_weights_refused(run):
@@ -112,7 +112,7 @@ def test_tampered_state_refused(run):
     st.write_bytes(st.read_bytes() + b"x")
     load_for_inference(out)  # weights alone are still fine
     with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(out, with_state=True)
+        load_run_state(out, with_state=True)
 
 
 def test_pickled_state_never_executed(tmp_path):
@@ -123,7 +123,7 @@ def test_pickled_state_never_executed(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    save_checkpoint(tmp_path, 1, _model(), META, {"x": 1})
+    save_run_state(tmp_path, 1, _model(), META, {"x": 1})
     st = tmp_path / "checkpoints" / "step-000001.state.pt"
     buf = io.BytesIO()
     torch.save({"x": Evil()}, buf)
@@ -133,7 +133,7 @@ def test_pickled_state_never_executed(tmp_path):
     meta["files"]["state"]["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
     sc.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="refusing to unpickle") as e:
-        load_checkpoint(tmp_path, with_state=True)
+        load_run_state(tmp_path, with_state=True)
     assert "\n" not in str(e.value)
 
 
@@ -180,7 +180,7 @@ def test_missing_checkpoint_messages(tmp_path):
 
 def test_save_refuses_wrapped_models(tmp_path):
     with pytest.raises(TypeError, match="unwrapped UNet"):
-        save_checkpoint(tmp_path, 1, torch.nn.Sequential(UNet(width=4)), META)
+        save_run_state(tmp_path, 1, torch.nn.Sequential(UNet(width=4)), META)
 
 
 def test_the_same_weights_give_the_same_bytes_in_another_process(tmp_path):

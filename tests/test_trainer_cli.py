@@ -273,5 +273,5 @@ def test_torchrun_two_cpu_processes(sets, tmp_path):
                                                     "step-000003.state.pt"]
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]  # rank 0 alone logs
-    _, _, state = __import__("trainer.checkpoint", fromlist=["x"]).load_checkpoint(out, with_state=True)
+    _, _, state = __import__("trainer.checkpoint", fromlist=["x"]).load_run_state(out, with_state=True)
     assert state["data"]["world"] == 2

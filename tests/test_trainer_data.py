@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from trainer import data
-from trainer.data import (DataError, StreamSpec, batched, check_compatible, make_loader,
-                          rank_batch, resolve_shards, round_shards, shuffle, worker_batches_done, worker_stream)
+from shardset.select import SelectionError, check_compatible, select_shards
+from trainer.data import (DataError, StreamSpec, batched, make_loader, rank_batch, round_shards, shuffle,
+                          worker_batches_done, worker_stream)
 from trainer.toy import disc_samples, write_disc_set
 
 torch.set_num_threads(1)
@@ -133,7 +134,7 @@ def test_loader_with_workers_matches_the_simulated_round_robin():
 
 
 def test_check_compatible_refuses_mixed_encodings():
-    with pytest.raises(DataError, match="--shards 'b' has encoding webp but 'a' has png"):
+    with pytest.raises(SelectionError, match="--shards 'b' has encoding webp but 'a' has png"):
         check_compatible([("a", {"encoding": "png"}), ("b", {"encoding": "webp"})])
     assert check_compatible([("a", {"encoding": "png"}), ("b", {"encoding": "png"})]) == {"encoding": "png"}
 
@@ -181,7 +182,7 @@ def test_disc_samples_are_deterministic_and_masks_match_the_bright_disc():
 
 
 def test_resolve_separates_val_from_train(sets):
-    src = resolve_shards([str(sets["a"])])
+    src = select_shards([str(sets["a"])])
     assert len(src.train_urls) == 3 and len(src.val_urls) == 1
     assert not set(src.train_urls) & set(src.val_urls)
     manifest = json.loads(sets["a"].read_text())
@@ -192,17 +193,17 @@ def test_resolve_separates_val_from_train(sets):
 
 
 def test_glob_folder_and_several_specs(sets):
-    by_glob = resolve_shards([str(sets["a"].parent / "discs-*.tar.zst")])
-    by_dir = resolve_shards([str(sets["a"].parent)])
+    by_glob = select_shards([str(sets["a"].parent / "discs-*.tar.zst")])
+    by_dir = select_shards([str(sets["a"].parent)])
     assert by_glob.train_urls == by_dir.train_urls
-    both = resolve_shards([str(sets["a"]), str(sets["b"])])
+    both = select_shards([str(sets["a"]), str(sets["b"])])
     assert len(both.train_urls) == 5 and len(both.val_urls) == 2 and both.name == "discs+other"
 
 
 @pytest.mark.parametrize("other,what", [("webp", "encoding webp"), ("big", "image_size 48x48")])
 def test_mixed_sets_refused_in_one_line(sets, other, what):
-    with pytest.raises(DataError) as e:
-        resolve_shards([str(sets["a"]), str(sets[other])])
+    with pytest.raises(SelectionError) as e:
+        select_shards([str(sets["a"]), str(sets[other])])
     assert what in str(e.value) and "\n" not in str(e.value)
 
 
@@ -212,16 +213,16 @@ def test_one_glob_over_two_sets_refused(sets, tmp_path):
     for key in ("a", "b"):
         for p in sets[key].parent.glob("*.tar.zst"):
             shutil.copy(p, mixed / p.name)
-    with pytest.raises(DataError, match="matches shards of several sets \\(discs, other\\)"):
-        resolve_shards([str(mixed / "*.tar.zst")])
+    with pytest.raises(SelectionError, match="matches shards of several sets \\(discs, other\\)"):
+        select_shards([str(mixed / "*.tar.zst")])
 
 
 def test_no_shard_matched(sets):
-    with pytest.raises(DataError, match="no shard matched --shards") as e:
-        resolve_shards([str(sets["root"] / "nothing-*.tar.zst")])
+    with pytest.raises(SelectionError, match="no shard matched --shards") as e:
+        select_shards([str(sets["root"] / "nothing-*.tar.zst")])
     assert "\n" not in str(e.value)
-    with pytest.raises(DataError, match="no --shards"):
-        resolve_shards([])
+    with pytest.raises(SelectionError, match="no --shards"):
+        select_shards([])
 
 
 def test_corrupt_shard_is_named(sets, tmp_path):
@@ -230,7 +231,7 @@ def test_corrupt_shard_is_named(sets, tmp_path):
     victim = sorted(folder.glob("discs-*.tar.zst"))[1]
     blob = victim.read_bytes()
     victim.write_bytes(blob[: len(blob) // 2])  # truncated
-    src = resolve_shards([str(folder / "discs.json")])
+    src = select_shards([str(folder / "discs.json")])
     spec = StreamSpec(urls=(str(victim),), seed=0, batch=4, size=32, shuffle_buffer=4, round_samples=8)
     with pytest.raises(DataError) as e:
         next(worker_stream(spec, 0, 1))
@@ -239,7 +240,7 @@ def test_corrupt_shard_is_named(sets, tmp_path):
 
 
 def test_real_stream_batches_are_uint8_of_the_right_shape(sets):
-    src = resolve_shards([str(sets["a"])])
+    src = select_shards([str(sets["a"])])
     spec = StreamSpec(urls=src.train_urls, seed=0, batch=4, size=32, shuffle_buffer=8, round_samples=16)
     img, mask = next(iter(make_loader(spec, 0, pin_memory=False)))
     assert img.dtype == torch.uint8 and img.shape == (4, 32, 32, 3)
@@ -247,7 +248,7 @@ def test_real_stream_batches_are_uint8_of_the_right_shape(sets):
 
 
 def test_val_samples_never_in_the_training_stream(sets):
-    src = resolve_shards([str(sets["a"])])
+    src = select_shards([str(sets["a"])])
     read = data._Reader()
     val_keys = {raw["__key__"] for u in src.val_urls for raw in read(u)}
     spec = StreamSpec(urls=src.train_urls, seed=0, batch=4, size=32, shuffle_buffer=8, round_samples=24)

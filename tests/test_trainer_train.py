@@ -60,11 +60,12 @@ def test_short_cpu_run_reaches_good_iou_on_the_val_part(discs, tmp_path):
     assert meta["step"] == 70 and meta["model"]["width"] == 8 and meta["shardset"]["name"] == "discs"
     assert meta["val"]["val_iou"] == val[-1]["val_iou"]
     # the reloaded model reproduces the validation IoU
-    from trainer.data import load_val_samples, resolve_shards
+    from shardset.select import select_shards
+    from trainer.data import load_val_samples
     from trainer.validate import validate
     import contextlib
 
-    v = load_val_samples(resolve_shards([str(discs)]).val_urls, 32, 64)
+    v = load_val_samples(select_shards([str(discs)]).val_urls, 32, 64)
     res, _ = validate(model, v, torch.device("cpu"), contextlib.nullcontext)
     assert res["iou"] == pytest.approx(val[-1]["val_iou"], abs=1e-12)
 

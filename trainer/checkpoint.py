@@ -1,6 +1,8 @@
 """Training checkpoints: segmodel's checkpoint (weights + sidecar) plus the resume state.
 
-The resume state is one more file of the checkpoint, `step-000500.state.pt`: optimizer,
+`save_run_state` / `load_run_state`: a checkpoint of a training run, i.e. segmodel's checkpoint
+(`save_checkpoint` / `load_checkpoint`: weights and sidecar) with the resume state. The resume
+state is one more file of the checkpoint, `step-000500.state.pt`: optimizer,
 scheduler, GradScaler, RNG states and the data position, tensors and plain containers only,
 written with torch.save and read with torch.load(weights_only=True), checked against the sha256
 its sidecar lists. Only the newest checkpoint keeps it (2x the weights' size, with Adam): older
@@ -31,8 +33,8 @@ from segmodel.checkpoint import save_checkpoint as save_weights
 STATE_SUFFIX = ".state.pt"
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, meta: dict,
-                    train_state: dict | None = None, keep: int = 0) -> Path:
+def save_run_state(run_dir: str | Path, step: int, model: torch.nn.Module, meta: dict,
+                   train_state: dict | None = None, keep: int = 0) -> Path:
     """Save weights and sidecar (segmodel.checkpoint) with the resume state `train_state`, then
     drop the resume state of older checkpoints and, with `keep` > 0, every checkpoint but the
     `keep` newest and the best (`prune_checkpoints`); returns the sidecar path."""
@@ -110,7 +112,7 @@ def _prune_states(ckpt_dir: Path, keep: str) -> None:
             (ckpt_dir / name).unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, *, with_state: bool = False):
+def load_run_state(path: str | Path, *, with_state: bool = False):
     """(model in train mode, sidecar meta, train_state or None), all verified against the sidecar."""
     model, meta, sidecar_path = load_weights(path)
     train_state = None
@@ -128,4 +130,4 @@ def load_checkpoint(path: str | Path, *, with_state: bool = False):
     return model, meta, train_state
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "STATE_SUFFIX"]
+__all__ = ["CheckpointError", "save_run_state", "load_run_state", "prune_checkpoints", "STATE_SUFFIX"]

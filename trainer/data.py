@@ -22,21 +22,18 @@ number of ranks and workers.
 The validation part (manifest split "val") is read by `load_val_samples` in the main process and
 never enters the training stream.
 
+Which shards train and which validate is shardset.select's (`select_shards`: the shard-set rules).
 Integrity: every shard listed in a manifest is hashed while it streams (shardset's
 `open_shard(..., expect=record)`) and a shard whose bytes differ from the manifest's sha256 stops
 training with one line naming it, at the end of that shard. A shard cut off at the end of a round
-is checked whenever a later round reads it to its end. Shards without a manifest are unverified
-(a WARNING says so). A set whose manifest says `complete: false` is refused unless
-`allow_incomplete`; a spec selecting only some of a manifest's shards gets a WARNING with counts.
+is checked whenever a later round reads it to its end.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -44,7 +41,6 @@ import torch
 
 import shardset
 from core.errors import UserError, first_line
-from shardset.format import parse_shard_filename
 from shardset.urls import ShardConnectionError
 
 log = logging.getLogger(__name__)
@@ -53,7 +49,8 @@ DEFAULT_ROUND_SAMPLES = 4096  # samples per (rank, worker) round when the config
 
 
 class DataError(UserError, ValueError):
-    """Bad training data: no shard matched, mixed sets, a corrupt shard (the message names it)."""
+    """Bad data: a corrupt or unreadable shard or sample met while streaming (the message names
+    it), a stream with no samples, or an --eval-dataset that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -64,142 +61,6 @@ class WorkerFailure:
     DataError(reason) when it receives one."""
 
     reason: str
-
-
-# ---------------------------------------------------------------------------------------------
-# resolving --shards specs
-
-
-@dataclass(frozen=True)
-class ShardSource:
-    """The resolved training data: train and val shard URLs plus what identifies the set(s)."""
-
-    train_urls: tuple[str, ...]
-    val_urls: tuple[str, ...]
-    name: str
-    fingerprint: str
-    image_size: tuple[int, int] | None  # (H, W) from the manifest, None when unknown
-    encoding: str | None
-    manifests: tuple[dict | None, ...] = ()
-    expect: dict | None = None  # url -> manifest record ({"sha256", "bytes", ...}) of every verifiable shard
-
-
-def _manifest_facts(manifest: dict | None) -> dict:
-    """The manifest entries that must agree between sets trained on together."""
-    if not manifest:
-        return {}
-    facts = {}
-    if manifest.get("format") is not None:
-        facts["format"] = f"{manifest['format']} v{manifest.get('format_version', '?')}"
-    if manifest.get("encoding") is not None:
-        facts["encoding"] = manifest["encoding"]
-    return facts
-
-
-def peek_image_size(url: str) -> tuple[int, int]:
-    """(H, W) of the first sample of a shard; reading it also fails early on an unreadable shard."""
-    for sample in decode(itertools.islice(read_shard_raw(url), 1)):
-        return tuple(int(v) for v in sample["image"].shape[:2])
-    raise DataError(f"corrupt shard {url}: it holds no samples")
-
-
-def check_compatible(named_facts: list[tuple[str, dict]]) -> dict:
-    """Refuse sets of different formats, encodings or image sizes (one line naming both specs)."""
-    first_spec, first = None, None
-    for spec, facts in named_facts:
-        if first is None:
-            first_spec, first = spec, facts
-            continue
-        for key in ("format", "encoding", "image_size"):
-            if key in facts and key in first and facts[key] != first[key]:
-                raise DataError(f"--shards {spec!r} has {key} {facts[key]} but {first_spec!r} has {first[key]}: "
-                                "mixed shard sets; train on one kind at a time (or re-import one to match)")
-    return first or {}
-
-
-def _check_set(spec: str, ref, allow_incomplete: bool) -> None:
-    """Refuse an incomplete set (unless allowed) and listed shards missing on disk; warn when the
-    spec selects a subset of its manifest's shards, or when there is no manifest to verify against."""
-    m = ref.manifest
-    if m is None:
-        log.warning("--shards %r has no manifest (no NAME.json beside the shards): its %d shards are unverified "
-                    "(no sha256 to check them against), and all train, none validate", spec, len(ref.urls))
-        return
-    if (short := shardset.incomplete_reason(m)) is not None:
-        what = f"--shards {spec!r} is an incomplete set (its manifest says {short})"
-        if not allow_incomplete:
-            raise DataError(f"{what}; finish it (e.g. gen-synth --resume) or pass --allow-incomplete to train "
-                            "on the shards it has")
-        log.warning("%s; training on it (--allow-incomplete)", what)
-    selected = {u.rsplit("/", 1)[-1] for u in ref.urls}
-    listed = [r["file"] for r in m["shards"]]
-    k = sum(f in selected for f in listed)
-    if k < len(listed):
-        log.warning("--shards %r selects %d of the %d shards its manifest %s lists; training on that subset",
-                    spec, k, len(listed), ref.manifest_url)
-    for u in ref.urls:
-        if "://" not in u and not Path(u).is_file():
-            raise DataError(f"--shards {spec!r}: shard {u} (listed in {ref.manifest_url}) does not exist; "
-                            "run `shardset verify` on the set")
-
-
-def resolve_shards(specs: Iterable[str], allow_incomplete: bool = False) -> ShardSource:
-    """Resolve one or more --shards specs through shardset.resolve; split train from val."""
-    specs = list(specs)
-    if not specs:
-        raise DataError("no --shards given: pass a glob, brace range, manifest, folder or URL of a shard set")
-    refs = []
-    for spec in specs:
-        try:
-            ref = shardset.resolve(spec)
-        except shardset.NothingMatchedError as e:
-            raise DataError(f"no shard matched --shards {spec!r}: {first_line(e)}") from None
-        except UserError as e:  # a bad brace range, an unreadable manifest, a shard that will not open
-            raise DataError(f"--shards {spec!r}: {first_line(e)}") from None
-        if not ref.urls:
-            raise DataError(f"no shard matched --shards {spec!r}; check the path or glob (e.g. shards/NAME-*.tar.zst)")
-        if ref.manifest is None:
-            sets = sorted({p[0] for u in ref.urls if (p := parse_shard_filename(u.rsplit("/", 1)[-1]))})
-            if len(sets) > 1:
-                # without one manifest the val split is unknown: refuse rather than train on it
-                raise DataError(f"--shards {spec!r} matches shards of several sets ({', '.join(sets)}); "
-                                "name each set on its own, e.g. --shards DIR/NAME.json, once per set")
-        _check_set(spec, ref, allow_incomplete)
-        refs.append((spec, ref))
-    named_facts = []
-    for spec, ref in refs:
-        facts = _manifest_facts(ref.manifest)
-        size = peek_image_size(ref.urls[0])
-        facts["image_size"] = f"{size[0]}x{size[1]}"
-        named_facts.append((spec, facts))
-    facts = check_compatible(named_facts)
-    train, val, names, prints, expect = [], [], [], [], {}
-    for spec, ref in refs:
-        expect.update({u: rec for u in ref.urls if (rec := ref.record(u)) is not None})
-        if ref.manifest:
-            t, v = list(ref.split_urls("train")), list(ref.split_urls("val"))
-            names.append(str(ref.manifest.get("name", spec)))
-            prints.append(shardset.manifest_fingerprint(ref.manifest))
-        else:
-            # bare shards: no split is known, so none is held out (_check_set said so)
-            t, v = list(ref.urls), []
-            names.append(spec)
-            prints.append(hashlib.sha256("\n".join(sorted(ref.urls)).encode()).hexdigest())
-        vset = set(v)
-        train += [u for u in t if u not in vset]  # never train on the validation part
-        val += v
-    if not train:
-        raise DataError(f"--shards {' '.join(specs)} matched only validation shards; nothing to train on")
-    if len(set(train)) != len(train):
-        raise DataError(f"--shards {' '.join(specs)} name some shards twice; give each set once")
-    if len(refs) == 1:
-        name, fingerprint = names[0], prints[0]
-    else:
-        name = "+".join(names)
-        fingerprint = hashlib.sha256("\n".join(prints).encode()).hexdigest()
-    h, w = (int(v) for v in facts["image_size"].split("x"))
-    return ShardSource(tuple(train), tuple(val), name, fingerprint, (h, w), facts.get("encoding"),
-                       tuple(ref.manifest for _, ref in refs), expect)
 
 
 # ---------------------------------------------------------------------------------------------
