@@ -85,7 +85,7 @@ def test_validate_real_equals_eval_seg_on_a_folder(tmp_path, max_pixels, scored)
 
     torch.manual_seed(0)
     model = unet.UNet(width=4).eval()
-    checkpoint.save_checkpoint(tmp_path / "run", 3, model, {"shardset": {"name": "t", "fingerprint": "0" * 64}})
+    checkpoint.save_run_state(tmp_path / "run", 3, model, {"shardset": {"name": "t", "fingerprint": "0" * 64}})
     rng = np.random.default_rng(0)
     for folder in ("images", "masks"):
         (tmp_path / "data" / folder).mkdir(parents=True)
