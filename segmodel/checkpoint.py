@@ -32,8 +32,7 @@ from safetensors.torch import save as st_save
 from core.atomic import atomic_write_bytes
 from core.errors import UserError, first_line
 
-from .inference import DEFAULT_INPUT_SIZE
-from .runtime import whole_size
+from .inference import DEFAULT_INPUT_SIZE, whole_size
 from .unet import UNet
 
 log = logging.getLogger(__name__)

@@ -15,16 +15,31 @@ torch is imported inside the two functions that need it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from core.maps import probability_to_uint8
 
-__all__ = ["FG_PROB", "DEFAULT_INPUT_SIZE", "foreground_probability", "normalize_images", "normalize_images_numpy",
-           "probability_to_uint8"]
+__all__ = ["FG_PROB", "DEFAULT_INPUT_SIZE", "whole_size", "foreground_probability", "normalize_images",
+           "normalize_images_numpy", "probability_to_uint8"]
 
 # The paper's training size, pixels: what a model that records no training size is taken to have
 # learnt at (segmodel.checkpoint.input_size_of, segmodel.runtime.OnnxBackend).
 DEFAULT_INPUT_SIZE = 128
+
+
+def whole_size(value) -> int | None:
+    """A recorded size (a number, or its digits in metadata strings) as an int; None when it is no
+    whole number >= 1. Here, below both readers of recorded sizes (segmodel.checkpoint's sidecars,
+    segmodel.runtime's ONNX metadata), so neither imports the other for it."""
+    if isinstance(value, bool):
+        return None
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(size) if math.isfinite(size) and size == int(size) and size >= 1 else None
 
 # The rules that turn the U-Net's two logits into the foreground probability.
 FG_PROB = {

@@ -28,14 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import UserError, first_line
 
-from .inference import DEFAULT_INPUT_SIZE, FG_PROB, normalize_images_numpy
+from .inference import DEFAULT_INPUT_SIZE, FG_PROB, normalize_images_numpy, whole_size
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +100,6 @@ def resolve_device(device: str | None) -> str:
     except RuntimeError as e:
         raise BackendError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N") from e
     return device
-
-
-def whole_size(value) -> int | None:
-    """A recorded size (a number, or its digits in metadata strings) as an int; None when it is no
-    whole number >= 1."""
-    if isinstance(value, bool):
-        return None
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(size) if math.isfinite(size) and size == int(size) and size >= 1 else None
 
 
 def parse_input_size(value) -> int | None:
