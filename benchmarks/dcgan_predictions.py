@@ -112,11 +112,13 @@ def main(ckpt, shards, photos, ids, n_samples, n_score, per_row, side, out):
             for f in (0.5, 0.6, 0.7)} if scored else None
         triplets.append([[_tile(im), _tile(p >= 0.5), _tile(g) if g is not None else _tile(np.zeros(im.shape[:2]))]
                          for im, p, g in zip(pics, photo_preds, gts)])
-    how = "short128" if side is None else f"short side {side}"
-    titles = [f"held-out GAN samples (val shards): image | shard mask | prediction ({how}, p >= 0.5)",
-              f"photos: image | prediction ({how}, p >= 0.5) | ground truth"]
+    from benchdata.sizing import SHORT128
     from finder.rank import image_grid
     from generator.preview import label_band
+
+    how = SHORT128.name if side is None else f"short side {side}"
+    titles = [f"held-out GAN samples (val shards): image | shard mask | prediction ({how}, p >= 0.5)",
+              f"photos: image | prediction ({how}, p >= 0.5) | ground truth"]
 
     blocks = []
     for title, block in zip(titles, triplets):
