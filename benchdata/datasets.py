@@ -8,8 +8,10 @@ and no other package of this project.
     get_dataset("folder:/data/mine")                # images/ + masks/
     get_dataset("shards:shards/toy", shard_sets=shardset.open_split)   # a shard set's val split
 
-`root` defaults to the BGW_DATA_ROOT environment variable. Every failure to find a dataset is a
-`DatasetError` whose message is one line naming the missing path and where the data comes from.
+`root` defaults to the BGW_DATA_ROOT environment variable. DATASETS is a core.registry Registry: an
+unknown name is its UnknownNameError (close matches, every choice). Every failure to find a named
+dataset's files is a `DatasetError` whose message is one line naming the missing path and where
+the data comes from.
 
 Images and ground truth are read by `core.images.read_user_image` (benchdata.io): an image over
 the pixel limit (`max_pixels`, checked from the header before decoding) or one that does not
@@ -19,7 +21,6 @@ recorded in `Dataset.skipped` (item id -> reason) for the command's summary. `re
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import numpy as np
 
 from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS
+from core.registry import Registry
 
 from .io import IMAGE_EXTS, DatasetError, ImageSkipped, read_gt, read_image
 from .sizing import CROP128, SHORT128, Sizing
@@ -184,20 +186,20 @@ class _Entry:
     source: str
 
 
-DATASETS: dict[str, _Entry] = {}
+DATASETS: Registry[_Entry] = Registry("dataset", also=("folder:PATH", "shards:SET"))
 
 
 def _register(name: str, layout: str, source: str):
+    """Decorator: register the builder `fn(root) -> Dataset` as dataset `name` of DATASETS."""
+
     def deco(fn: Callable[[Path], Dataset]):
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        DATASETS[name] = _Entry(fn, layout, source)
+        DATASETS.register(name, _Entry(fn, layout, source))
         return fn
     return deco
 
 
 def dataset_names() -> list[str]:
-    return sorted(DATASETS) + ["folder:PATH", "shards:SET"]
+    return [*DATASETS.names(), *DATASETS.also]
 
 
 def _data_root(root: Path | str | None, name: str) -> Path:
@@ -228,12 +230,7 @@ def get_dataset(spec: str, root: Path | str | None = None, *, max_pixels: int = 
             raise DatasetError(f"{spec}: this tool reads no shard sets as benchmarks; name a dataset or folder:PATH")
         ds = _shards(spec[len("shards:"):], shard_sets)
     else:
-        entry = DATASETS.get(spec)
-        if entry is None:
-            close = difflib.get_close_matches(spec, list(DATASETS), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise DatasetError(f"unknown dataset {spec!r}{hint}; choose from {', '.join(dataset_names())}")
-        ds = entry.build(_data_root(root, spec))
+        ds = DATASETS.get(spec).build(_data_root(root, spec))  # an unknown name: UnknownNameError
     ds.max_pixels = max_pixels
     return ds
 

@@ -41,7 +41,7 @@ import numpy as np
 from generator.latents import LatentStream
 from masking.rules import FilterConfig, process_batch
 from generator.config import GenConfig, make_plan
-from generator.render import _Host
+from generator.render import Host
 
 BATCH = 64
 
@@ -119,17 +119,17 @@ def _host_pass(x: np.ndarray, xs: np.ndarray, encoding: str) -> float:
     n = len(x)
     with tempfile.TemporaryDirectory() as out:
         cfg = GenConfig(gan="toy", latents="prior", n=n, shard_size=min(n, 1000), name="bench", out=out,
-                        encoding=encoding, histogram_rule="none", size_filter=False, val_fraction=0.0,
+                        encoding=encoding, histogram_filter=False, size_filter=False, val_fraction=0.0,
                         batch_size=BATCH, write_threads=1).resolved()  # synchronous: one core
         plan = make_plan(cfg)
         writer = ShardSetWriter(out, "bench", encoding=encoding, shard_size=cfg.shard_size, params={}, seed=0)
-        host = _Host(cfg, plan, writer, cfg.filter_config(), None, None)
+        host = Host(cfg, plan, writer, cfg.filter_config(), None, None)
         for shard in range(plan.num_shards):
             stream = LatentStream(0, shard, 120)
             s0 = shard * cfg.shard_size
             for s in range(s0, s0 + plan.sizes[shard], BATCH):
                 e = min(s + BATCH, s0 + plan.sizes[shard])
-                host._consume(shard, stream.take(e - s), x[s:e], xs[s:e])
+                host.consume(shard, stream.take(e - s), x[s:e], xs[s:e])
         nbytes = sum(p.stat().st_size for p in os.scandir(out) if p.name.endswith(".tar.zst"))
     return nbytes / n
 
@@ -185,7 +185,7 @@ def bench_stages(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float]]:
     """(stage, CPU microseconds per sample, best of 3 after a warm-up) along the npy write path."""
     import hashlib
 
-    from generator.render import _sample
+    from generator.render import shard_sample
     from shardset import ShardSetWriter, codec
     from shardset.writer import build_tar, compress
 
@@ -200,7 +200,7 @@ def bench_stages(x: np.ndarray, xs: np.ndarray) -> list[tuple[str, float]]:
                 lambda: [process_batch(x[s:s + BATCH], xs[s:s + BATCH]) for s in range(0, n, BATCH)])
     masks = np.concatenate([r.masks for r in res])
     samples = stage("sample dicts (float -> uint8 image)",
-                    lambda: [_sample("b", 0, 0, i, x[i], masks[i], np.zeros(120, np.float32), 0, i, 0.3)
+                    lambda: [shard_sample("b", 0, 0, i, x[i], masks[i], np.zeros(120, np.float32), 0, i, 0.3)
                              for i in range(n)])
     enc = stage("encode fields (npy, mask PNG, z, meta)",
                 lambda: [codec.encode_sample(smp, "npy") for smp in samples])

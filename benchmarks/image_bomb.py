@@ -10,7 +10,7 @@ ru_maxrss, what `/usr/bin/time -v` prints as "Maximum resident set size"):
     benchdata   get_dataset("folder:DIR").iter_loaded(...) (eval-seg's loader)
     eval-seg    eval-seg --ckpt RUN --dataset folder:DIR (RUN: a 2-step width-4 U-Net)
     import      shardset import --images DIR/images --masks DIR/masks
-    embed       generator.embed.prepare_image(DIR/images/bomb.png) (gen-synth's embedding reader)
+    embed       generator.embed.read_encoder_input(DIR/images/bomb.png) (gen-synth's embedding reader)
 
 Prints a table, then one JSON line with every number. Run it with PYTHONPATH pointing at another
 checkout to measure that one (the commands are the same).
@@ -88,8 +88,8 @@ def main() -> None:
                           "print(f'{n} loaded, {len(getattr(ds, \"skipped\", {}))} skipped')"],
             "import": [str(BIN / "shardset"), "import", "--images", str(data / "images"), "--masks",
                        str(data / "masks"), "--out", str(tmp / "imported"), "--name", "b"],
-            "embed": [py, "-c", "from generator.embed import prepare_image\n"
-                      f"print('prepared' if prepare_image('{data / 'images' / 'bomb.png'}') is not None "
+            "embed": [py, "-c", "from generator.embed import read_encoder_input\n"
+                      f"print('prepared' if read_encoder_input('{data / 'images' / 'bomb.png'}') is not None "
                       "else 'skipped')"],
         }
         if not args.no_eval_seg:

@@ -63,7 +63,7 @@ def main(n, batch, reps, seed, preset_name, cache_dir, quick):
 
     n = n or (128 if quick else 512)
     reps = reps or (3 if quick else 10)
-    cfg = masks.preset(preset_name)
+    cfg = masks.PRESETS.get(preset_name)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         gan = load_gan("toy", cache_dir=cache_dir or tmp)

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 INITS = ("identity", "random")
 
 
+class DiscoveryError(UserError, ValueError):
+    """Discovery cannot start or resume with these settings; the message says what to change."""
+
+
 @dataclass(frozen=True)
 class DiscoverConfig:
     """Voynov & Babenko's training setup (defaults = the authors' code)."""
@@ -70,6 +74,18 @@ class DiscoverConfig:
     picture_samples: int = 3  # samples per effect picture
     picture_shift: float = 5.0  # r of the effect pictures' columns -2r..2r
     seed: int = 0
+
+    def check(self, latent_dim: int | None = None) -> "DiscoverConfig":
+        """Raise DiscoveryError for a setting no run can use (`directions` against the GAN's
+        `latent_dim` when it is given); return self."""
+        if latent_dim is not None and not 1 <= self.directions <= latent_dim:
+            raise DiscoveryError(f"directions must be in 1..{latent_dim} (the latent size); got {self.directions}")
+        if self.init not in INITS:
+            raise DiscoveryError(f"unknown init {self.init!r}; choose from {INITS}")
+        if any(int(m) != m or m < 1 for m in self.lr_directions_milestones) or self.lr_directions_gamma <= 0:
+            raise DiscoveryError(f"lr_directions_milestones must be steps >= 1 and lr_directions_gamma > 0; got "
+                                 f"{list(self.lr_directions_milestones)} and {self.lr_directions_gamma}")
+        return self
 
 
 # Fields that must match when a run is resumed (the rest may change, e.g. `steps`).
@@ -169,9 +185,9 @@ def differentiable_generator(gan):
     with a ``path`` or ``handle`` is loaded with ``hub.load``."""
     module = getattr(gan, "module", None)
     if module is None:
-        from gans.loader import _hub
+        from gans.loader import import_hub
 
-        module = _hub().load(str(getattr(gan, "path", None) or gan.handle))
+        module = import_hub().load(str(getattr(gan, "path", None) or gan.handle))
     sig = module.signatures["generate"]
     return lambda z: sig(z=z)["default"]
 
@@ -201,10 +217,6 @@ def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: Di
     return z, idx, eps
 
 
-class DiscoveryError(UserError, ValueError):
-    """Discovery cannot start or resume with these settings; the message says what to change."""
-
-
 class RunExists(DiscoveryError):
     """The output folder already holds a run and `resume` was not asked for."""
 
@@ -220,13 +232,7 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
 
     out = Path(out_dir)
     d = int(gan.latent_dim)
-    if not 1 <= cfg.directions <= d:
-        raise DiscoveryError(f"directions must be in 1..{d} (the latent size); got {cfg.directions}")
-    if cfg.init not in INITS:
-        raise DiscoveryError(f"unknown init {cfg.init!r}; choose from {INITS}")
-    if any(int(m) != m or m < 1 for m in cfg.lr_directions_milestones) or cfg.lr_directions_gamma <= 0:
-        raise DiscoveryError(f"lr_directions_milestones must be steps >= 1 and lr_directions_gamma > 0; got "
-                         f"{list(cfg.lr_directions_milestones)} and {cfg.lr_directions_gamma}")
+    cfg.check(d)
     cfg_path = out / "config.json"
     ckpt_dir = out / "checkpoints"
     has_run = cfg_path.exists() or (ckpt_dir / "checkpoint").exists()

@@ -15,7 +15,6 @@ dependencies (wandb, matplotlib, torchvision, requests): `pip install --no-deps 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,6 @@ def weights_path() -> Path:
     if not path.is_file():
         raise DcganError(f"{path} is missing: reinstall the package ({INSTALL} --force-reinstall)")
     return path
-
-
-def weights_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -132,7 +124,7 @@ def build_module(path: str | os.PathLike, weights: Path | None = None) -> Path:
     path = Path(path)
     module = _make_module(load_state_dict(weights))
     tf.saved_model.save(module, str(path), signatures={"generate": module.generate})
-    stamp = {"weights_sha256": weights_sha256(weights), "build": BUILD_VERSION, "package": f"{PACKAGE}=={PACKAGE_VERSION}"}
+    stamp = {"weights_sha256": sha256_file(weights), "build": BUILD_VERSION, "package": f"{PACKAGE}=={PACKAGE_VERSION}"}
     (path / _STAMP).write_text(json.dumps(stamp, sort_keys=True))
     return path
 
@@ -151,7 +143,7 @@ def ensure_dcgan_module(cache_dir: str | os.PathLike) -> tuple[Path, str]:
     it is built in a temporary folder and renamed into place (a crash or a concurrent build never
     leaves a half-written module where a reader looks)."""
     weights = weights_path()
-    digest = weights_sha256(weights)
+    digest = sha256_file(weights)
     base = Path(cache_dir)
     target = base / f"dcgan-faces-{digest[:16]}-b{BUILD_VERSION}"
     stamp = read_stamp(target)

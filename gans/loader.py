@@ -1,7 +1,8 @@
 """GAN adapters: load BigBiGAN, or any module that meets the model contract, behind one small API.
 
-`load_gan(spec)` accepts `bigbigan` (https://tfhub.dev/deepmind/bigbigan-resnet50/1), `toy` (the
-project's stand-in, a test fixture, built on first use by gans.toy), a local SavedModel
+`load_gan(spec)` accepts a name of the `GANS` registry (core.registry), each with its loader:
+`bigbigan` (https://tfhub.dev/deepmind/bigbigan-resnet50/1), `toy` (the project's stand-in, a test
+fixture, built on first use by gans.toy) and `dcgan-faces` (gans.dcgan); else a local SavedModel
 folder, or any TF-Hub handle. Everything goes through `tensorflow_hub`, which finds a cached
 copy of a handle under `$TFHUB_CACHE_DIR/<sha1 of the handle>` with no network, so a module
 placed there loads offline under its real handle. Both of TF-Hub's formats load: TF2
@@ -27,16 +28,18 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from core.errors import UserError, first_line
+from core.registry import Registry
+from gans import dcgan, toy
 
 log = logging.getLogger(__name__)
 
 BIGBIGAN_HANDLE = "https://tfhub.dev/deepmind/bigbigan-resnet50/1"
 DEFAULT_GAN = "bigbigan"  # the paper's model: what --gan means when it is not given
-GAN_ALIASES = {"bigbigan": BIGBIGAN_HANDLE}
 MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are meant for
 ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open
 
@@ -65,7 +68,7 @@ def quiet_native_stderr():
             os.close(saved)
 
 
-def _hub():
+def import_hub():
     """tensorflow_hub (and TensorFlow), imported quietly: TF's start-up lines are held back
     (`quiet_native_stderr`), and the import of pkg_resources warns on every run (setuptools<81 is pinned)."""
     import warnings
@@ -85,7 +88,7 @@ class GanLoadError(UserError, RuntimeError):
 
 def hub_cache_path(handle: str) -> Path:
     """Where tensorflow_hub looks for a cached copy of `handle`: $TFHUB_CACHE_DIR/<sha1(handle)>."""
-    cache = _hub().resolver.tfhub_cache_dir(use_temp=True)
+    cache = import_hub().resolver.tfhub_cache_dir(use_temp=True)
     return Path(cache) / hashlib.sha1(handle.encode("utf8")).hexdigest()
 
 
@@ -93,39 +96,55 @@ def _is_handle(spec: str) -> bool:
     return "://" in spec or spec.startswith("gs://")
 
 
+# Named GANs: each name's loader takes the cache folder and returns the loaded Gan. A --gan that
+# names none of them is a local SavedModel folder or a TF-Hub handle (load_gan).
+GANS: Registry[Callable[[Path], "Gan"]] = Registry("GAN")
+
+
+@GANS.register("bigbigan")
+def _load_bigbigan(cache: Path) -> "Gan":
+    """The paper's model, by its TF-Hub handle (a cached copy loads offline)."""
+    return _load_path(BIGBIGAN_HANDLE, _resolve_handle(BIGBIGAN_HANDLE), cache)
+
+
+@GANS.register(toy.TOY_HANDLE)
+def _load_toy(cache: Path) -> "Gan":
+    """The project's stand-in, built by gans.toy on first use."""
+    try:
+        path = toy.ensure_toy_module(cache)
+    except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
+        raise GanLoadError(f"could not build the toy GAN under {cache}: {e}") from e
+    return _load_path(toy.TOY_HANDLE, path, cache)
+
+
+@GANS.register(dcgan.DCGAN_HANDLE)
+def _load_dcgan_faces(cache: Path) -> "Gan":
+    """A trained DCGAN of faces whose weights ship in a wheel, built by gans.dcgan on first use."""
+    try:
+        path, digest = dcgan.ensure_dcgan_module(cache)
+    except dcgan.DcganError as e:
+        raise GanLoadError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
+        raise GanLoadError(f"could not build {dcgan.DCGAN_HANDLE} under {cache}: {e}") from e
+    return _load_path(dcgan.DCGAN_HANDLE, path, cache, fingerprint=digest)
+
+
 def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
-    """Load a GAN by name (`bigbigan`, `toy`, `dcgan-faces`), local SavedModel folder or TF-Hub handle.
+    """Load a GAN by name (GANS: `bigbigan`, `toy`, `dcgan-faces`), local SavedModel folder or TF-Hub handle.
 
     `cache_dir` holds the built modules (toy, dcgan-faces) and the fingerprint cache (default:
     gans.toy's `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
     Raises GanLoadError with a one-line message on any failure.
     """
-    from gans import dcgan
-    from gans import toy
-
-    _hub()  # TensorFlow starts here, quietly, before anything builds a module with it
+    import_hub()  # TensorFlow starts here, quietly, before anything builds a module with it
     cache = Path(cache_dir) if cache_dir is not None else toy.default_cache_dir()
-    if spec == toy.TOY_HANDLE:
-        try:
-            path = toy.ensure_toy_module(cache)
-        except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
-            raise GanLoadError(f"could not build the toy GAN under {cache}: {e}") from e
-        return _load_path(toy.TOY_HANDLE, path, cache)
-    if spec == dcgan.DCGAN_HANDLE:
-        try:
-            path, digest = dcgan.ensure_dcgan_module(cache)
-        except dcgan.DcganError as e:
-            raise GanLoadError(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - the model-loading boundary: TensorFlow's errors as one line
-            raise GanLoadError(f"could not build {spec} under {cache}: {e}") from e
-        return _load_path(dcgan.DCGAN_HANDLE, path, cache, fingerprint=digest)
-    handle = GAN_ALIASES.get(spec, spec)
-    if _is_handle(handle):
-        return _load_path(handle, _resolve_handle(handle), cache)
+    if spec in GANS:
+        return GANS.get(spec)(cache)
+    if _is_handle(spec):
+        return _load_path(spec, _resolve_handle(spec), cache)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        known = sorted([*GAN_ALIASES, toy.TOY_HANDLE, dcgan.DCGAN_HANDLE])
-        raise GanLoadError(f"--gan {spec!r} is neither a known name ({', '.join(known)}), "
+        raise GanLoadError(f"--gan {spec!r} is neither a known name ({', '.join(GANS.names())}), "
                            f"a SavedModel folder nor a TF-Hub handle (https://...)")
     path = path.resolve()
     return _load_path(str(path), path, cache)
@@ -133,7 +152,7 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
 
 def _resolve_handle(handle: str) -> Path:
     """Local folder for a hub handle: the cache when present, else a download."""
-    hub = _hub()
+    hub = import_hub()
     cached = hub_cache_path(handle)
     try:
         return Path(hub.resolve(handle))
@@ -146,7 +165,7 @@ def _resolve_handle(handle: str) -> Path:
 
 
 def _load_path(handle: str, path: Path, cache: Path, fingerprint: str | None = None) -> "Gan":
-    hub = _hub()
+    hub = import_hub()
     try:
         module = hub.load(str(path))
     except Exception as e:  # noqa: BLE001 - the model-loading boundary: any folder or handle a user names

@@ -23,7 +23,7 @@ from core.cli import Group, common_options, config_option, progress_bar, verbosi
 from masking.rules import HISTOGRAM_RULES, MASK_RULES, PRESETS
 from shardset.format import ENCODINGS
 
-from .config import MAX_FG_AUTO, NO_HISTOGRAM, GenConfig, GenerationError
+from .config import MAX_FG_AUTO, GenConfig, GenerationError
 
 DATASET_HELP = "cub, flowers, imagenet, duts, ecssd, dut-omron, or folder:PATH (any folder of images)"
 
@@ -153,8 +153,8 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("histogram_rule", type=click.Choice(sorted(HISTOGRAM_RULES)),
         help="bimodal (the reference code's, which produced the paper's numbers) or paper (the text's, "
              "stricter). [default: the preset's, bimodal]")
-@click.option("--histogram-filter/--no-histogram-filter", "histogram_filter", default=None,
-              help="Switch the histogram filter on (with the preset's rule) or off. [default: on]")
+@_field("histogram_filter", "--histogram-filter/--no-histogram-filter",
+        help="Switch the histogram filter on (with the preset's rule) or off. [default: on]")
 @_field("batch_size", type=COUNT, help="Pairs per accelerator call.")
 @_field("nodes", type=COUNT,
         help="N: split the shards over N independent processes (machines, SLURM arrays, k8s jobs).")
@@ -167,7 +167,7 @@ def _field(name: str, flag: str | None = None, **kwargs):
         help="Model and embeddings cache. [env BGW_CACHE_DIR, default ~/.cache/bgw-seg]")
 @common_options()
 @click.pass_context
-def main(ctx, preview, connectivity, histogram_filter, ray_address, **fields):
+def main(ctx, preview, connectivity, ray_address, **fields):
     """Generate synthetic (image, mask) pairs from a GAN into a shard set.
 
     \b
@@ -179,10 +179,6 @@ def main(ctx, preview, connectivity, histogram_filter, ray_address, **fields):
     if ctx.invoked_subcommand is not None:
         ctx.obj = {k: fields[k] for k in ("gan", "data_root", "cache_dir")}
         return
-    if fields["histogram_rule"] and histogram_filter is False:
-        raise click.UsageError("--histogram-rule and --no-histogram-filter contradict each other; pass one")
-    if histogram_filter is False:
-        fields["histogram_rule"] = NO_HISTOGRAM
     try:
         cfg = GenConfig(**fields, preview=True if preview else None,
                         connectivity=int(connectivity) if connectivity else None).resolved()

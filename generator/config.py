@@ -1,5 +1,5 @@
-"""gen-synth's settings: `GenConfig` (every setting, validated once where it is resolved) and the
-shard plan (`make_plan`: shard sizes and the train/val split).
+"""gen-synth's settings: `GenConfig` (every setting, checked in one place, `GenConfig.check`, when
+it is resolved) and the shard plan (`make_plan`: shard sizes and the train/val split).
 
 Split: the last ``num_val`` shards are the validation split (``val_shards``, or
 ceil(val_fraction x shards), always leaving one training shard).
@@ -14,8 +14,9 @@ from pathlib import Path
 
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS
+from core.registry import UnknownNameError
 from gans.loader import DEFAULT_GAN, MIN_IMAGE_SIZE
-from masking.rules import PRESETS, FilterConfig, UnknownRuleError
+from masking.rules import PRESETS, FilterConfig
 from shardset.format import DEFAULT_ENCODING
 
 from .latents import LATENT_SOURCES
@@ -23,7 +24,6 @@ from .latents import LATENT_SOURCES
 # Datasets whose latents use alpha = 0.2 by default (paper, section 3.3); imagenet uses 0.
 SMALL_DATASETS = ("cub", "flowers", "duts", "ecssd", "dut-omron")
 DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Flowers uses `mean`)
-NO_HISTOGRAM = "none"  # GenConfig.histogram_rule value that switches the histogram filter off
 MAX_FG_AUTO = "auto"  # GenConfig.max_fg value: the size bound follows the direction's masks (inputs.auto_size_bound)
 MAX_SHARDS = 1_000_000  # shard indices are 6 digits
 GIVE_UP_EMPTY = 2000  # draws of one shard with nothing accepted: the filters reject everything
@@ -72,7 +72,8 @@ class GenConfig:
     # the size filter's bound: None = the preset's (the paper's 0.5); a fraction in (0, 1]; "auto" =
     # masks.size_bound of this direction's own masks, measured when the run starts (inputs.auto_size_bound)
     max_fg: float | str | None = None
-    histogram_rule: str | None = None  # "paper" | "bimodal" | "none"
+    histogram_rule: str | None = None  # "paper" | "bimodal"
+    histogram_filter: bool | None = None  # False = no histogram filter (--no-histogram-filter); None = on
     # -- execution
     batch_size: int = 64  # pairs per accelerator call
     nodes: int = 1  # N: the shards are split over N independent processes (machines, array jobs)
@@ -85,8 +86,8 @@ class GenConfig:
     is_resolved: bool = dataclasses.field(default=False, repr=False, compare=False)
 
     def resolved(self) -> "GenConfig":
-        """A copy with every derived (None) setting filled in, validated: the one place where a
-        config is checked. Raises GenerationError (one line naming the value and the fix)."""
+        """A copy with every derived (None) setting filled in and checked (`check`). Raises
+        GenerationError (one line naming the value and the fix)."""
         if self.is_resolved:
             return self
         dataset_name = _dataset_name(self.dataset)
@@ -101,12 +102,12 @@ class GenConfig:
             else self.preview or None
         cfg = dataclasses.replace(self, latents=latents, alpha=float(alpha), preset=preset, name=name,
                                   write_threads=write_threads, preview=preview)
-        _validate(cfg)
+        cfg.check()
         return dataclasses.replace(cfg, is_resolved=True)
 
     def filter_config(self) -> FilterConfig:
         """The FilterConfig: the preset with this config's overrides."""
-        base = PRESETS[self.preset or "default"]
+        base = PRESETS.get(self.preset or "default")
         over = {}
         if self.mask_rule is not None:
             over["mask_rule"] = self.mask_rule
@@ -118,9 +119,70 @@ class GenConfig:
             over["size_filter"] = self.size_filter
         if self.max_fg is not None and self.max_fg != MAX_FG_AUTO:
             over["max_fg_fraction"] = float(self.max_fg)
-        if self.histogram_rule is not None:
-            over["histogram_rule"] = None if self.histogram_rule == NO_HISTOGRAM else self.histogram_rule
+        if self.histogram_filter is False:
+            over["histogram_rule"] = None  # masking's spelling of "no histogram filter"
+        elif self.histogram_rule is not None:
+            over["histogram_rule"] = self.histogram_rule
         return dataclasses.replace(base, **over)
+
+    def check(self) -> None:
+        """Reject a bad config before anything loads: the one place gen-synth's settings are
+        checked (`resolved` calls it). Raises GenerationError naming the value and the fix."""
+        from shardset.format import ENCODINGS, NAME_RE
+
+        def bad(msg: str):
+            raise GenerationError(msg)
+
+        for field, value in (("n", self.n), ("shard_size", self.shard_size), ("batch_size", self.batch_size),
+                             ("image_size", self.image_size), ("max_image_pixels", self.max_image_pixels),
+                             ("nodes", self.nodes), ("queue_depth", self.queue_depth),
+                             ("write_threads", self.write_threads),
+                             ("max_draws_per_sample", self.max_draws_per_sample)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                bad(f"{field} must be a positive integer, got {value!r}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            bad(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}")
+        if math.ceil(self.n / self.shard_size) > MAX_SHARDS:
+            bad(f"n={self.n} with shard_size={self.shard_size} needs over {MAX_SHARDS} shards; raise the shard size")
+        if not 0 <= self.node_index < self.nodes:
+            bad(f"node_index must be in 0..{self.nodes - 1}, got {self.node_index}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            bad(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not math.isfinite(self.shift):
+            bad(f"shift must be a finite number, got {self.shift!r}")
+        if self.latents not in LATENT_SOURCES:
+            bad(f"latents {self.latents!r} is unknown; choose from {', '.join(LATENT_SOURCES)}")
+        if self.latents == "embeddings" and not self.dataset:
+            bad("latents 'embeddings' need a dataset: pass --dataset NAME (or --latents prior)")
+        if self.alpha is None or not math.isfinite(self.alpha) or self.alpha < 0:
+            bad(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.val_shards is not None:
+            shards = math.ceil(self.n / self.shard_size)
+            if self.val_shards < 0 or (self.val_shards > 0 and self.val_shards >= shards):
+                bad(f"val_shards={self.val_shards} must leave a training shard: the set has {shards} shard(s)")
+        if self.encoding not in ENCODINGS:
+            bad(f"encoding {self.encoding!r} is unknown; choose from {', '.join(ENCODINGS)}")
+        if not self.name or not NAME_RE.fullmatch(self.name):
+            bad(f"set name {self.name!r} is invalid: use 1-64 characters from [A-Za-z0-9_-]")
+        if self.max_fg is not None and self.max_fg != MAX_FG_AUTO:
+            try:
+                bound = float(self.max_fg)
+            except (TypeError, ValueError):
+                bound = math.nan
+            if not 0.0 < bound <= 1.0:
+                bad(f"max_fg must be 'auto' or a fraction in (0, 1], got {self.max_fg!r}")
+        if self.histogram_filter is False and self.histogram_rule is not None:
+            bad(f"histogram_rule {self.histogram_rule!r} and no histogram filter (--no-histogram-filter) "
+                f"contradict each other; pass one")
+        try:
+            filters = self.filter_config()
+        except (UnknownNameError, ValueError) as exc:  # a preset or rule of no registry, a bad fraction
+            bad(str(exc))
+        if self.max_fg is not None and filters.size_filter is False:
+            bad(f"max_fg {self.max_fg!r} bounds the size filter, which is off (--no-size-filter or the preset); "
+                f"drop one of the two")
 
 
 def _dataset_name(spec: str | None) -> str | None:
@@ -129,7 +191,8 @@ def _dataset_name(spec: str | None) -> str | None:
     return "folder" if spec.startswith("folder:") else spec
 
 
-def _slug(text: str) -> str:
+def name_slug(text: str) -> str:
+    """A valid set name made of `text`: characters outside [A-Za-z0-9_-] become "-", at most 64."""
     out = "".join(c if c.isalnum() or c in "_-" else "-" for c in text).strip("-")
     return (out or "set")[:64]
 
@@ -137,10 +200,10 @@ def _slug(text: str) -> str:
 def _default_name(cfg: GenConfig) -> str:
     if cfg.dataset:
         if cfg.dataset.startswith("folder:"):
-            return _slug(Path(cfg.dataset[len("folder:"):]).expanduser().resolve().name or "folder")
-        return _slug(cfg.dataset)
+            return name_slug(Path(cfg.dataset[len("folder:"):]).expanduser().resolve().name or "folder")
+        return name_slug(cfg.dataset)
     gan = cfg.gan if cfg.gan in ("bigbigan", *SHIPPED_DIRECTIONS) else Path(cfg.gan.rstrip("/")).name
-    return _slug(f"{gan}-prior")
+    return name_slug(f"{gan}-prior")
 
 
 # --------------------------------------------------------------------------------- planning
@@ -178,61 +241,3 @@ def make_plan(cfg: GenConfig) -> Plan:
     # At least one training shard: a set that is all validation trains nothing.
     num_val = max(0, min(num_val, len(sizes) - 1))
     return Plan(sizes, num_val)
-
-
-def _validate(cfg: GenConfig) -> None:
-    """Reject a bad config before anything loads; GenerationError names the value and the fix."""
-    from shardset.format import ENCODINGS, NAME_RE
-
-    def bad(msg: str):
-        raise GenerationError(msg)
-
-    for field, value in (("n", cfg.n), ("shard_size", cfg.shard_size), ("batch_size", cfg.batch_size),
-                         ("image_size", cfg.image_size), ("max_image_pixels", cfg.max_image_pixels),
-                         ("nodes", cfg.nodes), ("queue_depth", cfg.queue_depth),
-                         ("write_threads", cfg.write_threads),
-                         ("max_draws_per_sample", cfg.max_draws_per_sample)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            bad(f"{field} must be a positive integer, got {value!r}")
-    if cfg.image_size < MIN_IMAGE_SIZE:
-        bad(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {cfg.image_size}")
-    if math.ceil(cfg.n / cfg.shard_size) > MAX_SHARDS:
-        bad(f"n={cfg.n} with shard_size={cfg.shard_size} needs over {MAX_SHARDS} shards; raise the shard size")
-    if not 0 <= cfg.node_index < cfg.nodes:
-        bad(f"node_index must be in 0..{cfg.nodes - 1}, got {cfg.node_index}")
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        bad(f"seed must be an integer >= 0, got {cfg.seed!r}")
-    if not math.isfinite(cfg.shift):
-        bad(f"shift must be a finite number, got {cfg.shift!r}")
-    if cfg.latents not in LATENT_SOURCES:
-        bad(f"latents {cfg.latents!r} is unknown; choose from {', '.join(LATENT_SOURCES)}")
-    if cfg.latents == "embeddings" and not cfg.dataset:
-        bad("latents 'embeddings' need a dataset: pass --dataset NAME (or --latents prior)")
-    if cfg.alpha is None or not math.isfinite(cfg.alpha) or cfg.alpha < 0:
-        bad(f"alpha must be a finite number >= 0, got {cfg.alpha!r}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        bad(f"val_fraction must be in [0, 1), got {cfg.val_fraction!r}")
-    if cfg.val_shards is not None:
-        shards = math.ceil(cfg.n / cfg.shard_size)
-        if cfg.val_shards < 0 or (cfg.val_shards > 0 and cfg.val_shards >= shards):
-            bad(f"val_shards={cfg.val_shards} must leave a training shard: the set has {shards} shard(s)")
-    if cfg.encoding not in ENCODINGS:
-        bad(f"encoding {cfg.encoding!r} is unknown; choose from {', '.join(ENCODINGS)}")
-    if not cfg.name or not NAME_RE.fullmatch(cfg.name):
-        bad(f"set name {cfg.name!r} is invalid: use 1-64 characters from [A-Za-z0-9_-]")
-    if cfg.max_fg is not None and cfg.max_fg != MAX_FG_AUTO:
-        try:
-            bound = float(cfg.max_fg)
-        except (TypeError, ValueError):
-            bound = math.nan
-        if not 0.0 < bound <= 1.0:
-            bad(f"max_fg must be 'auto' or a fraction in (0, 1], got {cfg.max_fg!r}")
-    if cfg.max_fg is not None and cfg.filter_config().size_filter is False:
-        bad(f"max_fg {cfg.max_fg!r} bounds the size filter, which is off (--no-size-filter or the preset); "
-            f"drop one of the two")
-    if cfg.preset not in PRESETS:
-        bad(f"filter preset {cfg.preset!r} is unknown; choose from {', '.join(PRESETS)}")
-    try:
-        cfg.filter_config()
-    except (UnknownRuleError, ValueError) as exc:
-        bad(str(exc))

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from core.errors import UserError
+from core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class EmbeddingError(UserError, ValueError):
     """A dataset's images cannot be embedded (none listed, none readable); one line with the fix."""
 
 
-def prepare_image(path: str | os.PathLike, size: int = ENCODE_SIZE,
-                  max_pixels: int | None = None) -> np.ndarray | None:
+def read_encoder_input(path: str | os.PathLike, size: int = ENCODE_SIZE,
+                       max_pixels: int | None = None) -> np.ndarray | None:
     """Read an image as float32 [size,size,3] RGB in [-1, 1] (short side -> size, centre crop).
 
     Returns None when the file is skipped: over `max_pixels` pixels (from its header, before
@@ -96,7 +97,7 @@ def encode_images(gan, paths: Sequence[str | os.PathLike], *, batch_size: int = 
     # out to a separate pool (a single shared pool could deadlock with threads=1)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
         def load(batch):
-            return list(pool.map(lambda i: prepare_image(paths[i], size, max_pixels), batch))
+            return list(pool.map(lambda i: read_encoder_input(paths[i], size, max_pixels), batch))
 
         pending = ahead.submit(load, batches[0]) if batches else None
         for b, batch in enumerate(batches):
@@ -165,14 +166,6 @@ def embeddings_cache_path(cache_dir: str | os.PathLike, dataset_name: str,
     return Path(cache_dir) / "embeddings" / f"{_safe_name(dataset_name)}-{key[:20]}.npy"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_cached_embeddings(npy: Path, key: str) -> tuple[np.ndarray, str] | None:
     """(Z, sha256 of the .npy) when the cache entry is complete and matches `key`, else None."""
     sidecar = npy.with_suffix(".json")
@@ -182,7 +175,7 @@ def read_cached_embeddings(npy: Path, key: str) -> tuple[np.ndarray, str] | None
         return None
     if meta.get("format") != CACHE_FORMAT or meta.get("key") != key or not npy.is_file():
         return None
-    digest = _sha256_file(npy)
+    digest = sha256_file(npy)
     if digest != meta.get("npy_sha256"):
         log.warning("embeddings cache %s does not match its sidecar; recomputing", npy)
         return None
@@ -265,7 +258,7 @@ def load_or_compute_embeddings(gan, source: str | Sequence[str | os.PathLike], *
     with open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(z, dtype=np.float32), allow_pickle=False)
     os.replace(tmp, npy)
-    digest = _sha256_file(npy)
+    digest = sha256_file(npy)
     ok_set = set(ok)
     meta = {
         "format": CACHE_FORMAT,

@@ -16,7 +16,7 @@ from core.errors import UserError, first_line
 from gans.directions import PUBLISHED_DIRECTIONS
 from gans.loader import resample_record
 
-from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, _slug, make_plan
+from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, make_plan, name_slug
 from .latents import DRAW_BLOCK, LatentStream
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def train_images(cfg: GenConfig) -> tuple[str, list[Path], Path]:
         if not paths:
             raise GenerationError(f"--dataset {spec}: no images ({', '.join(IMAGE_EXTS)}) in {images}; "
                                   f"point folder:PATH at a folder of images")
-        return _slug(folder.resolve().name or "folder"), paths, images
+        return name_slug(folder.resolve().name or "folder"), paths, images
     name, paths, root = embed.dataset_train_images(spec, cfg.data_root)
     return name, paths, Path(root) if root is not None else Path(os.path.commonpath([str(p.parent) for p in paths]))
 

@@ -30,7 +30,7 @@ from shardset.format import shard_filename, shard_glob
 from .config import GenConfig, GenerationError, Plan, make_plan
 from .inputs import Inputs, load_inputs, require_direction
 from .preview import PreviewCollector, write_preview
-from .render import _drain, _Host, _preview_only, _put_forever, _render
+from .render import render_preview, render_shards
 
 log = logging.getLogger(__name__)
 
@@ -149,44 +149,29 @@ def _run_locked(cfg: GenConfig, plan: Plan, inputs: Inputs, writer, progress) ->
 
     filters = cfg.filter_config()
     collector = PreviewCollector() if cfg.preview else None
-    host = _Host(cfg, plan, writer, filters, progress, collector)
-    host.start()
-    rendered_all = False
-    try:
-        _render(inputs, cfg, todo, host)
-        rendered_all = True
-    finally:
-        # Stop the host whatever happened; on success it drains the queue and the writes first.
-        if rendered_all and host.error is None:
-            _put_forever(host, None)
-        else:
-            host.stop.set()
-            _drain(host.inbox)
-            _put_forever(host, None)
-        host.join()
-    if host.error is not None:
-        exc = host.error
+    written, exc = render_shards(inputs, cfg, plan, writer, filters, todo, progress, collector)
+    if exc is not None:
         _remove_uncommitted(writer, cfg, todo)
         if isinstance(exc, OSError):
             raise exc
         if isinstance(exc, GenerationError):
             raise GenerationError(str(exc)) from None
         raise exc
-    missing = [k for k in todo if k not in host.done]
+    missing = [k for k in todo if k not in written]
     if missing:  # cannot happen unless the host died silently
         raise GenerationError(f"shards {missing[:5]} were not written; rerun with --resume")
 
     preview_path = None
     if collector is not None:
         if not collector.accepted:
-            _preview_only(inputs, cfg, filters, collector)
+            render_preview(inputs, cfg, filters, collector)
         preview_path = write_preview(cfg.preview, collector)
         log.info("wrote preview %s", preview_path)
 
     done = writer.completed()
     complete = all(k in done for k in range(plan.num_shards))
     manifest = writer.finalize(planned=plan.planned(cfg.n)) if complete else None
-    return RunResult(writer.manifest_path, sorted(host.done), skipped, complete, manifest, preview_path)
+    return RunResult(writer.manifest_path, sorted(written), skipped, complete, manifest, preview_path)
 
 
 def _remove_uncommitted(writer, cfg: GenConfig, todo: list[int]) -> None:

@@ -7,6 +7,10 @@ bounded queue, at most MAX_OPEN_SHARDS shards filling and ``write_threads`` shar
 once keep memory flat whatever ``n`` is. The renderer moves on to the next shard as soon as the
 batches in flight are expected to fill the current one (a running acceptance estimate) and comes
 back if they do not, so about one partial batch per shard is rendered and dropped.
+
+Public: `render_shards` (a run's shards, rendered and written), `render_preview` (a few batches
+for the preview when a run rendered nothing), `Host` (the host thread; `Host.consume` is its work
+on one batch), `shard_sample` (one sample as it goes into a shard), `STOP` (set by Ctrl-C).
 """
 from __future__ import annotations
 
@@ -45,7 +49,10 @@ class _ShardFill:
         return len(self.samples) >= self.target
 
 
-def _sample(name: str, seed: int, shard: int, i: int, x, mask, z, source: int, draw: int, frac: float) -> dict:
+def shard_sample(name: str, seed: int, shard: int, i: int, x, mask, z, source: int, draw: int,
+                 frac: float) -> dict:
+    """Sample `i` of shard `shard` as the writer takes it: image x in [-1, 1] as uint8, its mask, z,
+    and the meta that traces it to its draw in the shard's latent stream."""
     return {
         "__key__": sample_key(name, shard, i),
         "image": signed_to_uint8(x),
@@ -55,7 +62,7 @@ def _sample(name: str, seed: int, shard: int, i: int, x, mask, z, source: int, d
     }
 
 
-class _Host(threading.Thread):
+class Host(threading.Thread):
     """Consumes rendered batches: masks + filters, fills shards, writes them.
 
     Several shards may be open at once (the renderer moves on to the next shard as soon as the
@@ -88,7 +95,7 @@ class _Host(threading.Thread):
                 item = self.inbox.get()
                 if item is None:
                     break
-                self._consume(*item)
+                self.consume(*item)
                 self.changed.set()
             if not self.stop.is_set():
                 self._reap(wait_all=True)
@@ -116,7 +123,9 @@ class _Host(threading.Thread):
                 return
             wait(list(self._writing.values()), return_when=FIRST_COMPLETED)
 
-    def _consume(self, shard: int, lat, x: np.ndarray, x_shift: np.ndarray) -> None:
+    def consume(self, shard: int, lat, x: np.ndarray, x_shift: np.ndarray) -> None:
+        """One rendered batch of `shard`: masks and filters, accepted samples into the shard, and
+        the shard written once full (on the pool when there is one)."""
         self._reap(limit=self.cfg.write_threads)
         if shard in self.filled:
             return  # a batch rendered past the shard's end
@@ -133,9 +142,9 @@ class _Host(threading.Thread):
             fill.drawn += 1
             drawn += 1
             if res.accepted[j]:
-                fill.samples.append(_sample(self.cfg.name, self.cfg.seed, shard, len(fill.samples), x[j],
-                                            res.masks[j], lat.z[j], lat.source_index[j], lat.draw_index[j],
-                                            res.fg_fraction[j]))
+                fill.samples.append(shard_sample(self.cfg.name, self.cfg.seed, shard, len(fill.samples), x[j],
+                                                 res.masks[j], lat.z[j], lat.source_index[j], lat.draw_index[j],
+                                                 res.fg_fraction[j]))
                 accepted += 1
             else:
                 fill.rejected[res.reason[j]] += 1
@@ -159,6 +168,21 @@ class _Host(threading.Thread):
                 f"(rejected: {rejected}); the filters reject nearly everything: check --direction/--shift or "
                 f"relax the filters (--histogram-rule bimodal, --no-histogram-filter, --no-size-filter)")
 
+    def finish(self, *, abandon: bool) -> None:
+        """End the thread and wait for it: after the batches queued and the writes under way, or
+        at once with `abandon` (the queue dropped: after a failure or an interrupt)."""
+        if abandon:
+            self.stop.set()
+            _drain(self.inbox)
+        while self.is_alive():  # the end marker, however full the queue
+            try:
+                self.inbox.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                if self.stop.is_set():
+                    _drain(self.inbox)
+        self.join()
+
     def acceptance(self) -> float:
         """Running acceptance estimate (optimistic before any evidence)."""
         return (self.accepted_total + 1) / (self.drawn_total + 1)
@@ -180,7 +204,25 @@ MAX_OPEN_SHARDS = 3  # shards filling at once: bounds host memory (each holds <=
 STOP = threading.Event()
 
 
-def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> None:
+def render_shards(inputs: Inputs, cfg: GenConfig, plan: Plan, writer, filters: FilterConfig, shards: list[int],
+                  progress: Callable[[int, int], None] | None = None,
+                  collector: PreviewCollector | None = None) -> tuple[set[int], BaseException | None]:
+    """Render `shards` on this thread while a Host masks, filters and writes them through `writer`.
+    Returns (the shards written, the host's error or None); an error of the rendering itself (a
+    Ctrl-C) propagates once the host has stopped."""
+    host = Host(cfg, plan, writer, filters, progress, collector)
+    host.start()
+    rendered_all = False
+    try:
+        _render(inputs, cfg, shards, host)
+        rendered_all = True
+    finally:
+        # Stop the host whatever happened; on success it drains the queue and the writes first.
+        host.finish(abandon=not (rendered_all and host.error is None))
+    return host.done, host.error
+
+
+def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: Host) -> None:
     """Main thread: render fixed-size batches of the shards' streams until the host has them all.
 
     Batch j of shard k is always draws [j B, (j + 1) B) of k's stream, whatever the timing. The
@@ -223,7 +265,7 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: _Host) -> N
                     return
 
 
-def _preview_only(inputs: Inputs, cfg: GenConfig, filters: FilterConfig, collector: PreviewCollector) -> None:
+def render_preview(inputs: Inputs, cfg: GenConfig, filters: FilterConfig, collector: PreviewCollector) -> None:
     """Render a few batches of shard 0's stream for the preview when the run rendered nothing."""
     stream = LatentStream(cfg.seed, 0, inputs.direction.size, embeddings=inputs.embeddings, alpha=cfg.alpha)
     for _ in range(8):
@@ -241,13 +283,3 @@ def _drain(q: queue.Queue) -> None:
             q.get_nowait()
     except queue.Empty:
         pass
-
-
-def _put_forever(host: _Host, item) -> None:
-    while host.is_alive():
-        try:
-            host.inbox.put(item, timeout=0.2)
-            return
-        except queue.Full:
-            if host.stop.is_set():
-                _drain(host.inbox)

@@ -30,22 +30,23 @@ The functions work on whole batches [N, H, W(, 3)] (mask functions also on one [
 Grays and comparisons are plain float32 element-wise operations (no BLAS, no FMA), and the
 per-image steps see one image at a time, so a sample's result never depends on its batch.
 
-Mask rules are called as `MASK_RULES[name](x, x_shift, gray_shift=None) -> bool [N, H, W]`
+Mask rules, histogram rules and filter presets are core.registry registries (`MASK_RULES`,
+`HISTOGRAM_RULES`, `PRESETS`): an unknown name is one UnknownNameError naming the choices. Mask
+rules are called as `MASK_RULES.get(name)(x, x_shift, gray_shift=None) -> bool [N, H, W]`
 (`gray_shift` = gray(x') when the caller already has it); histogram rules as
-`HISTOGRAM_RULES[name](x_shift, gray_shift=None) -> keep bool [N]`.
+`HISTOGRAM_RULES.get(name)(x_shift, gray_shift=None) -> keep bool [N]`.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Generic, TypeVar
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from core.errors import UserError
+from core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -55,46 +56,6 @@ REASONS = ("size", "histogram")  # rejection reasons, in filter order
 # process_batch works through chunks of about this many pixels, so every step's arrays stay in
 # cache (10-20% faster than whole batches); every step is per image, so results cannot change.
 CHUNK_PIXELS = 1 << 18
-
-T = TypeVar("T")
-
-
-# ----------------------------------------------------------------------------------- registries
-
-class UnknownRuleError(UserError, KeyError):
-    """An unknown registry key; the message lists the close matches and every valid choice."""
-
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0])
-
-
-class Registry(dict, Generic[T]):
-    """A name -> entry dict filled by the `register` decorator: a duplicate name raises, and an
-    unknown name raises `UnknownRuleError` naming the close matches."""
-
-    def __init__(self, kind: str):
-        super().__init__()
-        self.kind = kind
-
-    def register(self, name: str, **kwargs) -> Callable:
-        """Decorator: `@REG.register("name")` stores the function (or `wrap(fn, name, **kwargs)`
-        when the registry has a `wrap`)."""
-
-        def deco(fn):
-            if name in self:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            self[name] = self.wrap(fn, name, **kwargs)
-            return fn
-
-        return deco
-
-    def wrap(self, fn, name: str, **kwargs):
-        return fn
-
-    def __missing__(self, key):
-        close = difflib.get_close_matches(str(key), list(self), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownRuleError(f"unknown {self.kind} {key!r}{hint}; choose from {', '.join(self)}")
 
 
 # ----------------------------------------------------------------------------------- gray
@@ -398,6 +359,10 @@ class HistogramRule:
     source: str
     keeps: Callable[[np.ndarray], np.ndarray] = field(repr=False)
 
+    def __post_init__(self):
+        if self.source not in ("gray", "rgb"):
+            raise ValueError(f"histogram source must be 'gray' or 'rgb', got {self.source!r}")
+
     def histogram(self, x_shift: np.ndarray, gray_shift: np.ndarray | None = None) -> np.ndarray:
         """int64 [N, 12] bin counts of this rule's source for a batch x' [N, H, W, 3]."""
         if self.source == "gray":
@@ -409,16 +374,9 @@ class HistogramRule:
         return self.keeps(self.histogram(x_shift, gray_shift))
 
 
-class _HistogramRegistry(Registry[HistogramRule]):
-    def wrap(self, fn, name: str, *, source: str) -> HistogramRule:
-        if source not in ("gray", "rgb"):
-            raise ValueError(f"histogram source must be 'gray' or 'rgb', got {source!r}")
-        return HistogramRule(name, source, fn)
-
-
-HISTOGRAM_RULES: Registry[HistogramRule] = _HistogramRegistry("histogram rule")
-HISTOGRAM_RULES.register("paper", source="gray")(paper_keeps)
-HISTOGRAM_RULES.register("bimodal", source="rgb")(bimodal_keeps)
+HISTOGRAM_RULES: Registry[HistogramRule] = Registry("histogram rule")
+HISTOGRAM_RULES.register("paper", HistogramRule("paper", "gray", paper_keeps))
+HISTOGRAM_RULES.register("bimodal", HistogramRule("bimodal", "rgb", bimodal_keeps))
 
 
 # ----------------------------------------------------------------------------------- the batch
@@ -439,9 +397,9 @@ class FilterConfig:
     histogram_rule: str | None = "bimodal"
 
     def __post_init__(self):
-        MASK_RULES[self.mask_rule]  # raises UnknownRuleError naming the choices
+        MASK_RULES.get(self.mask_rule)  # raises UnknownNameError naming the choices
         if self.histogram_rule is not None:
-            HISTOGRAM_RULES[self.histogram_rule]
+            HISTOGRAM_RULES.get(self.histogram_rule)
         if self.connectivity not in (4, 8):
             raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity!r}")
         _ratio(self.min_component_ratio, "min_component_ratio")
@@ -449,11 +407,10 @@ class FilterConfig:
             raise ValueError(f"max_fg_fraction must lie in (0, 1], got {self.max_fg_fraction!r}")
 
 
-PRESETS: dict[str, FilterConfig] = {
-    "default": FilterConfig(),
-    # Flowers (paper, section 4.1): mean-threshold masks, no size filter (it rejects most samples)
-    "flowers": FilterConfig(mask_rule="mean", size_filter=False),
-}
+PRESETS: Registry[FilterConfig] = Registry("filter preset")
+PRESETS.register("default", FilterConfig())
+# Flowers (paper, section 4.1): mean-threshold masks, no size filter (it rejects most samples)
+PRESETS.register("flowers", FilterConfig(mask_rule="mean", size_filter=False))
 
 
 @dataclass
@@ -473,13 +430,13 @@ class BatchResult:
 def _process_chunk(x, x_shift, cfg: FilterConfig, masks, size_ok, hist_ok, frac) -> None:
     """process_batch on a few images, writing into the caller's output slices."""
     g_shift = gray(x_shift)
-    masks[...] = keep_large_components(MASK_RULES[cfg.mask_rule](x, x_shift, g_shift),
+    masks[...] = keep_large_components(MASK_RULES.get(cfg.mask_rule)(x, x_shift, g_shift),
                                        cfg.connectivity, cfg.min_component_ratio)
     frac[...] = fg_fraction(masks)
     if cfg.size_filter:
         size_ok[...] = frac <= cfg.max_fg_fraction
     if cfg.histogram_rule is not None and size_ok.any():
-        rule = HISTOGRAM_RULES[cfg.histogram_rule]
+        rule = HISTOGRAM_RULES.get(cfg.histogram_rule)
         source = g_shift if rule.source == "gray" else x_shift
         if size_ok.all():  # no copy
             hist_ok[...] = rule.keeps(histogram12(source))
@@ -488,7 +445,7 @@ def _process_chunk(x, x_shift, cfg: FilterConfig, masks, size_ok, hist_ok, frac)
             hist_ok[todo] = rule.keeps(histogram12(source[todo]))
 
 
-def process_batch(x: np.ndarray, x_shift: np.ndarray, cfg: FilterConfig = PRESETS["default"]) -> BatchResult:
+def process_batch(x: np.ndarray, x_shift: np.ndarray, cfg: FilterConfig = PRESETS.get("default")) -> BatchResult:
     """Masks and filter decisions for a batch of pairs x = G(z), x' = G(z + r*h), both
     [N, H, W, 3] (or one [H, W, 3] pair, treated as N = 1) in [-1, 1].
 
@@ -518,18 +475,9 @@ def process_batch(x: np.ndarray, x_shift: np.ndarray, cfg: FilterConfig = PRESET
     return result
 
 
-def preset(name: str) -> FilterConfig:
-    """The FilterConfig of a named preset; an unknown name raises UnknownRuleError with choices."""
-    if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UnknownRuleError(f"unknown filter preset {name!r}{hint}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
 __all__ = [
-    "GRAY_WEIGHTS", "N_BINS", "REASONS", "UnknownRuleError", "Registry", "gray",
+    "GRAY_WEIGHTS", "N_BINS", "REASONS", "gray",
     "MASK_RULES", "lighting_mask", "mean_mask", "keep_large_components", "fg_fraction",
     "passes_size_filter", "size_bound", "PAPER_MAX_FG", "histogram12", "paper_keeps", "bimodal_keeps", "HistogramRule",
-    "HISTOGRAM_RULES", "FilterConfig", "PRESETS", "preset", "BatchResult", "process_batch",
+    "HISTOGRAM_RULES", "FilterConfig", "PRESETS", "BatchResult", "process_batch",
 ]

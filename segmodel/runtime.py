@@ -25,7 +25,6 @@ the tools feed it and why, in one line (`asked`: `--input-size N`, parsed by `pa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError, first_line
+from core.hashing import sha256_file
 
 from .inference import DEFAULT_INPUT_SIZE, FG_PROB, normalize_images_numpy, whole_size
 
@@ -77,14 +77,6 @@ def describe_file(path: Path) -> str:
         except UnicodeDecodeError:
             kind = "a binary file"
     return f"{kind} of {size:,} bytes"
-
-
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_device(device: str | None) -> str:

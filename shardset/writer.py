@@ -44,6 +44,8 @@ from typing import Iterator
 
 import zstandard
 
+from core.hashing import sha256_file
+
 from . import codec
 from .format import (
     DEFAULT_ENCODING,
@@ -168,14 +170,6 @@ def _compressor() -> zstandard.ZstdCompressor:
         cctx = _CCTX.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True,
                                                      write_content_size=True, threads=0)
     return cctx
-
-
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _short(value) -> str:

@@ -125,9 +125,11 @@ def test_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_lists_close_matches(tmp_path):
-    with pytest.raises(DatasetError) as e:
+    from core.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as e:
         get_dataset("ecsd", tmp_path)
-    assert "did you mean ecssd" in _one_line(e)
+    assert "did you mean ecssd" in _one_line(e) and _one_line(e).endswith("folder:PATH, shards:SET")
 
 
 def test_missing_dataset_folder_says_where_to_get_it(tmp_path):

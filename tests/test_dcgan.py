@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from core.hashing import sha256_file
 from gans import dcgan
 from gans.loader import GanLoadError, load_gan
 
@@ -34,7 +35,7 @@ def faces(cache):
 
 def test_loads_with_its_facts(faces, cache):
     assert (faces.handle, faces.latent_dim, faces.image_size, faces.has_encoder) == ("dcgan-faces", 100, 64, False)
-    assert faces.fingerprint == dcgan.weights_sha256(dcgan.weights_path())
+    assert faces.fingerprint == sha256_file(dcgan.weights_path())
     assert faces.path.parent == cache and faces.path.name.startswith("dcgan-faces-")
     # built once: a second load finds the module in the cache
     assert load_gan("dcgan-faces", cache_dir=cache).path == faces.path

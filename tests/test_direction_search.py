@@ -270,6 +270,18 @@ def test_directions_lr_drops_by_gamma_at_each_milestone():
     assert dc.directions_lr(dc.DiscoverConfig(lr_directions=2e-4), 10**6) == 2e-4
 
 
+def test_the_discover_config_checks_itself_in_one_place():
+    from finder import discover as dc
+
+    assert dc.DiscoverConfig().check(120).directions == 120
+    with pytest.raises(dc.DiscoveryError, match=r"directions must be in 1..8 \(the latent size\); got 9"):
+        dc.DiscoverConfig(directions=9).check(8)
+    with pytest.raises(dc.DiscoveryError, match="unknown init 'zeros'"):
+        dc.DiscoverConfig(init="zeros").check()
+    with pytest.raises(dc.DiscoveryError, match="lr_directions_gamma > 0"):
+        dc.DiscoverConfig(lr_directions_gamma=0.0).check()
+
+
 def test_discover_resumes_across_an_lr_milestone_exactly(tmp_path):
     from finder import discover as dc
 

@@ -57,7 +57,7 @@ def test_prepare_resizes_short_side_and_centre_crops(tmp_path):
     img[:, :200] = (255, 0, 0)
     img[:, 200:600] = (0, 255, 0)
     img[:, 600:] = (0, 0, 255)
-    out = embed.prepare_image(_write(tmp_path / "wide.png", img))
+    out = embed.read_encoder_input(_write(tmp_path / "wide.png", img))
     assert out.shape == (256, 256, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, 1:-1], np.broadcast_to([-1.0, 1.0, -1.0], (256, 254, 3)), atol=1e-6)
     assert out.min() >= -1.0 and out.max() <= 1.0
@@ -66,20 +66,20 @@ def test_prepare_resizes_short_side_and_centre_crops(tmp_path):
 def test_prepare_tall_small_and_gray_images(tmp_path):
     tall = np.zeros((300, 100, 3), np.uint8)
     tall[:100] = 255  # top third white, the rest black: the centre crop of 768 x 256 is black
-    out = embed.prepare_image(_write(tmp_path / "tall.png", tall))
+    out = embed.read_encoder_input(_write(tmp_path / "tall.png", tall))
     assert out.shape == (256, 256, 3)
     np.testing.assert_allclose(out[2:-2], -1.0, atol=1e-6)
     gray = np.full((50, 70), 127, np.uint8)
     assert cv2.imwrite(str(tmp_path / "gray.png"), gray)
-    g = embed.prepare_image(tmp_path / "gray.png")  # enlarged, 3 equal channels
+    g = embed.read_encoder_input(tmp_path / "gray.png")  # enlarged, 3 equal channels
     assert g.shape == (256, 256, 3)
     np.testing.assert_allclose(g, 127 / 127.5 - 1.0, atol=1e-6)
 
 
 def test_prepare_returns_none_for_unreadable(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 garbage")
-    assert embed.prepare_image(tmp_path / "bad.jpg") is None
-    assert embed.prepare_image(tmp_path / "missing.png") is None
+    assert embed.read_encoder_input(tmp_path / "bad.jpg") is None
+    assert embed.read_encoder_input(tmp_path / "missing.png") is None
 
 
 def test_encode_images_skips_and_counts_unreadable(folder):

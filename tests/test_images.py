@@ -228,16 +228,16 @@ def test_shardset_import_skips_and_counts(folder, tmp_path):
 
 
 def test_generator_embedding_reader_skips_bombs_with_a_warning(folder, caplog):
-    from generator.embed import prepare_image
+    from generator.embed import read_encoder_input
 
     with caplog.at_level(logging.WARNING, logger="generator.embed"):
-        assert prepare_image(folder / "images" / "b.png") is None
+        assert read_encoder_input(folder / "images" / "b.png") is None
     assert [r.message for r in caplog.records] == [
         f"{folder / 'images' / 'b.png'}: 20000x20000 = 400000000 pixels, over the limit of 64000000 "
         "(--max-image-pixels); skipped before decoding"]
-    assert prepare_image(folder / "images" / "c.jpg") is None  # truncated
-    assert prepare_image(folder / "images" / "a.png").shape == (256, 256, 3)
-    assert prepare_image(folder / "images" / "a.png", max_pixels=32 * 48 - 1) is None
+    assert read_encoder_input(folder / "images" / "c.jpg") is None  # truncated
+    assert read_encoder_input(folder / "images" / "a.png").shape == (256, 256, 3)
+    assert read_encoder_input(folder / "images" / "a.png", max_pixels=32 * 48 - 1) is None
 
 
 def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path):
