@@ -13,7 +13,8 @@ reads with `get`, where an unknown name is one error naming the close matches an
     "mean" in MASK_RULES, MASK_RULES.names(), sorted(MASK_RULES)
 
 Mask rules, histogram rules and filter presets (masking.rules), benchmark datasets
-(benchdata.datasets) and named GANs (gans.loader) are registries. A registry is a read-only
+(benchdata.datasets), named GANs (gans.loader), and metrics, evaluation protocols and evaluation
+tasks (scoring) are registries. A registry is a read-only
 mapping: `registry[name]` is `get(name)`. Registering a name twice is a bug in the code, not the
 user's: a ValueError at import.
 """

@@ -50,7 +50,6 @@ with hypothesis on tiny, constant, empty and full maps and masks).
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, NamedTuple
@@ -60,6 +59,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.maps import probability_to_uint8
+from core.registry import Registry
 
 
 class MetricError(UserError, ValueError):
@@ -253,28 +253,22 @@ def precision_recall_f(tp, fp, n_fg: int, beta2: float, empty_score: float = 1.0
 
 # --------------------------------------------------------------------------- registry
 
-METRICS: dict[str, type["Metric"]] = {}
+METRICS: Registry[type["Metric"]] = Registry("metric")
 
 
 def register_metric(name: str) -> Callable[[type], type]:
     """Class decorator adding a metric to ``METRICS`` under ``name`` (duplicates raise)."""
 
     def deco(cls):
-        if name in METRICS:
-            raise ValueError(f"metric {name!r} registered twice ({METRICS[name].__name__}, {cls.__name__})")
-        METRICS[name] = cls
         cls.name = name
-        return cls
+        return METRICS.register(name, cls)
 
     return deco
 
 
 def get_metric(name: str, **kwargs) -> "Metric":
-    """Instantiate a registered metric; an unknown name lists the close matches."""
-    if name not in METRICS:
-        close = difflib.get_close_matches(name, METRICS, n=3) or sorted(METRICS)
-        raise ValueError(f"unknown metric {name!r}; did you mean one of {close}?")
-    return METRICS[name](**kwargs)
+    """Instantiate a registered metric; an unknown name is core.registry's one-line error."""
+    return METRICS.get(name)(**kwargs)
 
 
 class Metric:

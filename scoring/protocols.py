@@ -18,11 +18,12 @@ and every eval-seg run reports both (docs/RULES.md, "Metrics and the two evaluat
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+
+from core.registry import Registry
 
 from .metrics import METRICS, ImageStats, ScoreMap, binarize_gt, get_metric, image_stats, prediction_to_uint8
 
@@ -58,9 +59,8 @@ def prepare_sod_toolkit(pred: np.ndarray, gt: np.ndarray) -> tuple[ScoreMap, np.
     return ScoreMap(levels=(p * 255).astype(np.uint8), prob=p), binarize_gt(gt, strict=True)
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
+PROTOCOLS: Registry[Protocol] = Registry("evaluation protocol")
+for _p in (
         Protocol(
             "paper", prepare_paper, DEFAULT_METRICS,
             about="the paper's reference code: maps as they are, ground truth >= 128; comparable with "
@@ -72,8 +72,8 @@ PROTOCOLS: dict[str, Protocol] = {
             about="the saliency toolkits (MATLAB, pysodmetrics): maps min-max normalised per image, ground "
                   "truth > 128; comparable with salient-object-detection papers' tables",
         ),
-    )
-}
+):
+    PROTOCOLS.register(_p.name, _p)
 
 
 def protocol_names() -> list[str]:
@@ -81,10 +81,7 @@ def protocol_names() -> list[str]:
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        close = difflib.get_close_matches(name, PROTOCOLS, n=2) or list(PROTOCOLS)
-        raise ValueError(f"unknown evaluation protocol {name!r}; choose from {close}")
-    return PROTOCOLS[name]
+    return PROTOCOLS.get(name)
 
 
 class SegmentationMetrics:

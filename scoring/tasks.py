@@ -12,10 +12,11 @@ evaluation is one new class here, named as the task its datasets carry and liste
 """
 from __future__ import annotations
 
-import difflib
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from core.registry import Registry
 
 from .metrics import MetricError, binarize_gt
 from .protocols import PROTOCOLS, SegmentationMetrics
@@ -50,11 +51,8 @@ class Task:
 
 
 def get_task(name: str) -> Task:
-    """A fresh accumulator for a dataset's task; an unknown name lists the known ones."""
-    if name not in TASKS:
-        close = difflib.get_close_matches(name, TASKS, n=2) or sorted(TASKS)
-        raise MetricError(f"no scores for a dataset of task {name!r}; choose from {close}")
-    return TASKS[name]()
+    """A fresh accumulator for a dataset's task; an unknown name is core.registry's one-line error."""
+    return TASKS.get(name)()
 
 
 def _score_map(pred: np.ndarray) -> np.ndarray:
@@ -121,4 +119,6 @@ class PixelScores(Task):
         return {"wsol": self.pxap.compute()}
 
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (MaskScores, BoxScores, PixelScores)}
+TASKS: Registry[type[Task]] = Registry("evaluation task")
+for _cls in (MaskScores, BoxScores, PixelScores):
+    TASKS.register(_cls.name, _cls)

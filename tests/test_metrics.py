@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from core.registry import UnknownNameError
 from scoring import SegmentationMetrics
 from scoring.metrics import (
     EMeasure,
@@ -188,7 +189,7 @@ def test_bad_inputs_raise_one_line_errors(pred, gt, match):
 def test_compute_without_images_and_unknown_metric():
     with pytest.raises(ValueError, match="no images"):
         IoU().compute()
-    with pytest.raises(ValueError, match="did you mean.*'iou'"):
+    with pytest.raises(UnknownNameError, match="unknown metric 'ioo' \\(did you mean iou"):
         get_metric("ioo")
 
 

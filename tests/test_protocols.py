@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
+from core.registry import UnknownNameError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -146,7 +148,7 @@ def test_float_maps_enter_the_toolkit_as_their_8_bit_png():
 
 def test_protocol_registry():
     assert protocol_names() == ["paper", "sod-toolkit"]
-    with pytest.raises(ValueError, match="unknown evaluation protocol 'sod'.*sod-toolkit"):
+    with pytest.raises(UnknownNameError, match="unknown evaluation protocol 'sod'.*sod-toolkit"):
         SegmentationMetrics(protocol="sod")
     # the same classes: one protocol's options change only the conventions
     a, b = SegmentationMetrics(protocol="paper"), SegmentationMetrics(protocol="sod-toolkit")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.registry import UnknownNameError
+
 from scoring import SegmentationMetrics, TASKS, Truth, get_task
 from scoring.metrics import MetricError
 from scoring.wsol import MaxBoxAcc, PxAP
@@ -56,5 +58,5 @@ def test_box_and_pixel_scores_equal_the_wsol_metrics():
 def test_bad_requests_are_one_line():
     with pytest.raises(MetricError, match="no ground-truth box"):
         get_task("boxes").update(_map(), Truth(boxes=()))
-    with pytest.raises(MetricError, match="task 'mask2'.*mask"):
+    with pytest.raises(UnknownNameError, match="unknown evaluation task 'mask2' \\(did you mean mask"):
         get_task("mask2")
