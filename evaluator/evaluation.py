@@ -1,5 +1,5 @@
 """The evaluation eval-seg runs, one function per step: `evaluate(EvalConfig)` checks the request
-(`check_config`, `check_out_dir`), resolves every dataset before any model loads
+(`check_config`, `check_out_writable`), resolves every dataset before any model loads
 (`resolve_datasets`), says at what size the checkpoints are fed (`feeding`), scores each source
 on each dataset (`open_source`, `score`: the dataset's task's accumulator from scoring.tasks),
 gathers the runs into results.json's content (`summarise`) and writes the outputs (evaluator.report).
@@ -32,7 +32,7 @@ from .report import aggregate, pick_examples, write_outputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalConfig", "EvalError", "evaluate", "check_config", "check_out_dir", "resolve_datasets", "feeding",
+__all__ = ["EvalConfig", "EvalError", "evaluate", "check_config", "check_out_writable", "resolve_datasets", "feeding",
            "open_source", "score", "summarise"]
 
 
@@ -97,7 +97,7 @@ def check_config(cfg: EvalConfig) -> int | None:
     return asked
 
 
-def check_out_dir(out: Path) -> None:
+def check_out_writable(out: Path) -> None:
     """Refuse an --out that cannot become a writable folder, before any scoring: a file in the
     way, or a read-only existing ancestor. Creates nothing."""
     out = Path(out)
@@ -276,7 +276,7 @@ def evaluate(cfg: EvalConfig, progress: Progress | None = None, notify: Callable
     asked = check_config(cfg)
     fg_prob = (cfg.fg_prob or "softmax") if cfg.ckpts else None
     if cfg.out is not None:
-        check_out_dir(cfg.out)
+        check_out_writable(cfg.out)
     datasets, specs, items = resolve_datasets(cfg)
 
     if cfg.pred_dir is not None:

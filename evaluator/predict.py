@@ -32,11 +32,12 @@ import numpy as np
 from benchdata.datasets import Dataset, Item
 from benchdata.predictions import iter_model_maps
 from core.errors import UserError, first_line
+from core.hashing import sha256_file
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from core.maps import probability_to_uint8
 from scoring import Truth, binarize_gt
 from segmodel.inference import FG_PROB, foreground_probability
-from segmodel.runtime import BackendError, checkpoint_input_size, predict_batch, resolve_device, sha256_file
+from segmodel.runtime import BackendError, checkpoint_input_size, predict_batch, resolve_device
 
 
 log = logging.getLogger(__name__)

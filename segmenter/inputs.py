@@ -34,7 +34,7 @@ from core.errors import UserError
 from core.images import HeaderError, Skip, image_header_size
 from core.version import package_version
 
-__all__ = ["InputError", "Source", "expand_inputs", "check_out_dir", "read_source", "DOWNLOAD_TIMEOUT_S"]
+__all__ = ["InputError", "Source", "expand_inputs", "check_out_apart_from_inputs", "read_source", "DOWNLOAD_TIMEOUT_S"]
 
 DOWNLOAD_TIMEOUT_S = 30.0
 _HEAD = 1 << 16  # bytes of a download read before its header is checked
@@ -160,7 +160,7 @@ def expand_inputs(specs: list[str] | tuple[str, ...], recursive: bool = False) -
     return list(unique.values())
 
 
-def check_out_dir(out: Path, specs: list[str] | tuple[str, ...], sources: list[Source]) -> None:
+def check_out_apart_from_inputs(out: Path, specs: list[str] | tuple[str, ...], sources: list[Source]) -> None:
     """Refuse an --out that is or lies inside an input folder (a folder, a glob's fixed part), or
     that is the folder of an input file: its outputs would mix with, or be read as, the inputs."""
     out_real = Path(os.path.realpath(out))

@@ -38,7 +38,7 @@ from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
 from segmodel.inference import probability_to_uint8
 from segmodel.runtime import NATIVE, Backend, feed_size, open_backend, parse_input_size, predict_batch
 
-from .inputs import Source, check_out_dir, expand_inputs, read_source
+from .inputs import Source, check_out_apart_from_inputs, expand_inputs, read_source
 from .outputs import OutputPaths, is_complete, largest_box, mask_of, output_paths, write_outputs
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def segment(cfg: SegmentConfig, progress: Callable[[int, str], object] | None = 
     cfg.check()
     sources = expand_inputs(cfg.inputs, cfg.recursive)
     out = Path(cfg.out)
-    check_out_dir(out, cfg.inputs, sources)
+    check_out_apart_from_inputs(out, cfg.inputs, sources)
     if backend is None:
         backend = open_backend(cfg.ckpt, cfg.model, device=cfg.device, fg_prob=cfg.fg_prob)
     size, feeding = feed_size(backend.input_size, backend.input_size_from, parse_input_size(cfg.input_size))

@@ -39,7 +39,7 @@ from .inference import DEFAULT_INPUT_SIZE, FG_PROB, normalize_images_numpy, whol
 log = logging.getLogger(__name__)
 
 __all__ = ["Backend", "BackendError", "TorchBackend", "OnnxBackend", "open_backend", "predict_batch",
-           "resolve_device", "describe_file", "sha256_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT",
+           "resolve_device", "describe_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT",
            "META_INPUT_SIZE", "NATIVE", "INPUT_SIZE_RANGE", "whole_size", "parse_input_size", "feed_size",
            "checkpoint_input_size"]
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
-from core.registry import UnknownNameError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from core.registry import UnknownNameError
 from scoring.metrics import EMeasure, image_stats
 from scoring.protocols import SegmentationMetrics, get_protocol, prepare_sod_toolkit, protocol_names
 from sod_reference import TOOLKIT_KEYS
