@@ -21,7 +21,7 @@ from shardset.format import DEFAULT_ENCODING
 
 from .latents import LATENT_SOURCES
 
-# Datasets whose latents use alpha = 0.2 by default (paper, section 3.3); imagenet uses 0.
+# Datasets whose latents use alpha = 0.2 by default (paper, section 3.2); imagenet uses 0.
 SMALL_DATASETS = ("cub", "flowers", "duts", "ecssd", "dut-omron")
 DATASET_PRESETS = {"flowers": "flowers"}  # filter preset per dataset (paper: Flowers uses `mean`)
 MAX_FG_AUTO = "auto"  # GenConfig.max_fg value: the size bound follows the direction's masks (inputs.auto_size_bound)
