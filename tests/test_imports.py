@@ -237,3 +237,39 @@ def test_trainer_only_install_pulls_no_tensorflow():
 def test_every_package_is_installed():
     include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     assert sorted(p.rstrip("*") for p in include) == sorted(PACKAGES)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the modules of ours it imports (lazy imports included). An import of one's own
+    package (its __init__) is left out: importing any module runs its packages' __init__ anyway."""
+    modules = {}
+    for package in PACKAGES:
+        for path in _files(package):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name.split(".")[0]
+        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        graph[name] = {m for m, _ in _imports(path, package) if m in modules and m != name and m not in ancestors}
+    return graph
+
+
+def test_no_module_imports_itself_through_another():
+    """No circle between modules either (metrics <-> protocols and checkpoint <-> runtime were two)."""
+    graph = _module_graph()
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for q in sorted(graph[m]):
+            assert state.get(q) != 1, f"import cycle: {' -> '.join(path + [m, q])}"
+            if q not in state:
+                visit(q, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert len(graph) > 80  # the walk saw the whole house (93 modules when written)
