@@ -1,7 +1,9 @@
 """A recipe: one row of one of the paper's tables, as a small declarative TOML file.
 
     [recipe]   table, row, seeds (the paper reports ten runs), vary_generation (new data per seed?)
-    [paper]    the paper's own numbers for this row, per dataset: { max_f, iou, acc } or { max_box_acc } ...
+    [paper]    the paper's own numbers for this row, per dataset: { max_f, iou, acc } or { max_box_acc } ...;
+               where the paper gives a standard deviation, `std = { max_f = 0.005, ... }` inside the
+               dataset's table, a number or a bound written as a string "<0.001" (Table 1's "< 0.001")
     [discover] optional: `find-direction discover` options, for a GAN without a known direction
     [rank]     optional, with [discover]: `find-direction rank` options; its winner is `@direction`
     [optimize] optional, instead of [discover] + [rank]: `find-direction optimize` options; its
@@ -38,6 +40,47 @@ PAPER_TABLES = ("1", "2", "3", "4", "5", "6")
 
 class RecipeError(UserError, ValueError):
     """A recipe that cannot run: the message names the file and the problem."""
+
+
+def paper_std(value) -> tuple[float, bool]:
+    """A [paper] std as (value, exact): 0.005 -> (0.005, True); "<0.001", the paper's "< 0.001",
+    -> (0.001, False), a bound the std is below."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value), True
+    if isinstance(value, str) and value.replace(" ", "").startswith("<"):
+        try:
+            bound = float(value.replace(" ", "")[1:])
+        except ValueError:
+            bound = -1.0
+        if bound > 0:
+            return bound, False
+    raise ValueError(f"std {value!r}: give a number >= 0 or a bound such as \"<0.001\"")
+
+
+def _check_paper(paper, path: Path) -> dict:
+    """[paper] is {dataset: {metric: number, std: {metric: std}}}: a typo here would only show as a
+    missing bracket in the table, so it is refused at load."""
+    if not isinstance(paper, dict):
+        raise RecipeError(f"{path}: [paper] must be a table of datasets")
+    for ds, numbers in paper.items():
+        if not isinstance(numbers, dict):
+            raise RecipeError(f"{path}: [paper] {ds} must be a table such as {{ max_f = 0.8 }}")
+        for metric, value in numbers.items():
+            if metric == "std":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RecipeError(f"{path}: [paper] {ds}.{metric} = {value!r}; give a number")
+        std = numbers.get("std", {})
+        if not isinstance(std, dict):
+            raise RecipeError(f"{path}: [paper] {ds}.std must be a table such as {{ max_f = 0.005 }}")
+        for metric, value in std.items():
+            if metric not in numbers or metric == "std":
+                raise RecipeError(f"{path}: [paper] {ds}.std.{metric} has no mean beside it")
+            try:
+                paper_std(value)
+            except ValueError as exc:
+                raise RecipeError(f"{path}: [paper] {ds}.std.{metric}: {exc}") from None
+    return paper
 
 
 @dataclass(frozen=True)
@@ -112,6 +155,6 @@ def load_recipe(name_or_path: str, *, tiny: bool = False) -> Recipe:
         row=str(head["row"]),
         seeds=seeds,
         vary_generation=bool(head.get("vary_generation", False)),
-        paper=data.get("paper", {}),
+        paper=_check_paper(data.get("paper", {}), path),
         stages=stages,
     )
