@@ -42,6 +42,7 @@ import numpy as np
 
 from core.atomic import atomic_write_bytes as write_bytes
 from core.errors import UserError
+from core.pictures import image_grid, labelled_grid  # noqa: F401 - finder.discover and optimize draw through ds.*
 from finder import affine
 from masking.rules import lighting_mask
 
@@ -265,44 +266,6 @@ def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.
 def unit_to_uint8(x: np.ndarray) -> np.ndarray:
     """Images (or masks) in [0, 1] to uint8 (rounded, clipped)."""
     return np.clip(np.rint(np.asarray(x, np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
-def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """A white-padded grid of equally sized uint8 RGB (or gray) tiles, rows top to bottom."""
-    tiles = [[t if t.ndim == 3 else np.repeat(t[..., None], 3, axis=2) for t in row] for row in rows]
-    h, w = tiles[0][0].shape[:2]
-    n_cols = max(len(r) for r in tiles)
-    out = np.full((len(tiles) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
-    for r, row in enumerate(tiles):
-        for c, t in enumerate(row):
-            y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
-            out[y0:y0 + h, x0:x0 + w] = t
-    return out
-
-
-def labelled_grid(rows: list[list[np.ndarray]], names: list[str], title: str = "", pad: int = 2,
-                  min_tile: int = 96) -> np.ndarray:
-    """`image_grid` with each row's name in a left column (cycled when there are more rows than
-    names) and a title band on top, so the picture reads without the docs. Tiles smaller than
-    `min_tile` are enlarged by an integer factor (nearest neighbour) to keep the text legible."""
-    import cv2
-
-    side = rows[0][0].shape[0]
-    k = max(1, -(-min_tile // side))
-    if k > 1:
-        rows = [[np.repeat(np.repeat(t, k, axis=0), k, axis=1) for t in row] for row in rows]
-    grid = image_grid(rows, pad)
-    h = rows[0][0].shape[0]
-    label_w, title_h = 160, 24 if title else 0
-    out = np.full((grid.shape[0] + title_h, grid.shape[1] + label_w, 3), 255, np.uint8)
-    out[title_h:, label_w:] = grid
-    font, dark = cv2.FONT_HERSHEY_SIMPLEX, (20, 20, 20)
-    if title:
-        cv2.putText(out, title, (6, 17), font, 0.5, dark, 1, cv2.LINE_AA)
-    for r in range(len(rows)):
-        y = title_h + pad + r * (h + pad) + h // 2 + 5
-        cv2.putText(out, names[r % len(names)], (6, y), font, 0.45, dark, 1, cv2.LINE_AA)
-    return out
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:

@@ -4,7 +4,8 @@ rename), so a file that exists under its final name is whole:
 - `<rel>.png`, the mask at the image's size: with `--threshold none` the 8-bit probability
   v = round(255 p) (segmodel.inference.probability_to_uint8, the quantisation eval-seg scores),
   else binary, 255 where v >= 255 T and 0 elsewhere (T = 0.5: v >= 128, the paper's IoU rule).
-- `<rel>.overlay.jpg` (--overlay): the image with the mask tinted red over it, at half strength.
+- `<rel>.overlay.jpg` (--overlay): the object in its own colours, the background dimmed, and the
+  mask's edge (v >= 128) outlined white on black, which reads on a subject of any colour.
 - `<rel>.cutout.png` (--cutout): the image as RGBA with the mask as its alpha (background transparent).
 - the box (--boxes) of the mask's largest component, foreground v >= 128 of the written mask,
   drawn by the WSOL protocol's rule (scoring.wsol.contour_boxes).
@@ -25,8 +26,10 @@ __all__ = ["OutputPaths", "output_paths", "is_complete", "threshold_level", "mas
            "cutout_png", "largest_box", "encode_png", "BOX_LEVEL"]
 
 BOX_LEVEL = 127  # boxes take foreground v > 127, i.e. v >= 128: p >= 0.5 on a probability mask
-OVERLAY_RGB = np.array([255, 0, 0], np.float32)
-OVERLAY_STRENGTH = 0.5
+# a tint hides on subjects of its own colour (red on a red car); dimming what is not the object
+# and a white line edged in black read on any colour, dark or light
+OVERLAY_DIM = 0.35  # the background's brightness, as a fraction of its own
+OUTLINE_INNER, OUTLINE_OUTER = (255, 255, 255), (0, 0, 0)
 JPEG_QUALITY = 90
 _PNG_END = b"\0\0\0\0IEND\xaeB`\x82"  # an empty IEND chunk and its CRC: every PNG ends so
 
@@ -83,10 +86,16 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def overlay_jpeg(image_rgb: np.ndarray, mask: np.ndarray) -> bytes:
-    """JPEG of the image with red tinted over the foreground at half strength (weighted by v / 255)."""
-    a = mask.astype(np.float32)[..., None] * np.float32(OVERLAY_STRENGTH / 255.0)
-    tinted = image_rgb.astype(np.float32) * (1.0 - a) + OVERLAY_RGB * a
-    bgr = cv2.cvtColor(np.clip(np.rint(tinted), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    """JPEG of the image with the background dimmed to OVERLAY_DIM (weighted by 1 - v / 255, so a
+    probability mask fades) and the edge of v >= 128 outlined: a white line edged in black,
+    both thicker on bigger images so the outline stays visible when the picture is shrunk."""
+    a = mask.astype(np.float32)[..., None] / np.float32(255.0)
+    shown = image_rgb.astype(np.float32) * (OVERLAY_DIM + (1.0 - OVERLAY_DIM) * a)
+    bgr = cv2.cvtColor(np.clip(np.rint(shown), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    contours, _ = cv2.findContours((mask > BOX_LEVEL).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    t = max(1, round(min(mask.shape[:2]) / 250))
+    cv2.drawContours(bgr, contours, -1, OUTLINE_OUTER[::-1], 3 * t, cv2.LINE_8)
+    cv2.drawContours(bgr, contours, -1, OUTLINE_INNER[::-1], t, cv2.LINE_8)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:  # pragma: no cover
         raise RuntimeError("OpenCV could not encode a JPEG")

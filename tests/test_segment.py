@@ -72,10 +72,27 @@ def test_overlay_tints_the_foreground_and_cutout_carries_the_mask_as_alpha():
     assert rgba.shape == (32, 48, 4)
     np.testing.assert_array_equal(rgba[..., 3], mask)
     np.testing.assert_array_equal(rgba[..., :3], image)  # grey: BGR = RGB
+
+
+@pytest.mark.parametrize("colour", [(100, 100, 100), (220, 20, 20), (20, 20, 20), (250, 250, 250)])
+def test_overlay_reads_on_a_subject_of_any_colour(colour):
+    """The object keeps its colours, the background is dimmed, and the mask's edge carries both a
+    near-white and a near-black line: one of the two contrasts with any subject (a red tint hid on
+    red subjects)."""
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[:] = colour
+    mask = np.zeros((120, 160), np.uint8)
+    mask[30:90, 40:120] = 255
     bgr = cv2.imdecode(np.frombuffer(overlay_jpeg(image, mask), np.uint8), cv2.IMREAD_COLOR)
-    # half red over the object ((100 + 255) / 2 = 177.5 red, 50 green and blue), the rest as it was
-    assert abs(int(bgr[16, 24, 2]) - 178) <= 3 and abs(int(bgr[16, 24, 1]) - 50) <= 3
-    assert abs(int(bgr[2, 2, 2]) - 100) <= 3
+    assert bgr.shape == (120, 160, 3)
+    rgb = bgr[..., ::-1].astype(int)
+    assert np.abs(rgb[60, 80] - colour).max() <= 4  # inside: as it was
+    assert np.abs(rgb[5, 5] - np.rint(np.array(colour) * 0.35)).max() <= 4  # outside: dimmed
+    edge = rgb[26:35, 80]  # a vertical cut through the top edge
+    assert (edge.min(axis=1) >= 200).any() and (edge.max(axis=1) <= 50).any()
+    # a mask with no foreground draws no edge
+    plain = cv2.imdecode(np.frombuffer(overlay_jpeg(image, np.zeros_like(mask)), np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(plain[..., ::-1].astype(int) - np.rint(np.array(colour) * 0.35)).max() <= 4
 
 
 # --------------------------------------------------------------------------- inputs

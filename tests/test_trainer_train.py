@@ -51,11 +51,13 @@ def test_short_cpu_run_reaches_good_iou_on_the_val_part(discs, tmp_path):
     # run folder: config, tensorboard events, checkpoints that load for inference
     assert json.loads((out / "config.json").read_text())["width"] == 8
     assert list((out / "tb").glob("events.out.tfevents.*"))
-    # the newest image | mask | prediction grid as a picture: 4 rows of 3 tiles of the 32 px val images
+    # the newest image | mask | prediction grid as a picture: 4 rows of 3 tiles of the 32 px val
+    # images enlarged 4 times, 2 px apart, under a title band and a band of column names
     import cv2
 
     grid = cv2.imread(str(out / "val-grid.png"))
-    assert grid is not None and grid.shape == (4 * 32, 3 * 32, 3)
+    assert grid is not None and grid.shape == (24 + 24 + 4 * 130 + 2, 3 * 130 + 2, 3)
+    assert (grid[:48] < 128).any()  # the step and the column names are drawn
     model, meta = load_for_inference(out)
     assert meta["step"] == 70 and meta["model"]["width"] == 8 and meta["shardset"]["name"] == "discs"
     assert meta["val"]["val_iou"] == val[-1]["val_iou"]

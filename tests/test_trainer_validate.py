@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 import trainer.validate as V  # noqa: E402
 from segmodel.inference import probability_to_uint8  # noqa: E402
-from trainer.validate import grid_image, validate, validate_real  # noqa: E402
+from trainer.validate import grid_image, labelled_val_grid, validate, validate_real  # noqa: E402
 
 T, F = True, False
 
@@ -132,3 +132,23 @@ def test_grid_image_layout():
     g = grid_image(val, np.zeros((2, 4, 4)), n=2)
     assert g.shape == (3, 8, 12)
     assert (g[:, :, :4] == 7).all() and (g[:, :, 4:8] == 255).all() and (g[:, :, 8:] == 0).all()
+
+
+def test_val_grid_picture_names_its_columns_and_step():
+    """val-grid.png reads without the docs: the step in a title band, image | mask | prediction
+    above the columns, tiles enlarged (64 px to 128) so the text is legible beside them."""
+    import cv2
+
+    val = {"image": np.full((4, 64, 64, 3), 7, np.uint8), "mask": np.ones((4, 64, 64), np.uint8)}
+    pic = labelled_val_grid(val, np.zeros((4, 64, 64)), step=300)
+    assert pic.shape == (24 + 24 + 4 * 130 + 2, 3 * 130 + 2, 3)
+    title, columns = pic[:24], pic[24:48]
+    assert (title < 128).any() and (columns < 128).any()
+    # each column's name sits over its own column (text pixels in every third of the band)
+    assert all((columns[:, 2 + c * 130:2 + c * 130 + 128] < 128).any() for c in range(3))
+    # the tiles are the grid's, enlarged by nearest neighbour
+    assert (pic[50:50 + 128, 2:130] == 7).all() and (pic[50:50 + 128, 132:260] == 255).all()
+    # a different step draws a different title
+    other = labelled_val_grid(val, np.zeros((4, 64, 64)), step=4000)
+    assert not np.array_equal(other[:24], title) and np.array_equal(other[24:], pic[24:])
+    assert cv2.imencode(".png", pic)[0]

@@ -46,7 +46,7 @@ from shardset.split import open_split
 from . import checkpoint as ckpt
 from .config import RESULT_FIELDS, ConfigError, TrainConfig
 from .data import DataError, StreamSpec, WorkerFailure, load_val_samples, make_loader, rank_batch
-from .validate import grid_image, validate, validate_real, write_grid_png
+from .validate import grid_image, labelled_val_grid, validate, validate_real, write_grid_png
 
 log = logging.getLogger(__name__)
 
@@ -473,10 +473,9 @@ def validate_now(step: int, learner: Learner, val: dict | None, config: TrainCon
     if val is not None:
         v, prob = validate(learner.raw, val, device, learner.autocast, channels_last=learner.channels_last)
         res.update({f"val_{k}": v[k] for k in ("loss", "iou", "max_f", "accuracy")})
-        grid = grid_image(val, prob)
-        run_log.writer.add_image("val/image|mask|prediction", grid, step)
+        run_log.writer.add_image("val/image|mask|prediction", grid_image(val, prob), step)
         # the newest grid also as a plain picture, for people who do not run TensorBoard
-        write_grid_png(Path(config.out) / "val-grid.png", grid)
+        write_grid_png(Path(config.out) / "val-grid.png", labelled_val_grid(val, prob, step))
     if config.eval_dataset:
         r = validate_real(learner.raw, config.eval_dataset, config.data_root, device, learner.autocast,
                           config.eval_samples, max_pixels=config.max_image_pixels, input_size=config.size)

@@ -20,6 +20,7 @@ from benchdata.io import DatasetError
 from benchdata.predictions import iter_model_maps
 from core.atomic import atomic_write_bytes
 from core.images import DEFAULT_MAX_PIXELS
+from core.pictures import labelled_grid
 from scoring import SegmentationMetrics
 from segmodel.inference import foreground_probability, normalize_images, probability_to_uint8
 from shardset.split import open_split
@@ -78,19 +79,35 @@ def validate(model: torch.nn.Module, val: dict, device: torch.device, autocast, 
     return out, prob
 
 
-def grid_image(val: dict, prob: np.ndarray, n: int = 4) -> np.ndarray:
-    """uint8 [3, n*H, 3*W] rows of image | mask | prediction (for TensorBoard)."""
+def _val_rows(val: dict, prob: np.ndarray, n: int) -> list[list[np.ndarray]]:
     rows = []
     for img, mask, p in zip(val["image"][:n], val["mask"][:n], prob[:n]):
         m = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
         q = np.repeat(probability_to_uint8(p)[..., None], 3, axis=2)
-        rows.append(np.concatenate([img, m, q], axis=1))
+        rows.append([img, m, q])
+    return rows
+
+
+def grid_image(val: dict, prob: np.ndarray, n: int = 4) -> np.ndarray:
+    """uint8 [3, n*H, 3*W] rows of image | mask | prediction (for TensorBoard, whose tag names them)."""
+    rows = [np.concatenate(r, axis=1) for r in _val_rows(val, prob, n)]
     return np.concatenate(rows, axis=0).transpose(2, 0, 1).copy()
 
 
-def write_grid_png(path, grid: np.ndarray) -> None:
-    """Write a grid_image() result ([3, H, W] RGB) as a PNG, atomically (temp name, then rename)."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(grid.transpose(1, 2, 0)[..., ::-1]))
+VAL_COLUMNS = ["image", "mask", "prediction"]
+
+
+def labelled_val_grid(val: dict, prob: np.ndarray, step: int, n: int = 4) -> np.ndarray:
+    """uint8 [H, W, 3] RGB: the rows of grid_image() with the step in a title, the columns named
+    and the tiles enlarged so the text reads beside them: val-grid.png is opened without the
+    docs (and without TensorBoard's tag) at hand."""
+    title = f"step {step}: {min(n, len(prob))} held-out samples"
+    return labelled_grid(_val_rows(val, prob, n), [], title=title, columns=VAL_COLUMNS, min_tile=128)
+
+
+def write_grid_png(path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 [H, W, 3] picture as a PNG, atomically (temp name, then rename)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise RuntimeError(f"could not encode {path}")
     atomic_write_bytes(path, buf.tobytes(), fsync=False)
