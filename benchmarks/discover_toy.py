@@ -35,7 +35,7 @@ import time
 
 import click
 import numpy as np
-from toy_gan import _iou  # per-image IoU of boolean masks (benchmarks/ is on sys.path when run as a script)
+from toy_gan import per_image_iou  # per-image IoU of boolean masks (benchmarks/ is on sys.path when run as a script)
 
 FACTORS_SHOWN = ("saliency_light", "light", "size", "center_y", "object_color", "background_color")
 # coordinates of u = z @ Q that move or reshape the object: a direction's weight on these, times
@@ -82,7 +82,7 @@ def lighting_masks(gan, z: np.ndarray, x: np.ndarray, h: np.ndarray, shift: floa
 
 def mask_iou(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, h: np.ndarray, shift: float = 5.0) -> float:
     """Mean IoU with `truth` of the lighting-rule masks of x = G(z) and G(z + shift h)."""
-    return float(_iou(lighting_masks(gan, z, x, h, shift)[1], truth).mean())
+    return float(per_image_iou(lighting_masks(gan, z, x, h, shift)[1], truth).mean())
 
 
 def print_leak_table(gan, z: np.ndarray, x: np.ndarray, truth: np.ndarray, seed: int = 5) -> None:

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import click
 import numpy as np
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    inter = (a & b).sum(axis=(1, 2))
-    union = (a | b).sum(axis=(1, 2))
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+from toy_gan import per_image_iou  # benchmarks/ is on sys.path when run as a script
 
 
 @click.command()
@@ -63,7 +58,7 @@ def main(direction, samples, quick, cache_dir):
         for shift in ((1.0, 2.0, 3.0, 5.0) if label == "optimized" else (5.0,)):
             x, xs = gan.generate_pair(z, h, shift)
             masks = process_batch(x, xs, unfiltered).masks.astype(bool)
-            iou = _iou(masks, truth)
+            iou = per_image_iou(masks, truth)
             cells = []
             for a, b in bands:
                 sel = (dist >= a) & (dist < b)

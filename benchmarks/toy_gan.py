@@ -39,7 +39,7 @@ def _best_rate(fn, images_per_call: int, reps: int) -> float:
     return best
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def per_image_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = (a & b).sum(axis=(1, 2))
     union = (a | b).sum(axis=(1, 2))
     return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
@@ -103,7 +103,7 @@ def main(n, batch, reps, seed, preset_name, cache_dir, quick):
     summary = {}
     for rule, res in results.items():
         reason = np.array([r or "accepted" for r in res.reason])
-        iou = _iou(res.masks.astype(bool), truth)
+        iou = per_image_iou(res.masks.astype(bool), truth)
         rows = [("accepted", reason == "accepted")] + [(f"rejected: {r}", reason == r) for r in masks.REASONS]
         print(f"\nfilters (preset {preset_name!r}, histogram rule {rule!r}) on {n} prior latents, seed {seed}, "
               f"shift {toy.SHIFT} along toy_direction()")
