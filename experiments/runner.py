@@ -304,12 +304,17 @@ def plan_recipe(recipe: Recipe, ws: Workspace, options: RunOptions = RunOptions(
         stages.append(Stage("train", seed, train, run_dir, resumable=True, key=train_key,
                             args=lambda resume, o=train, d=run_dir, k=seed: stage_args(
                                 "train", {**o, "shards": shards, "out": str(d), "seed": k, "resume": resume})))
-        ev = _stage_opts("evaluate", recipe.stage("evaluate"), options, ws, shards=shards)
-        eval_key = {"run": run_dir.name, "evaluate": _key(ev)}
-        eval_dir = _folder(ws, "evaluate", eval_key)
-        stages.append(Stage("evaluate", seed, ev, eval_dir, resumable=False, key=eval_key,
-                            args=lambda resume, o=ev, d=eval_dir, r=run_dir: stage_args(
-                                "evaluate", {**o, "ckpts": [str(r)], "out": str(d)})))
+        evs = _stage_opts("evaluate", recipe.stage("evaluate"), options, ws, shards=shards)
+        # fg_prob may list rules (the paper's sigmoid1 and softmax): one eval-seg pass per rule, the
+        # recipe's own first; each pass alone keys its folder as a single-rule recipe would
+        rules = evs["fg_prob"] if isinstance(evs.get("fg_prob"), list) else [evs.get("fg_prob")]
+        for rule in rules:
+            ev = {**evs, "fg_prob": rule} if "fg_prob" in evs else evs
+            eval_key = {"run": run_dir.name, "evaluate": _key(ev)}
+            eval_dir = _folder(ws, "evaluate", eval_key)
+            stages.append(Stage("evaluate", seed, ev, eval_dir, resumable=False, key=eval_key,
+                                args=lambda resume, o=ev, d=eval_dir, r=run_dir: stage_args(
+                                    "evaluate", {**o, "ckpts": [str(r)], "out": str(d)})))
     return stages
 
 
@@ -359,9 +364,11 @@ def results_dir(work: Path, recipe: Recipe) -> Path:
     return Path(work) / "results" / recipe.name
 
 
-def _write_seed_result(work: Path, recipe: Recipe, seed: int, tiny: bool, eval_dir: Path) -> Path:
+def _write_seed_result(work: Path, recipe: Recipe, seed: int, tiny: bool, eval_dirs: list[Path]) -> Path:
+    """results: the recipe's own fg-prob rule's (the first pass); by_fg_prob: every pass by its rule."""
+    passes = [json.loads((d / "results.json").read_text()) for d in eval_dirs]
     record = {"recipe": recipe.name, "table": recipe.table, "row": recipe.row, "tiny": tiny, "paper": recipe.paper,
-              "seed": seed, "results": json.loads((eval_dir / "results.json").read_text())}
+              "seed": seed, "results": passes[0], "by_fg_prob": {r.get("fg_prob") or "-": r for r in passes}}
     out = results_dir(work, recipe) / f"seed-{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -375,6 +382,7 @@ def run_recipe(recipe: Recipe, work: Path, *, tiny: bool = False, options: RunOp
     """Run the unfinished stages of the chosen seeds; returns results/RECIPE/ (one seed-K.json per
     evaluated seed). `echo` gets one seed-labelled line per stage."""
     ws = Workspace(work)
+    evaluated: dict[int | None, list[Path]] = {}
     for stage in plan_recipe(recipe, ws, options):
         if stage.done:
             echo(f"{stage.label(recipe)}: done already ({stage.folder})")
@@ -382,7 +390,8 @@ def run_recipe(recipe: Recipe, work: Path, *, tiny: bool = False, options: RunOp
             echo(f"{stage.label(recipe)}: running {stage.tool} -> {stage.folder}")
             run_stage(stage, options)
         if stage.kind == "evaluate":
-            path = _write_seed_result(work, recipe, stage.seed, tiny, stage.folder)
+            evaluated.setdefault(stage.seed, []).append(stage.folder)
+            path = _write_seed_result(work, recipe, stage.seed, tiny, evaluated[stage.seed])
             echo(f"{stage.label(recipe)}: results {path}")
     return results_dir(work, recipe)
 

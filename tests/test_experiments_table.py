@@ -78,3 +78,41 @@ def test_a_record_scored_once_keeps_one_row_without_a_std_column():
                     "paper": {"ecssd": {"max_f": 0.797}}, "seeds": [seed]}])
     rows = [x for x in text.splitlines() if x.startswith("| table2")]
     assert rows == ["| table2-ebigbigan (tiny) | E-BigBiGAN | sigmoid1 | 0.800 ± 0.000 (1) [0.797] |"]
+
+
+def test_a_recipe_listing_two_fg_prob_rules_plans_one_evaluation_per_rule(tmp_path):
+    from experiments.runner import RunOptions, Workspace, plan_recipe
+
+    recipe = load_recipe("table2-ebigbigan")
+    stages = plan_recipe(recipe, Workspace(tmp_path, dry=True), RunOptions(seeds=(0,)))
+    evals = [s for s in stages if s.kind == "evaluate"]
+    assert [s.opts["fg_prob"] for s in evals] == ["sigmoid1", "softmax"]
+    assert evals[0].folder != evals[1].folder
+    assert "--fg-prob" in (args := evals[1].args(False)) and args[args.index("--fg-prob") + 1] == "softmax"
+    # the recipe's own rule keeps the folder a single-rule recipe had: finished evaluations are reused
+    single = recipe.stages["evaluate"] | {"fg_prob": "sigmoid1"}
+    one = plan_recipe(type(recipe)(**{**recipe.__dict__, "stages": {**recipe.stages, "evaluate": single}}),
+                      Workspace(tmp_path, dry=True), RunOptions(seeds=(0,)))
+    assert [s.folder for s in one if s.kind == "evaluate"] == [evals[0].folder]
+
+
+def test_the_seed_record_keeps_every_rules_results(tmp_path):
+    import json
+
+    from experiments.runner import _write_seed_result
+    from experiments.table import collect
+
+    dirs = []
+    for rule, v in (("sigmoid1", 0.81), ("softmax", 0.79)):
+        d = tmp_path / rule
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(
+            {"fg_prob": rule, "datasets": {"flowers": {"summary": {"iou": {"mean": v}}}}}))
+        dirs.append(d)
+    recipe = load_recipe("table1-flowers-ebigbigan-noise")
+    path = _write_seed_result(tmp_path / "work", recipe, 0, False, dirs)
+    record = json.loads(path.read_text())
+    assert record["results"]["fg_prob"] == "sigmoid1" and set(record["by_fg_prob"]) == {"sigmoid1", "softmax"}
+    text = render(collect(tmp_path / "work"))
+    assert "| sigmoid1 | — [0.878 ± 0.001] | 0.810 ± 0.000 (1) [0.804 ± <0.001] ✗ |" in text
+    assert "| softmax | — [0.878 ± 0.001] | 0.790 ± 0.000 (1) [0.804 ± <0.001] ✗ |" in text
