@@ -366,3 +366,27 @@ def test_threaded_loading_keeps_order_and_content(tmp_path):
         assert ds.skipped == {"05": f"{tmp_path / 'images' / '05.png'}: not a PNG, JPEG, WebP, BMP or TIFF file"}
     with pytest.raises(benchdata.io.ImageSkipped, match="05.png: not a PNG"):
         benchdata.io.read_image(tmp_path / "images" / "05.png")
+
+
+def test_wsol_imagenet_val_split_reads_choe_et_als_val_metadata(tmp_path):
+    # a stand-in of wsolevaluation's metadata/ILSVRC/val (ImageNetV2 under dataset/ILSVRC/val2/),
+    # beside a test split that must not be read
+    base = tmp_path / "wsolevaluation"
+    for split, ids in (("val", ["val2/0/a.jpeg", "val2/1/b.jpeg"]), ("test", ["val/ILSVRC2012_val_00000001.JPEG"])):
+        meta = base / "metadata" / "ILSVRC" / split
+        meta.mkdir(parents=True)
+        (meta / "image_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        (meta / "localization.txt").write_text("".join(f"{i},1,2,10,12\n" for i in ids)
+                                               + (f"{ids[1]},0,0,5,5\n" if split == "val" else ""))
+        for i in ids:
+            _img(base / "dataset" / "ILSVRC" / i, 16, 16)
+    ds = get_dataset("imagenet-wsol-val", tmp_path)
+    assert ds.task == "boxes" and ds.sizing.name == "short128"
+    items = ds.test_items()
+    assert [i.id for i in items] == ["val2/0/a", "val2/1/b"]
+    assert items[1].boxes == ((1, 2, 10, 12), (0, 0, 5, 5))
+    assert [i.id for i in get_dataset("imagenet-wsol", tmp_path).test_items()] == ["val/ILSVRC2012_val_00000001"]
+    (base / "metadata" / "ILSVRC" / "val" / "localization.txt").unlink()
+    with pytest.raises(DatasetError) as e:
+        get_dataset("imagenet-wsol-val", tmp_path)
+    assert "metadata/ILSVRC/val/localization.txt" in _one_line(e)

@@ -116,3 +116,9 @@ def test_the_seed_record_keeps_every_rules_results(tmp_path):
     text = render(collect(tmp_path / "work"))
     assert "| sigmoid1 | — [0.878 ± 0.001] | 0.810 ± 0.000 (1) [0.804 ± <0.001] ✗ |" in text
     assert "| softmax | — [0.878 ± 0.001] | 0.790 ± 0.000 (1) [0.804 ± <0.001] ✗ |" in text
+
+
+def test_table3_scores_imagenet_on_the_10000_image_val_split():
+    r = load_recipe("table3-ebigbigan")
+    assert r.stage("evaluate")["datasets"][0] == "imagenet-wsol-val"
+    assert r.paper["imagenet-wsol-val"] == {"max_box_acc": 0.614}
