@@ -8,7 +8,9 @@ import click
 
 from core.cli import Group, common_options
 from experiments.recipe import MAX_SEEDS, list_recipes, load_recipe
-from experiments.runner import DEFAULT_WORK_DIR, RunOptions, Workspace, describe_plan, plan_recipe, run_recipe
+from core.errors import UserError
+from experiments.runner import (DEFAULT_WORK_DIR, RunOptions, Workspace, check_inputs, describe_plan, plan_recipe,
+                                run_recipe, seeds_text)
 from experiments.table import write_table
 
 _work_dir = click.option("--work-dir", "work", type=click.Path(file_okay=False, path_type=Path),
@@ -70,7 +72,8 @@ def list_cmd() -> None:
 @click.option("--seed", "seed", callback=_seed_range, default=None, metavar="K",
               help="Run seed K only (0-based), e.g. on one machine of several.")
 @click.option("--seeds", "seeds", callback=_seed_range, default=None, metavar="A:B|N",
-              help="Run seeds A..B-1, or the first N seeds. [default: all of the recipe's]")
+              help="Run seeds A..B-1 (0:5 is seeds 0-4), or N: the first N seeds, 0..N-1 (not seed N: that is "
+                   "--seed N). [default: all of the recipe's]")
 @click.option("--extra-seeds", is_flag=True,
               help="Allow --seed/--seeds beyond the recipe's seeds (more runs than the paper's ten).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -87,7 +90,8 @@ def list_cmd() -> None:
               help="train-unet keeps the newest N checkpoints and the best (0 = all). [default: 1]")
 @click.option("--tiny", is_flag=True, help="The recipe at toy scale (a few steps on the toy GAN): checks the plumbing.")
 @click.option("--dry-run", is_flag=True, help="Print every stage's command, folder, status and estimated disk "
-                                              "and time, and run nothing.")
+                                              "and time, check the inputs (data root, datasets, GAN), and run "
+                                              "nothing; exits 1 after the plan when an input is missing.")
 @common_options(fmt="%(message)s")
 def run(recipe: str, work: Path, seed, seeds, extra_seeds, data_root, gan, gpus, data_per_seed, keep_checkpoints,
         tiny, dry_run) -> None:
@@ -101,8 +105,18 @@ def run(recipe: str, work: Path, seed, seeds, extra_seeds, data_root, gan, gpus,
     options = RunOptions(seeds=seed or seeds, data_root=data_root or os.environ.get("BGW_DATA_ROOT"), gan=gan, gpus=gpus,
                          data_per_seed=data_per_seed, keep_checkpoints=keep_checkpoints)
     if dry_run:
-        click.echo(describe_plan(r, plan_recipe(r, Workspace(work, dry=True), options), options))
+        ws = Workspace(work, dry=True)
+        stages = plan_recipe(r, ws, options)
+        checks = check_inputs(stages, options, ws)
+        click.echo(describe_plan(r, stages, options, checks))
+        # the whole plan first, then the refusal: its disk and time are worth reading while the data
+        # is fetched, and every missing input is listed at once rather than one per try
+        if checks[0]:
+            n = len(checks[0])
+            raise UserError(f"{n} input{'s are' if n > 1 else ' is'} missing (the 'problem:' lines above); "
+                            "the plan cannot run as it stands")
         return
+    click.echo(seeds_text(r, options))
     out = run_recipe(r, work, tiny=tiny, options=options, echo=click.echo)
     click.echo(f"results: {out}/ (python -m experiments table --work-dir {work})")
 

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -396,20 +397,168 @@ def run_recipe(recipe: Recipe, work: Path, *, tiny: bool = False, options: RunOp
     return results_dir(work, recipe)
 
 
-def describe_plan(recipe: Recipe, stages: list[Stage], options: RunOptions) -> str:
-    """The --dry-run text: each stage's status, command, folder and estimated cost."""
-    from experiments.estimate import estimate, human_bytes
+def seeds_text(recipe: Recipe, options: RunOptions) -> str:
+    """Which seeds a run covers, spelt so that `--seeds 2` cannot read as "seed 2"."""
+    seeds = list(options.seeds) if options.seeds is not None else list(range(recipe.seeds))
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    which = (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}" if contiguous
+             else "seeds " + ", ".join(map(str, seeds)))
+    return f"{recipe.name}: {which} ({len(seeds)} run{'s' if len(seeds) > 1 else ''}; the recipe has {recipe.seeds})"
+
+
+def _with_defaults(kind: str, opts: dict) -> dict:
+    """A stage's options over its tool's own defaults: what the tool will really run with."""
+    defaults = {}
+    for p in command_of(kind).params:
+        d = p.default
+        if isinstance(p, click.Option) and d is not None and not callable(d) and type(d).__module__ != "click._utils":
+            defaults[p.name] = d
+    return {**defaults, **opts}
+
+
+def _cost_context(st: Stage, stages: list[Stage]) -> dict:
+    """What a stage's estimate needs from the stages around it: rank's candidate count (discover's
+    directions), evaluate's model shape (its seed's train stage) and held-out samples (the set)."""
+    if st.kind == "rank":
+        disc = next((s for s in stages if s.kind == "discover"), None)
+        return {"candidates": int(_with_defaults("discover", disc.opts)["directions"])} if disc else {}
+    if st.kind != "evaluate":
+        return {}
+    train = next((s for s in stages if s.kind == "train" and s.seed == st.seed), None)
+    out = {}
+    if train is not None:
+        t = _with_defaults("train", train.opts)
+        out.update(width=t.get("width"), size=t.get("size"))
+    data = next((s for s in stages if s.kind == "generate"), None)
+    if data is not None:
+        g = _with_defaults("generate", data.opts)
+        n, shard = int(g.get("n") or 0), int(g.get("shard_size") or 1)
+        out["shard_images"] = (int(g["val_shards"]) * shard if g.get("val_shards") is not None
+                               else round(n * float(g.get("val_fraction") or 0)))
+    return out
+
+
+def _hub_cache(handle: str) -> Path:
+    # tensorflow_hub's own rule (resolver.tfhub_cache_dir with use_temp): asked of it, the dry run
+    # would import TensorFlow to print a plan
+    cache = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+    return Path(cache) / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def check_gan(spec: str) -> tuple[str | None, str]:
+    """(a problem or None, one line saying what `--gan spec` will load)."""
+    import difflib
+
+    from gans import dcgan
+    from gans.loader import BIGBIGAN_HANDLE, GANS
+
+    handle = BIGBIGAN_HANDLE if spec == "bigbigan" else spec if "://" in spec else None
+    if handle is not None:
+        cached = _hub_cache(handle)
+        if cached.is_dir():
+            return None, f"GAN {spec}: TF-Hub handle {handle}, cached copy at {cached}"
+        return None, (f"GAN {spec}: TF-Hub handle {handle}, no cached copy at {cached}: downloaded on first use "
+                      "(needs network; offline, unpack the module there or pass --gan FOLDER)")
+    if spec == dcgan.DCGAN_HANDLE:
+        try:
+            return None, f"GAN {spec}: weights {dcgan.weights_path()}"
+        except dcgan.DcganError as e:
+            return f"GAN {spec}: {first_line(e)}", f"GAN {spec}: not installed"
+    if spec in GANS:
+        return None, f"GAN {spec}: built on first use"
+    if Path(spec).expanduser().is_dir():
+        return None, f"GAN {spec}: a local folder (SavedModel or TF-Hub module)"
+    close = difflib.get_close_matches(spec, list(GANS), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (f"GAN {spec!r} is not a known name{hint}, an existing folder nor a TF-Hub handle (https://...); "
+            f"known names: {', '.join(GANS.names())}"), f"GAN {spec}: not found"
+
+
+def _dataset_specs(opts: dict) -> list[str]:
+    specs = []
+    for key in ("dataset", "datasets", "eval_dataset"):
+        value = opts.get(key)
+        specs += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    return specs
+
+
+def _the_datasets(names: list[str]) -> str:
+    return f"the dataset{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+
+def check_inputs(stages: list[Stage], options: RunOptions, ws: Workspace) -> tuple[list[str], list[str]]:
+    """(problems, notes) about what the stages read and nothing makes: the data root, each named
+    dataset's layout under it (benchdata's own checks), folders outside the work folder, the GAN.
+    Finished stages are not checked: they read nothing more."""
+    from benchdata.datasets import get_dataset
+
+    problems, notes, seen, gans = [], [], set(), set()
+    root = options.data_root or os.environ.get("BGW_DATA_ROOT")
+    named = [spec for st in stages if not st.done for spec in _dataset_specs(st.opts) if ":" not in spec]
+    named = list(dict.fromkeys(named))
+    no_root = not root or not Path(root).expanduser().is_dir()
+    if root and no_root and named:
+        problems.append(f"data root {root} is not a folder (--data-root or BGW_DATA_ROOT); "
+                        f"{_the_datasets(named)} {'are' if len(named) > 1 else 'is'} read from it")
+    elif root and no_root:  # the tools pass it along and read nothing from it: no reason to stop
+        notes.append(f"data root {root} is not a folder; no stage to run reads a named dataset from it")
+    elif named and no_root:
+        problems.append(f"{_the_datasets(named)} need{'' if len(named) > 1 else 's'} a data root: "
+                        "pass --data-root DIR or set BGW_DATA_ROOT")
+    for st in stages:
+        if st.done:
+            continue
+        for spec in _dataset_specs(st.opts):
+            if spec in seen or spec.startswith("shards:"):  # a shard set is an earlier stage's output
+                continue
+            seen.add(spec)
+            if spec.startswith("folder:") and Path(spec[len("folder:"):]).resolve().is_relative_to(ws.root.resolve()):
+                continue  # made by the run itself (the demo images)
+            if ":" not in spec and no_root:
+                continue  # said once above
+            try:
+                ds = get_dataset(spec, root)
+            except UserError as e:
+                problems.append(f"dataset {spec} ({st.kind}): {first_line(e)}")
+            else:
+                notes.append(f"dataset {spec}: {ds.root}")
+        gan = st.opts.get("gan")
+        if st.kind in ("discover", "rank", "optimize", "generate") and gan and gan not in gans:
+            gans.add(gan)
+            problem, note = check_gan(gan)
+            notes.append(note)
+            if problem:
+                problems.append(problem)
+    return problems, notes
+
+
+def describe_plan(recipe: Recipe, stages: list[Stage], options: RunOptions,
+                  checks: tuple[list[str], list[str]] | None = None) -> str:
+    """The --dry-run text: the seeds, each stage's status, command, folder and estimated cost, and
+    what the inputs checks found (`checks`: check_inputs' problems and notes)."""
+    from experiments.estimate import MACHINE, estimate, human_bytes, human_seconds
 
     gpu = _train_processes(options) > 0 and visible_gpus() > 0
-    lines, disk = [], 0
+    lines, disk, seconds, unknown = [seeds_text(recipe, options)], 0, 0.0, 0
     for st in stages:
         status = ("done" if st.done else "partial: will resume" if st.can_resume
                   else "partial: will start afresh" if st.folder.exists() else "to run")
         processes = _train_processes(options) if st.kind == "train" else 1
         prefix = f"torchrun --nproc_per_node {processes} -m trainer.cli" if processes > 1 else st.tool.split()[0]
-        cost = estimate(st.kind, st.opts, gpu=gpu)
+        cost = estimate(st.kind, _with_defaults(st.kind, st.opts), gpu=gpu, context=_cost_context(st, stages))
         disk += cost.disk_bytes or 0
+        if not st.done:
+            seconds += cost.seconds or 0
+            unknown += cost.seconds is None or cost.at_least
         lines += [f"{st.label(recipe)} [{status}]", f"  $ {prefix} {shlex.join(st.args(st.can_resume))}",
                   f"  folder {st.folder}", f"  {cost.describe()}"]
     lines.append(f"total disk of these stages: {human_bytes(disk)} (datasets not counted)")
+    partial = f" ({unknown} stage{'s' if unknown > 1 else ''} not fully measured: more)" if unknown else ""
+    where = "GPU machine" if gpu else MACHINE
+    lines.append(f"total time of the stages to run: {human_seconds(seconds)} on a {where}{partial}")
+    if checks is not None:
+        problems, notes = checks
+        lines.append("inputs:")
+        lines += [f"  {n}" for n in notes]
+        lines += [f"  problem: {p}" for p in problems]
     return "\n".join(lines)

@@ -172,6 +172,7 @@ def test_dry_run_plans_without_running(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "invoke", lambda *a: pytest.fail("a dry run ran a stage"))
     work = tmp_path / "work"
+    (tmp_path / "my-bigbigan").mkdir()  # the dry run checks that the GAN's folder is there
     res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", work, "--seed", "1",
                "--data-root", tmp_path / "data", "--gan", tmp_path / "my-bigbigan")
     assert res.exit_code == 0, res.output
@@ -257,7 +258,8 @@ def test_dry_run_prints_commands_a_shell_reads_back_as_they_run(tmp_path, monkey
     from experiments import runner
 
     monkeypatch.setattr(runner, "invoke", lambda *a: pytest.fail("a dry run ran a stage"))
-    hostile = "x; touch pwned"
+    hostile = str(tmp_path / "x; touch pwned")
+    (tmp_path / "x; touch pwned").mkdir()  # a GAN folder that is there: the dry run checks it
     res = _cli("run", "table2-ebigbigan", "--tiny", "--dry-run", "--work-dir", tmp_path / "my work", "--seed", "0",
                "--gan", hostile, "--data-root", tmp_path / "data $(touch pwned)")
     assert res.exit_code == 0, res.output
