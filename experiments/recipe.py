@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.registry import Registry
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # seeds a recipe (or one run) may have: the paper reports ten; the bound keeps a plan (a few stages
@@ -113,10 +114,13 @@ def list_recipes() -> list[str]:
 def load_recipe(name_or_path: str, *, tiny: bool = False) -> Recipe:
     path = Path(name_or_path)
     if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.toml"
+        known: Registry[Path] = Registry("recipe")
+        for name in list_recipes():
+            known.register(name, RECIPES_DIR / f"{name}.toml")
+        path = known.get(name_or_path)  # a misspelt name: the close ones and every recipe, exit 2
     if not path.is_file():
-        known = ", ".join(list_recipes())
-        raise RecipeError(f"no recipe {name_or_path!r}; known recipes: {known}")
+        raise RecipeError(f"no recipe file {name_or_path!r}; give a recipe's name (python -m experiments list) "
+                          f"or the path of a .toml file")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -136,18 +136,27 @@ def load_gan(spec: str, *, cache_dir: str | os.PathLike | None = None) -> "Gan":
     gans.toy's `default_cache_dir()`, i.e. `$BGW_CACHE_DIR` or ~/.cache/bgw-seg).
     Raises GanLoadError with a one-line message on any failure.
     """
+    check_gan_spec(spec)
     import_hub()  # TensorFlow starts here, quietly, before anything builds a module with it
     cache = Path(cache_dir) if cache_dir is not None else toy.default_cache_dir()
     if spec in GANS:
         return GANS.get(spec)(cache)
     if _is_handle(spec):
         return _load_path(spec, _resolve_handle(spec), cache)
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise GanLoadError(f"--gan {spec!r} is neither a known name ({', '.join(GANS.names())}), "
-                           f"a SavedModel folder nor a TF-Hub handle (https://...)")
-    path = path.resolve()
+    path = Path(spec).expanduser().resolve()
     return _load_path(str(path), path, cache)
+
+
+def check_gan_spec(spec: str) -> None:
+    """Refuse, before anything loads, a --gan that is no known name, no folder and no hub handle. A
+    bare word (no path separator) is taken for a misspelt name: the registry's one line, with the
+    close names, as a usage error; a path that is not a folder says so."""
+    if spec in GANS or _is_handle(spec) or Path(spec).expanduser().is_dir():
+        return
+    if "/" not in spec and os.sep not in spec:
+        GANS.get(spec)  # raises UnknownNameError: "unknown GAN 'toyy' (did you mean toy?); choose from ..."
+    raise GanLoadError(f"--gan {spec!r} is neither a known name ({', '.join(GANS.names())}), "
+                       f"a SavedModel folder nor a TF-Hub handle (https://...)")
 
 
 def _resolve_handle(handle: str) -> Path:

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError, first_line
+from core.registry import UnknownNameError
 from gans.directions import PUBLISHED_DIRECTIONS
 from gans.loader import resample_record
 
@@ -50,14 +51,18 @@ def cached_gan(spec: str, cache_dir: str | None = None):
 def _load_gan(cfg: GenConfig):
     try:
         return cached_gan(cfg.gan, cfg.cache_dir)
-    except GenerationError:
+    except (GenerationError, UnknownNameError):  # a name not in a list stays a usage error (exit 2)
         raise
     except (UserError, OSError) as exc:  # GanLoadError, a cache folder that cannot be written
         raise GenerationError(first_line(exc)) from None
 
 
 def require_direction(cfg: GenConfig) -> None:
-    """Fail before the model loads when a run has no direction to use (embedding needs none)."""
+    """Fail before the model loads when a run has no direction to use (embedding needs none); a
+    misspelt --gan is named as such first, not taken for a model without a direction."""
+    from gans.loader import check_gan_spec
+
+    check_gan_spec(cfg.gan)
     if cfg.direction is None and cfg.gan not in (*SHIPPED_DIRECTIONS, *PUBLISHED_DIRECTIONS):
         raise GenerationError(f"model {cfg.gan!r} ships no segmenting direction: pass --direction FILE (.npy or .pth, "
                               f"one float per latent dimension; the paper's h_bg, or one from find-direction)")
@@ -131,7 +136,7 @@ def _listing(cfg: GenConfig) -> tuple[str, list[Path], Path] | None:
         return None
     try:
         return train_images(cfg)
-    except GenerationError:
+    except (GenerationError, UnknownNameError):  # a name not in a list stays a usage error (exit 2)
         raise
     except (UserError, OSError) as exc:  # DatasetError, EmbeddingError, an unreadable folder
         raise GenerationError(first_line(exc)) from None

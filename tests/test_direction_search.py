@@ -390,7 +390,7 @@ def test_cli_discover_refuses_an_existing_run_without_resume(cli_env, tmp_path):
                                        "--out", str(out)])
     assert res.exit_code == 1 and "pass --resume" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli_env, ["discover", "--gan", "nosuchgan", "--steps", "1", "--out", str(out)])
-    assert res.exit_code == 1 and "Error: --gan 'nosuchgan' is neither a known name" in res.output
+    assert res.exit_code == 2 and "Error: unknown GAN 'nosuchgan'" in res.output
     assert "Traceback" not in res.output
     res = CliRunner().invoke(cli_env, ["discover", "--gan", "toy", "--steps", "1", "--out", str(tmp_path / "e"),
                                        "--lr-directions-milestones", "8000,soon"])

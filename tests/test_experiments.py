@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+from core.registry import UnknownNameError
 from experiments.recipe import PAPER_TABLES, RecipeError, list_recipes, load_recipe
 from experiments.runner import RunOptions, StageError, command_of, digest, stage_args, to_args
 from experiments.table import render
@@ -64,7 +65,7 @@ def test_an_unknown_recipe_option_is_a_one_line_error():
 
 
 def test_bad_recipes_are_one_line_errors(tmp_path):
-    with pytest.raises(RecipeError, match="known recipes"):
+    with pytest.raises(UnknownNameError, match="unknown recipe 'table9-nothing'.*choose from .*table2-ebigbigan"):
         load_recipe("table9-nothing")
     bad = tmp_path / "bad.toml"
     bad.write_text('[recipe]\ntable = "1"\nrow = "x"\n[train]\n[evaluate]\n')

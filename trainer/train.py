@@ -206,7 +206,9 @@ def check_eval_dataset(name: str | None, root: str | None, max_pixels: int = DEF
     except DataError:
         raise
     except UserError as e:  # an unknown name, no data root, a missing folder: benchdata's one line
-        raise DataError(f"--eval-dataset {name}: {first_line(e)}") from None
+        err = DataError(f"--eval-dataset {name}: {first_line(e)}")
+        err.exit_code = getattr(e, "exit_code", 1)  # a name not in the list stays a usage error
+        raise err from None
 
 
 @dataclass(frozen=True)
