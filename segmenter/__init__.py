@@ -5,7 +5,7 @@ segmodel, no other tool.
     inputs.py    what `segment` reads: files, folders, globs, @lists of paths and http(s) URLs; where
                  each one's outputs go; the refusal of an --out inside an input folder
     outputs.py   what it writes per image: the mask (8-bit probability or binary), the overlay, the
-                 cutout, the box of the largest component; the completeness check of resume
+                 cutout, the box of the largest component; the journal that says what is done
     segment.py   SegmentConfig and `segment()`: decode in threads -> the inference path of
                  segmodel.runtime under a benchdata protocol -> encode and write atomically
     export.py    `export_onnx()`: the ONNX file, its metadata and its parity check

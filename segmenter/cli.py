@@ -91,14 +91,18 @@ def _field(name: str, flag: str | None = None, **kwargs):
              + "; ".join(f"{k}: {v}" for k, v in FG_PROB.items()) + ". Default: softmax.")
 @_field("max_image_pixels", type=click.IntRange(min=1),
         help="Images with more pixels than this, read from the file header, are skipped before decoding.")
+@_field("download_timeout", type=click.FloatRange(min=0, min_open=True, max=86400),
+        help="Seconds a URL's whole download may take, redirects included (each read also times out after "
+             "30 s of silence); a download past it is skipped.")
 @_field("overwrite", is_flag=True, help="Redo every image, even those whose outputs exist.")
 @common_options()
 def main(inputs, **fields):
     """Segment images with a trained U-Net: a mask per image at its own size.
 
     INPUT: image files, folders, glob patterns ('photos/**/*.jpg', quoted), http(s) URLs, or @list.txt
-    (a path or URL a line). Outputs are <--out>/<relative path>.png. A re-run skips the images whose
-    outputs are complete; unreadable images are reported, skipped and counted.
+    (a path or URL a line). Outputs are <--out>/<relative path>.png. A re-run skips the images its
+    journal says were made from the same input and model; unreadable images are reported, skipped and
+    counted. At most 2 x --max-image-pixels pixels are decoded at once across images.
     """
     summary = segment(SegmentConfig(inputs=tuple(inputs), **fields), progress=_bar, notify=_note)
     click.echo(summary_text(summary))

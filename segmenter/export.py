@@ -31,7 +31,7 @@ from core.version import package_version
 from segmodel.inference import FG_PROB
 from benchdata.io import DatasetError
 from benchdata.sizing import KINDS, Sizing
-from segmodel.runtime import META_INPUT_SIZE, ONNX_FORMAT, ONNX_INPUT, ONNX_OUTPUT, BackendError
+from segmodel.runtime import CARD, META_INPUT_SIZE, ONNX_FORMAT, ONNX_INPUT, ONNX_OUTPUT, BackendError
 
 from .card import find_results, model_card, provenance
 
@@ -42,7 +42,6 @@ __all__ = ["ExportConfig", "ExportError", "export_onnx", "FORMATS", "PARITY_ATOL
 FORMATS = ("onnx",)
 OPSET = 17
 PARITY_ATOL = 1e-4
-CARD = "MODEL.md"
 _TRACE_HW = (143, 143)  # odd at every U-Net level: the up-steps' padding is traced (module docstring)
 _CHECK_SHAPES = ((2, 128, 171), (1, 160, 128))  # (N, H, W) the exported file is checked on
 

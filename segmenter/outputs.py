@@ -9,21 +9,35 @@ rename), so a file that exists under its final name is whole:
 - `<rel>.cutout.png` (--cutout): the image as RGBA with the mask as its alpha (background transparent).
 - the box (--boxes) of the mask's largest component, foreground v >= 128 of the written mask,
   drawn by the WSOL protocol's rule (scoring.wsol.contour_boxes).
+
+What "done" means for resume is `DONE`, `segment.done.jsonl` in --out: a line per image, appended
+after all its files are written, naming the input (its real path with size and mtime, or its URL),
+the settings key (model sha256, rule, sizing, threshold) and each file's sha256. An image is done
+when its line matches this run's input and settings and every file it asks for still has the
+recorded bytes; a file that merely exists (an earlier run for another input with the same name,
+an older version of this project, a hand edit) is never taken for done. A torn last line (a kill)
+does not parse and is ignored; the journal is compacted, atomically, at the start of each run.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
-from core.atomic import atomic_write_bytes
+from core.atomic import atomic_write_bytes, atomic_write_text
 from scoring.wsol import contour_boxes
 
 __all__ = ["OutputPaths", "output_paths", "is_complete", "threshold_level", "mask_of", "overlay_jpeg",
-           "cutout_png", "largest_box", "encode_png", "BOX_LEVEL"]
+           "cutout_png", "largest_box", "encode_png", "BOX_LEVEL", "DONE", "Journal", "file_sha256"]
+
+DONE = "segment.done.jsonl"  # the journal of images done (module docstring)
+_ROWS_PIXELS = 1 << 20  # the overlay's float arithmetic runs on bands of about this many pixels
 
 BOX_LEVEL = 127  # boxes take foreground v > 127, i.e. v >= 128: p >= 0.5 on a probability mask
 # a tint hides on subjects of its own colour (red on a red car); dimming what is not the object
@@ -42,6 +56,10 @@ class OutputPaths:
 
     def all(self) -> list[Path]:
         return [p for p in (self.mask, self.overlay, self.cutout) if p is not None]
+
+    def named(self) -> dict[str, Path]:
+        return {k: p for k, p in (("mask", self.mask), ("overlay", self.overlay), ("cutout", self.cutout))
+                if p is not None}
 
 
 def output_paths(out: Path, rel: PurePosixPath, overlay: bool, cutout: bool) -> OutputPaths:
@@ -115,12 +133,77 @@ def largest_box(mask: np.ndarray) -> list[int] | None:
     return [int(c) for c in contour_boxes(mask, BOX_LEVEL)[0]]
 
 
-def write_outputs(paths: OutputPaths, image_rgb: np.ndarray, mask: np.ndarray) -> None:
-    """Every requested file of one image, the mask last. No fsync per file (a thousand of them would
-    dominate the run): a killed process leaves at most a temporary name, and a power cut's short
-    file fails `is_complete`, so a resumed run writes it again."""
-    if paths.overlay is not None:
-        atomic_write_bytes(paths.overlay, overlay_jpeg(image_rgb, mask), fsync=False)
-    if paths.cutout is not None:
-        atomic_write_bytes(paths.cutout, cutout_png(image_rgb, mask), fsync=False)
-    atomic_write_bytes(paths.mask, encode_png(mask), fsync=False)
+def write_outputs(paths: OutputPaths, image_rgb: np.ndarray, mask: np.ndarray) -> dict[str, str]:
+    """Every requested file of one image, the mask last; returns each file's sha256 by kind, for
+    the journal. No fsync per file (a thousand of them would dominate the run): a killed process
+    leaves at most a temporary name and no journal line, so a resumed run writes it again."""
+    written = {}
+    for kind, path, make in (("overlay", paths.overlay, overlay_jpeg), ("cutout", paths.cutout, cutout_png)):
+        if path is not None:
+            data = make(image_rgb, mask)
+            atomic_write_bytes(path, data, fsync=False)
+            written[kind] = hashlib.sha256(data).hexdigest()
+            del data
+    data = encode_png(mask)
+    atomic_write_bytes(paths.mask, data, fsync=False)
+    written["mask"] = hashlib.sha256(data).hexdigest()
+    return written
+
+
+def file_sha256(path: Path) -> str | None:
+    """The sha256 of a regular file, None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                return None
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class Journal:
+    """segment.done.jsonl (module docstring): entries by mask path relative to --out, the last
+    line of a path winning."""
+
+    def __init__(self, out: Path, fresh: bool = False):
+        self.path = out / DONE
+        self.entries: dict[str, dict] = {}
+        if not fresh:
+            self._load()
+        self._file = None
+
+    def _load(self) -> None:
+        try:
+            if not self.path.is_file():
+                return
+            with open(self.path, "rb") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill
+            if isinstance(entry, dict) and isinstance(entry.get("mask"), str):
+                self.entries[entry["mask"]] = entry
+
+    def start(self) -> None:
+        """Rewrite the journal compacted (atomically), then open it for appending."""
+        atomic_write_text(self.path, "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n"
+                                             for e in self.entries.values()), fsync=False)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def add(self, entry: dict) -> None:
+        self.entries[entry["mask"]] = entry
+        # one write of one line, flushed: a kill leaves whole lines and at most one torn one
+        self._file.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

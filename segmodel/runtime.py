@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Backend", "BackendError", "TorchBackend", "OnnxBackend", "open_backend", "predict_batch",
            "resolve_device", "describe_file", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_FORMAT",
            "META_INPUT_SIZE", "NATIVE", "INPUT_SIZE_RANGE", "whole_size", "parse_input_size", "feed_size",
-           "checkpoint_input_size"]
+           "checkpoint_input_size", "check_card_sha256", "CARD"]
 
 # The exported model's contract, named by layout and range so that a caller needs no manual:
 # float32 [N, 3, H, W] RGB scaled to [-1, 1] in, float32 [N, H, W] foreground probability out.
@@ -233,11 +234,30 @@ class OnnxBackend(Backend):
         if inputs != [ONNX_INPUT] or ONNX_OUTPUT not in outputs:
             raise BackendError(f"--model {self.path} takes {inputs} and gives {outputs}; a bgw-seg segmenter takes "
                                f"[{ONNX_INPUT!r}] and gives {ONNX_OUTPUT!r}; export one with export-model")
+        self._check_shapes()
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.fg_prob = self.metadata.get("bgw.fg_prob", "softmax")
         self.input_size, self.input_size_from = self._training_size()
         self.fingerprint = sha256_file(self.path)
+        check_card_sha256(self.path, self.fingerprint)
         self.device = device
+
+    def _check_shapes(self) -> None:
+        """Refuse, before any image is read, a graph whose declared shapes break the contract: a
+        fixed batch, height or width fails on the first image of another size, and an output of
+        another rank (a flattened [N, H*W]) would be read as a wrong mask."""
+        given = self.session.get_inputs()[0]
+        shape = given.shape
+        if given.type != "tensor(float)" or shape is None or len(shape) != 4 or shape[1] not in (3, "3") \
+                or any(isinstance(d, int) for d in (shape[0], shape[2], shape[3])):
+            raise BackendError(f"--model {self.path}: its input {ONNX_INPUT} is {given.type} {_dims(shape)}; a bgw-seg "
+                               "segmenter takes float [N, 3, H, W] with batch, height and width dynamic; export one "
+                               "with export-model")
+        out = next(o for o in self.session.get_outputs() if o.name == ONNX_OUTPUT)
+        if out.type != "tensor(float)" or (out.shape is not None and len(out.shape) != 3) \
+                or any(isinstance(d, int) for d in (out.shape or [])):
+            raise BackendError(f"--model {self.path}: its output {ONNX_OUTPUT} is {out.type} {_dims(out.shape)}; a "
+                               "bgw-seg segmenter gives float [N, H, W] with dynamic sides; export one with export-model")
 
     def _training_size(self) -> tuple[int, str]:
         """(size, how it is known) from the metadata; files exported before `bgw.input_size` was
@@ -256,13 +276,43 @@ class OnnxBackend(Backend):
         return self.path.stem
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: normalize_images_numpy(batch)})[0]
+        try:
+            return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: normalize_images_numpy(batch)})[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's run errors have no common class
+            raise BackendError(f"--model {self.path} fails on a batch of shape {list(batch.shape)} "
+                               f"({first_line(e)}); export the model again with export-model") from None
 
     def describe(self) -> dict:
         provenance = self.metadata.get("bgw.provenance")
         return {"kind": self.kind, "path": str(self.path), "sha256": self.fingerprint, "fg_prob": self.fg_prob,
                 "step": self.metadata.get("bgw.step"), "input_size": self.input_size,
                 "provenance": json.loads(provenance) if provenance else None}
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + "]" if shape is not None else "[?]"
+
+
+CARD = "MODEL.md"  # export-model's card, beside the file it describes
+_CARD_FILE = re.compile(r"^- File: `([^`]+)`, sha256 `([0-9a-f]{64})`", re.MULTILINE)
+
+
+def check_card_sha256(path: Path, sha256: str) -> None:
+    """Refuse a model file whose bytes differ from the sha256 its card (MODEL.md beside it, as
+    export-model writes it) records for its name: a flipped weight changes masks with no other
+    sign. A file the card does not name (renamed, or no card) is not judged."""
+    card = path.parent / CARD
+    try:
+        if not card.is_file() or card.stat().st_size > (1 << 20):
+            return
+        text = card.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    recorded = {name: digest for name, digest in _CARD_FILE.findall(text)}
+    if path.name in recorded and recorded[path.name] != sha256:
+        raise BackendError(f"--model {path} has sha256 {sha256[:16]}..., its card {card} records "
+                           f"{recorded[path.name][:16]}...: the file changed after export (a damaged copy?); "
+                           "get the file again or export it again")
 
 
 def open_backend(ckpt: str | Path | None = None, model: str | Path | None = None, *, device: str = "auto",
@@ -315,6 +365,30 @@ def predict_batch(backend: Backend, images: list[np.ndarray], batch_size: int = 
     for idx in groups.values():
         for s in range(0, len(idx), batch_size):
             part = idx[s:s + batch_size]
-            for i, p in zip(part, backend.probabilities(np.stack([images[i] for i in part]))):
+            batch = np.stack([images[i] for i in part])
+            probs = np.asarray(backend.probabilities(batch))
+            _check_probabilities(backend, batch, probs)
+            for i, p in zip(part, probs):
                 out[i] = p
     return out  # type: ignore[return-value]
+
+
+_RANGE_SLACK = 1e-4  # float rounding of a softmax or sigmoid may step past 1 by an ulp or two
+
+
+def _check_probabilities(backend: Backend, batch: np.ndarray, probs: np.ndarray) -> None:
+    """Refuse a model output that is no probability map of the batch: NaN or inf (which
+    quantise to an all-zero mask and would pass unnoticed), values outside [0, 1], or another shape."""
+    name = getattr(backend, "path", None) or getattr(backend, "weights_path", None) or backend.kind
+    want = batch.shape[:3]
+    if probs.shape != want:
+        raise BackendError(f"the model {name} gives shape {list(probs.shape)} for a batch of {list(want)} "
+                           "(N, H, W); a bgw-seg segmenter gives one probability per pixel")
+    if not np.isfinite(probs).all():
+        bad = int((~np.isfinite(probs)).sum())
+        raise BackendError(f"the model {name} gives {bad} non-finite values (NaN or inf) on {len(batch)} images; "
+                           "its weights are damaged: get or export the model again")
+    lo, hi = float(probs.min(initial=0.0)), float(probs.max(initial=0.0))
+    if lo < -_RANGE_SLACK or hi > 1 + _RANGE_SLACK:
+        raise BackendError(f"the model {name} gives values from {lo:.3g} to {hi:.3g}, not probabilities in [0, 1]; "
+                           "export the model again with export-model")

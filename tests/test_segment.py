@@ -113,8 +113,8 @@ def test_inputs_expand_files_folders_globs_and_lists(tmp_path):
     rels = [str(s.rel) for s in expand_inputs([str(tmp_path / "photos" / "**" / "*.png")])]
     assert rels == ["img00", "img01", "sub/img00"]
     listed = expand_inputs(["@" + str(tmp_path / "lists" / "l.txt")])
-    # '..' paths keep their name only; URLs go under host/path; absolute paths keep their name
-    assert [str(s.rel) for s in listed] == ["img00", "example.org/a/b/c", "img01"]
+    # '..' paths keep their name only; URLs go under host/path?query (the ? escaped); absolute paths keep their name
+    assert [str(s.rel) for s in listed] == ["img00", "example.org/a/b/c%3Fx=1", "img01"]
     assert listed[0].location == str(tmp_path / "lists" / "../photos/sub/img00.png") and listed[1].is_url
     # the same file named twice is one input
     assert len(expand_inputs([str(tmp_path / "photos" / "img00.png"), str(tmp_path / "photos")])) == 2
@@ -219,8 +219,9 @@ def test_resume_skips_complete_outputs_and_rewrites_the_rest_identically(run_dir
     assert _segment(args).exit_code == 0
     out = tmp_path / "out"
     files = sorted(p for p in out.iterdir() if p.is_file())
-    assert len(files) == 5 * 3 + 2  # mask, overlay, cutout per image; boxes.jsonl; segment.json
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    # mask, overlay, cutout per image; boxes.jsonl; segment.json; segment.done.jsonl, the journal of what is done
+    assert len(files) == 5 * 3 + 3
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files if p.name != "segment.done.jsonl"}
     (out / "img01.png").unlink()  # a lost mask
     data = (out / "img02.overlay.jpg").read_bytes()
     (out / "img02.overlay.jpg").write_bytes(data[: len(data) // 2])  # a file cut short
