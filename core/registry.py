@@ -26,10 +26,17 @@ from typing import Callable, Generic, TypeVar, overload
 
 from core.errors import UserError
 
-__all__ = ["Registry", "UnknownNameError"]
+__all__ = ["Registry", "UnknownNameError", "did_you_mean"]
 
 T = TypeVar("T")
 _NOTHING = object()
+
+
+def did_you_mean(name: object, choices) -> str:
+    """" (did you mean a, b?)" with the choices close to `name`, or "" when none is: the one hint of
+    every "not in the list" message."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 class UnknownNameError(UserError, KeyError):
@@ -76,9 +83,8 @@ class Registry(Mapping[str, T], Generic[T]):
             raise UnknownNameError(self._unknown(name)) from None
 
     def _unknown(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), list(self._entries), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return f"unknown {self.kind} {name!r}{hint}; choose from {', '.join([*self.names(), *self.also])}"
+        return f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; choose from " \
+               f"{', '.join([*self.names(), *self.also])}"
 
     def names(self) -> list[str]:
         """The registered names, sorted."""

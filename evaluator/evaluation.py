@@ -87,8 +87,8 @@ def check_config(cfg: EvalConfig) -> int | None:
         raise EvalError(f"--workers must be >= 1, got {cfg.workers}")
     if cfg.limit is not None and cfg.limit < 1:
         raise EvalError(f"--limit must be >= 1, got {cfg.limit}")
-    if cfg.fg_prob is not None and cfg.fg_prob not in FG_PROB:
-        raise EvalError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
+    if cfg.fg_prob is not None:
+        FG_PROB.get(cfg.fg_prob)
     if cfg.fg_prob is not None and cfg.pred_dir is not None:
         raise EvalError("--fg-prob applies to --ckpt; saved --pred-dir maps are probabilities already")
     asked = parse_input_size(cfg.input_size)

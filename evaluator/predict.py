@@ -85,8 +85,6 @@ class CheckpointSource:
         except ImportError as e:
             raise PredictionError(f"--ckpt needs torch and safetensors ({e}); pip install 'bgw-seg[eval]'") from e
         self.path = Path(self.path)
-        if self.fg_prob not in FG_PROB:
-            raise PredictionError(f"unknown --fg-prob {self.fg_prob!r}; choose from {', '.join(FG_PROB)}")
         try:
             self.backend = TorchBackend(self.path, self.device, self.fg_prob)
         except (CheckpointError, BackendError) as e:

@@ -137,8 +137,7 @@ def export_onnx(cfg: ExportConfig) -> dict:
     """Write cfg.out (the ONNX file) and MODEL.md beside it; returns what was written and the parity."""
     if cfg.format not in FORMATS:
         raise ExportError(f"unknown --format {cfg.format!r}; choose from {', '.join(FORMATS)}")
-    if cfg.fg_prob not in FG_PROB:
-        raise ExportError(f"unknown --fg-prob {cfg.fg_prob!r}; choose from {', '.join(FG_PROB)}")
+    FG_PROB.get(cfg.fg_prob)
     if cfg.protocol not in KINDS:
         try:
             kind = Sizing.parse(cfg.protocol).kind  # a name with a size: what --protocol took before

@@ -53,6 +53,7 @@ from benchdata.sizing import KINDS, Sizing
 from core.atomic import atomic_write_text
 from core.errors import UserError
 from core.images import DEFAULT_MAX_PIXELS, Skip, read_user_image
+from core.registry import did_you_mean
 from segmodel.inference import probability_to_uint8
 from segmodel.runtime import NATIVE, Backend, feed_size, open_backend, parse_input_size, predict_batch
 
@@ -78,7 +79,7 @@ def sizing_error(value: str) -> str:
     try:
         sizing = Sizing.parse(value)
     except DatasetError:
-        return f"unknown --protocol {value!r}; choose from {', '.join(KINDS)}"
+        return f"unknown --protocol {value!r}{did_you_mean(value, KINDS)}; choose from {', '.join(KINDS)}"
     return (f"--protocol {value} is now --protocol {sizing.kind} --input-size {sizing.size} (by default, --input-size "
             f"{NATIVE}, the model is fed at its training size)")
 
@@ -108,7 +109,9 @@ class SegmentConfig:
 
     def check(self) -> None:
         if self.protocol not in KINDS:
-            raise SegmentError(sizing_error(self.protocol))
+            err = SegmentError(sizing_error(self.protocol))
+            err.exit_code = 2  # a value chosen from a list: a usage error, as in every tool
+            raise err
         parse_input_size(self.input_size)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise SegmentError(f"--threshold must lie in [0, 1] (or be 'none'), got {self.threshold}")

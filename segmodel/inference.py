@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from core.maps import probability_to_uint8
+from core.registry import Registry
 
 __all__ = ["FG_PROB", "DEFAULT_INPUT_SIZE", "whole_size", "foreground_probability", "normalize_images",
            "normalize_images_numpy", "probability_to_uint8"]
@@ -41,12 +42,12 @@ def whole_size(value) -> int | None:
         return None
     return int(size) if math.isfinite(size) and size == int(size) and size >= 1 else None
 
-# The rules that turn the U-Net's two logits into the foreground probability.
-FG_PROB = {
-    "softmax": "softmax over the two logits, channel 1: what the cross-entropy loss fits",
-    "sigmoid1": "sigmoid of the foreground logit alone, as the authors' reference code "
-                "(postprocessing.SegmentationInference)",
-}
+# The rules that turn the U-Net's two logits into the foreground probability (name -> what it is);
+# `FG_PROB.get(rule)` is the one check of a rule's name (core.registry's one line, exit 2).
+FG_PROB: Registry[str] = Registry("foreground-probability rule")
+FG_PROB.register("softmax", "softmax over the two logits, channel 1: what the cross-entropy loss fits")
+FG_PROB.register("sigmoid1", "sigmoid of the foreground logit alone, as the authors' reference code "
+                             "(postprocessing.SegmentationInference)")
 
 
 def normalize_images(images_u8):
@@ -77,4 +78,5 @@ def foreground_probability(logits, rule: str = "softmax"):
         return torch.softmax(logits.float(), dim=1)[:, 1]
     if rule == "sigmoid1":
         return torch.sigmoid(logits.float()[:, 1])
-    raise ValueError(f"unknown foreground-probability rule {rule!r}; choose from {', '.join(FG_PROB)}")
+    FG_PROB.get(rule)  # raises: an unknown rule's one line
+    raise AssertionError(f"FG_PROB names {rule!r}, which foreground_probability does not implement")

@@ -152,8 +152,7 @@ class TorchBackend(Backend):
         from .checkpoint import find_sidecar, input_size_of, load_for_inference
 
         path = Path(path)
-        if fg_prob not in FG_PROB:
-            raise BackendError(f"unknown foreground-probability rule {fg_prob!r}; choose from {', '.join(FG_PROB)}")
+        FG_PROB.get(fg_prob)
         _check_checkpoint_file(path)
         model, self.meta = load_for_inference(path)
         self.sidecar = find_sidecar(path)

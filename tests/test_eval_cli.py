@@ -484,7 +484,9 @@ def test_fg_prob_rules_on_fixed_logits():
     np.testing.assert_allclose(foreground_probability(logits, "softmax").numpy(), [[[0.75, 0.25, 0.9]]], atol=1e-6)
     # sigmoid1: 1 / (1 + e^-l1) = 3/4, 1/2, 3/4 (l0 is ignored)
     np.testing.assert_allclose(foreground_probability(logits, "sigmoid1").numpy(), [[[0.75, 0.5, 0.75]]], atol=1e-6)
-    with pytest.raises(ValueError, match="sigmoid1"):
+    from core.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="did you mean sigmoid1"):
         foreground_probability(logits, "sigmoid")
 
 

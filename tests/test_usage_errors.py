@@ -18,9 +18,11 @@ BIN = Path(sys.executable).parent
     (["eval-seg", "--dataset", "ecsd", "--pred-dir", "{tmp}", "--out", "{tmp}/d"], "did you mean ecssd"),
     (["gen-synth", "--mask-rule", "lightnig", "--out", "{tmp}/e"], "did you mean lighting"),
     ([sys.executable, "-m", "experiments", "run", "tabel2-ebigbigan", "--dry-run"], "did you mean table2-ebigbigan"),
+    (["segment", "--model", "{repo}/models/dcgan-faces.onnx", "{tmp}", "--out", "{tmp}/f", "--protocol", "shrt"],
+     "did you mean short"),
 ])
 def test_a_misspelt_name_is_one_line_with_the_close_ones_and_exit_2(args, suggestion, tmp_path):
-    cmd = [a.format(tmp=tmp_path) for a in args]
+    cmd = [a.format(tmp=tmp_path, repo=Path(__file__).resolve().parents[1]) for a in args]
     if not Path(cmd[0]).is_absolute():
         cmd[0] = str(BIN / cmd[0])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
