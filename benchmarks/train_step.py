@@ -5,10 +5,12 @@
     python benchmarks/train_step.py --device cuda           # GPU: batch 95, fp32 vs bf16 (+ projection)
 
 The loader is measured as one worker would run it (read .tar.zst, shuffle, decode, batch) on a
-toy 128x128 disc set written to a temporary folder, once per image encoding. The step is the
-training loop's step (uint8 -> device, normalise, autocast forward, fp32 cross-entropy, backward,
-Adam). Workers needed = step appetite (batch / step time) / one worker's samples/s. Prints a table
-and one JSON line; no asserts.
+toy 128x128 disc set written to a temporary folder, once per image encoding (the default first),
+in samples per CPU-second: one worker process's rate on one core, whatever else the machine runs.
+The step is the training loop's step (uint8 -> device, normalise, autocast forward, fp32
+cross-entropy, backward, Adam). Workers needed = step appetite (batch / step time) / one worker's
+samples/CPU-s. Prints a table, the default encoding's loader against the fastest row, and one JSON
+line; no asserts.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shardset.format import DEFAULT_ENCODING  # noqa: E402
 from shardset.select import select_shards  # noqa: E402
 from trainer.data import StreamSpec, worker_stream  # noqa: E402
 from trainer.toy import write_disc_set  # noqa: E402
@@ -38,17 +41,17 @@ PAPER_STEPS = 12000
 
 
 def loader_rate(folder: Path, encoding: str, batch: int, n_batches: int) -> float:
-    """Samples/s of one worker's stream (no DataLoader: what each worker process does)."""
+    """Samples/CPU-s of one worker's stream (no DataLoader: what each worker process does)."""
     manifest = write_disc_set(folder / encoding, f"bench{encoding}", n_train=512, n_val=0, size=128,
                               shard_size=128, seed=0, encoding=encoding)
     src = select_shards([str(manifest)])
     spec = StreamSpec(urls=src.train_urls, seed=0, batch=batch, size=128, shuffle_buffer=256, round_samples=4096)
     stream = worker_stream(spec, 0, 1)
     next(stream)  # fill the shuffle buffer outside the timing
-    t = time.perf_counter()
+    t = time.process_time()
     for _ in itertools.islice(stream, n_batches):
         pass
-    return n_batches * batch / (time.perf_counter() - t)
+    return n_batches * batch / (time.process_time() - t)
 
 
 def step_time(width: int, batch: int, device: str, precision: str, steps: int, channels_last: bool,
@@ -109,7 +112,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
-    ap.add_argument("--encodings", default="png,npy", help="shard encodings for the loader rate")
+    ap.add_argument("--encodings", default=f"{DEFAULT_ENCODING},npy,png",
+                    help="shard encodings for the loader rate (the first is compared with the fastest row)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,7 +127,7 @@ def main(argv=None) -> dict:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rates = {enc: loader_rate(Path(tmp), enc, 16, 8 if args.quick else 32) for enc in args.encodings.split(",")}
+        rates = {enc: loader_rate(Path(tmp), enc, 16, 32) for enc in args.encodings.split(",")}
     for width in widths:
         for batch in batches:
             for prec in precisions:
@@ -136,7 +140,7 @@ def main(argv=None) -> dict:
                                  "paper_schedule_h": PAPER_STEPS * s / 3600 * (95 / batch)})
     dev_name = torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine())
     print(f"device: {args.device} ({dev_name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("loader, one worker, 128x128 toy set: " + ", ".join(f"{e} {r:.0f} samples/s" for e, r in rates.items()))
+    print("loader, one worker, 128x128 toy set: " + ", ".join(f"{e} {r:.0f} samples/CPU-s" for e, r in rates.items()))
     head = f"{'width':>5} {'batch':>5} {'prec':>5} {'comp':>4} {'step s':>9} {'steps/s':>8} {'samples/s':>9} " \
            + " ".join(f"{'wk ' + e:>7}" for e in rates) + f" {'12000x95 (h)':>12}"
     print(head)
@@ -145,6 +149,11 @@ def main(argv=None) -> dict:
               f"{r['steps_per_s']:>8.2f} {r['samples_per_s']:>9.1f} "
               + " ".join(f"{r['workers_needed'][e]:>7.2f}" for e in rates) + f" {r['paper_schedule_h']:>12.2f}")
     print("(12000x95 (h): the paper's schedule at this step time, scaled to batch 95 when measured at another)")
+    first, fastest = next(iter(rates)), max(rows, key=lambda r: r["samples_per_s"])
+    print(f"loader, {first}, one worker: {rates[first]:.0f} samples/CPU-s against {fastest['samples_per_s']:.1f} "
+          f"samples/s eaten by the fastest row (width {fastest['width']}, batch {fastest['batch']}, "
+          f"{fastest['precision']}): {rates[first] / fastest['samples_per_s']:.1f}x, "
+          f"{fastest['workers_needed'][first]:.2f} workers needed")
     result = {"bench": "train_step", "device": args.device, "device_name": dev_name, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "loader_samples_per_s_per_worker": rates, "rows": rows}
     print(json.dumps(result))

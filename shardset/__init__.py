@@ -19,7 +19,7 @@ It imports `core` (atomic writes, the user-image reader, UserError) and no other
     inspect.py   summary table and image | mask contact sheet
     importer.py  labelled folder -> shard set
     synthetic.py tiny deterministic sets for tests and demos
-    export.py    shard set -> image and mask files, or plain tar shards + their manifest
+    export.py    shard set -> image and mask files, plain tar shards + their manifest, or the set re-encoded
     cli.py       the `shardset` command (inspect, verify, import, export; --json for inspect and verify)
 """
 from .codec import decode_sample, encode_sample

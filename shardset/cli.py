@@ -138,20 +138,36 @@ def import_cmd(images, masks, out, name, **fields) -> None:
                    "their sha256 and split, for tools that read only plain tar.")
 @click.option("--limit", type=click.IntRange(1, None), default=None,
               help="Export at most this many samples (not with --plain-tar, which exports whole shards).")
+@click.option("--encoding", type=click.Choice(ENCODINGS), default=None,
+              help="Re-encode: write the whole set anew in --out with its images in this encoding (same keys, "
+                   "split and counts; new shards, sha256 and manifest). E.g. an npy set made before delta "
+                   "was the default, to --encoding delta.")
 @verbosity_option()
-def export_cmd(spec: tuple[str, ...], out: str, plain_tar: bool, limit: int | None) -> None:
-    """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255), or as plain tar.
+def export_cmd(spec: tuple[str, ...], out: str, plain_tar: bool, limit: int | None, encoding: str | None) -> None:
+    """Write the samples of SET as images/<key>.png and masks/<key>.png (0/255), as plain tar, or as
+    a shard set in another image encoding (--encoding).
 
     Plain tar: read it with tar, webdataset or Hugging Face datasets without bgw-seg (recipes in
     shardset/FORMAT.md). Refuses an --out that already holds an export of the set.
     """
-    from .export import export_plain_tar, export_set
+    from .export import export_plain_tar, export_set, reencode_set
     from .urls import resolve
 
     if plain_tar and limit is not None:
         raise click.UsageError("--limit counts samples, and --plain-tar exports whole shards: choose the shards "
                                "with SET (a glob or a brace range) instead")
+    if encoding is not None and (plain_tar or limit is not None):
+        raise click.UsageError("--encoding re-encodes the whole set as a shard set: leave out "
+                               f"{'--plain-tar' if plain_tar else '--limit'}")
     ref = resolve(list(spec))
+    if encoding is not None:
+        was = ref.manifest["encoding"] if ref.manifest else "?"
+        with progress_bar(total=len(ref.urls), unit="shard", desc="re-encode") as bar:
+            m = reencode_set(ref, out, encoding, progress=bar.update)
+        t = m["totals"]
+        click.echo(f"wrote {t['shards']} shards ({t['samples']} samples, {t['bytes']} bytes) in encoding {encoding} "
+                   f"(was {was}) and {m['name']}.json to {out}")
+        return
     if plain_tar:
         with progress_bar(total=len(ref.urls), unit="shard", desc="export") as bar:
             m = export_plain_tar(ref, out, progress=bar.update)

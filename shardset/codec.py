@@ -19,7 +19,7 @@ import numpy as np
 
 from core.images import PNG_SIGNATURE, HeaderError, jpeg_size, png_header, webp_size
 
-from .format import ALLOWED_MEMBERS_HINT, MEMBER_RE, Limits, ShardError, check_encoding
+from .format import ALLOWED_MEMBERS_HINT, MEMBER_RE, Limits, ShardError, check_encoding, mask_field
 
 _NPY_MAGIC = b"\x93NUMPY"
 # Parameters chosen so that encoding is deterministic and fast; see benchmarks/shard_io.py.
@@ -81,12 +81,51 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return header + arr.tobytes()
 
 
+def delta_residuals(image: np.ndarray) -> np.ndarray:
+    """The `delta` encoding's filter: RGB uint8 [H, W, 3] -> residuals uint8 [H, W, 3], mod 256.
+
+    Subtract-green (R - G, B - G: photos' channels move together), then the gradient predictor
+    x - left - up + up-left per channel, with zeros outside the image. Both steps are linear mod
+    256, so the inverse is two running sums and two adds (`delta_decode`) that numpy alone can do;
+    zstd then codes the residuals, which cluster near 0, at about half the raw bytes."""
+    y = np.array(image, dtype=np.uint8)
+    y[..., 0] -= y[..., 1]
+    y[..., 2] -= y[..., 1]
+    r = y.copy()
+    r[:, 1:] -= y[:, :-1]
+    out = r.copy()
+    out[1:] -= r[:-1]
+    return out
+
+
+# cv2.integral sums in int32; its low byte is exact while no sum can pass 2**31
+_INTEGRAL_MAX_PIXELS = (2**31 - 1) // 255
+
+
+def delta_decode(residuals: np.ndarray) -> np.ndarray:
+    """Inverse of `delta_residuals`: uint8 [H, W, 3] residuals -> the RGB image, exactly.
+
+    The readers' recipe is np.cumsum over axis 0 then axis 1 (dtype uint8, which wraps mod 256),
+    then R += G and B += G; OpenCV's integral image gives the same two sums in a third of the time."""
+    h, w = residuals.shape[:2]
+    if h * w <= _INTEGRAL_MAX_PIXELS:
+        y = cv2.integral(residuals, sdepth=cv2.CV_32S)[1:, 1:].astype(np.uint8)
+    else:
+        y = np.cumsum(np.cumsum(residuals, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8)
+    y[..., 0] += y[..., 1]
+    y[..., 2] += y[..., 1]
+    return y
+
+
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
-    """RGB uint8 [H, W, 3] -> bytes in `encoding` (png | webp (lossless) | jpg (q95) | npy (raw))."""
+    """RGB uint8 [H, W, 3] -> bytes in `encoding` (delta (residuals .npy) | png | webp (lossless) |
+    jpg (q95) | npy (raw))."""
     arr = check_image(image)
     check_encoding(encoding)
     if encoding == "npy":
         return _npy_bytes(np.ascontiguousarray(arr))
+    if encoding == "delta":
+        return _npy_bytes(delta_residuals(arr))
     params = {"png": _PNG_PARAMS, "webp": _WEBP_PARAMS, "jpg": _JPG_PARAMS}[encoding]
     ok, enc = cv2.imencode("." + encoding, np.ascontiguousarray(arr[:, :, ::-1]), params)
     if not ok:
@@ -116,6 +155,24 @@ def encode_mask(mask: np.ndarray) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
     return b"".join((PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr),
                      _png_chunk(b"IDAT", zlib.compress(rows.data, MASK_ZLIB_LEVEL)), _PNG_IEND))
+
+
+def encode_mask_pbm(mask: np.ndarray) -> bytes:
+    """{0,1} uint8 [H, W] -> binary PBM (P4): the header `P4\\nW H\\n`, then each row packed MSB
+    first and padded to a byte.
+
+    PBM's 1 bit is black, so the foreground is stored as 0 bits: every image tool (PIL, OpenCV,
+    webdataset, Hugging Face datasets) shows it white, as it shows the PNG masks' 255."""
+    arr = check_mask(mask)
+    h, w = arr.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot encode an empty {list(arr.shape)} mask as PBM")
+    return b"P4\n%d %d\n" % (w, h) + np.packbits(arr ^ 1, axis=1).tobytes()
+
+
+def encode_mask_as(mask: np.ndarray, field: str) -> bytes:
+    """The mask as the member `field` holds it: `mask.pbm` or `mask.png`."""
+    return encode_mask_pbm(mask) if field == "mask.pbm" else encode_mask(mask)
 
 
 def encode_z(z: Any) -> bytes:
@@ -152,7 +209,8 @@ def encode_sample(sample: dict, encoding: str) -> dict[str, bytes]:
         raise ValueError(f"sample has no {' or '.join(missing)}; every sample needs an image and a mask")
     image = check_image(sample["image"])
     members = {f"image.{encoding}": encode_image(image, encoding)}
-    members["mask.png"] = encode_mask(check_mask(sample["mask"], image.shape[:2]))
+    field = mask_field(encoding)
+    members[field] = encode_mask_as(check_mask(sample["mask"], image.shape[:2]), field)
     if sample.get("z") is not None:
         members["z.npy"] = encode_z(sample["z"])
     if sample.get("meta") is not None:
@@ -179,16 +237,28 @@ _NPY_FAST_RE = re.compile(
 )
 
 
+# header bytes -> what the regex made of them: every image of a set has the same header, and
+# parsing it costs a tenth of reading the sample
+_NPY_PARSED: dict[bytes, tuple[tuple[int, ...], np.dtype, int]] = {}
+
+
 def _npy_header(data: bytes, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a .npy file, parsed without unpickling anything."""
     if not data.startswith(_NPY_MAGIC):
         raise DecodeError(f"{what} is not a .npy file (bad magic)")
     if data[6:8] == b"\x01\x00" and len(data) >= 10:
         hlen = int.from_bytes(data[8:10], "little")
+        head = data[: 10 + hlen]
+        parsed = _NPY_PARSED.get(head)
+        if parsed is not None:
+            return parsed
         m = _NPY_FAST_RE.fullmatch(data, 10, 10 + hlen)
         if m:
             shape = tuple(int(x) for x in m["shape"].split(b",") if x.strip())
-            return shape, np.dtype(m["descr"].decode()), 10 + hlen
+            parsed = shape, np.dtype(m["descr"].decode()), 10 + hlen
+            if len(_NPY_PARSED) < 64:  # a set repeats a few headers (image, z); never grow without bound
+                _NPY_PARSED[head] = parsed
+            return parsed
     fp = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(fp)
@@ -216,10 +286,10 @@ def image_size(data: bytes, encoding: str) -> tuple[int, int]:
         return _header(jpeg_size, data)
     if encoding == "webp":
         return _header(webp_size, data)
-    if encoding == "npy":
+    if encoding in ("npy", "delta"):
         shape, _, _ = _npy_header(data, "image")
         if len(shape) != 3:
-            raise DecodeError(f"image .npy must be [H, W, 3], got shape {list(shape)}")
+            raise DecodeError(f"image .{encoding} must be [H, W, 3], got shape {list(shape)}")
         return shape[1], shape[0]
     raise DecodeError(f"unknown image encoding {encoding!r}")
 
@@ -240,16 +310,18 @@ def _check_size(w: int, h: int, limits: Limits, what: str) -> None:
 
 def decode_image(data: bytes, encoding: str, limits: Limits = Limits()) -> np.ndarray:
     """Bytes -> RGB uint8 [H, W, 3], refusing over-size images before decoding them."""
-    if encoding == "npy":
+    if encoding in ("npy", "delta"):
         shape, dtype, offset = _npy_header(data, "image")
         if len(shape) != 3:
-            raise DecodeError(f"image .npy must be [H, W, 3], got shape {list(shape)}")
+            raise DecodeError(f"image .{encoding} must be [H, W, 3], got shape {list(shape)}")
         _check_size(shape[1], shape[0], limits, "image")
         if dtype != np.uint8 or shape[2] != 3:
-            raise DecodeError(f"image .npy must be uint8 [H, W, 3], got {dtype} {list(shape)}")
+            raise DecodeError(f"image .{encoding} must be uint8 [H, W, 3], got {dtype} {list(shape)}")
         if len(data) - offset != math.prod(shape):
-            raise DecodeError(f"image .npy holds {len(data) - offset} data bytes, header says {math.prod(shape)}")
-        return np.frombuffer(data, np.uint8, offset=offset).reshape(shape).copy()
+            raise DecodeError(f"image .{encoding} holds {len(data) - offset} data bytes, header says "
+                              f"{math.prod(shape)}")
+        arr = np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
+        return delta_decode(arr) if encoding == "delta" else arr.copy()
     w, h = image_size(data, encoding)
     _check_size(w, h, limits, "image")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -270,6 +342,29 @@ def decode_mask(data: bytes, limits: Limits = Limits()) -> np.ndarray:
     if arr is None or arr.shape != (h, w):
         raise DecodeError("corrupt mask PNG (OpenCV could not decode it)")
     return (arr > 127).astype(np.uint8)
+
+
+# The one PBM header the writer makes; comments and other whitespace (legal PBM) are refused.
+_PBM_RE = re.compile(rb"P4\n([1-9][0-9]{0,8}) ([1-9][0-9]{0,8})\n")
+
+
+def decode_mask_pbm(data: bytes, limits: Limits = Limits()) -> np.ndarray:
+    """Binary PBM (P4, foreground as 0 bits) -> uint8 [H, W] in {0, 1}."""
+    m = _PBM_RE.match(data)
+    if m is None:
+        raise DecodeError("mask is not a binary PBM with the header P4\\nW H\\n")
+    w, h = int(m[1]), int(m[2])
+    _check_size(w, h, limits, "mask")
+    row = (w + 7) // 8
+    if len(data) - m.end() != h * row:
+        raise DecodeError(f"mask PBM holds {len(data) - m.end()} data bytes, its {w}x{h} header says {h * row}")
+    bits = np.frombuffer(data, np.uint8, offset=m.end()).reshape(h, row)
+    return np.unpackbits(bits, axis=1, count=w) ^ np.uint8(1)
+
+
+def decode_mask_as(data: bytes, field: str, limits: Limits = Limits()) -> np.ndarray:
+    """The mask of member `field` (`mask.pbm` or `mask.png`) -> uint8 [H, W] in {0, 1}."""
+    return decode_mask_pbm(data, limits) if field == "mask.pbm" else decode_mask(data, limits)
 
 
 def decode_z(data: bytes, limits: Limits = Limits()) -> np.ndarray:
@@ -309,6 +404,7 @@ def decode_sample(raw: dict, limits: Limits = Limits()) -> dict:
             raise DecodeError("missing or invalid __key__")
         out: dict[str, Any] = {k: v for k, v in raw.items() if k.startswith("__")}
         images = [f for f in raw if f.startswith("image.")]
+        masks = [f for f in raw if f.startswith("mask.")]
         for field in raw:
             if field.startswith("__"):
                 continue
@@ -316,11 +412,13 @@ def decode_sample(raw: dict, limits: Limits = Limits()) -> dict:
                 raise DecodeError(f"unknown member {key}.{field} (allowed: {ALLOWED_MEMBERS_HINT})")
         if len(images) != 1:
             raise DecodeError(f"needs exactly one image member, found {len(images)}")
-        if "mask.png" not in raw:
-            raise DecodeError("has no mask.png member")
+        if not masks:
+            raise DecodeError("has no mask member (mask.pbm or mask.png)")
+        if len(masks) > 1:
+            raise DecodeError(f"needs exactly one mask member, found {len(masks)}")
         encoding = images[0].split(".", 1)[1]
         out["image"] = decode_image(raw[images[0]], encoding, limits)
-        out["mask"] = decode_mask(raw["mask.png"], limits)
+        out["mask"] = decode_mask_as(raw[masks[0]], masks[0], limits)
         if out["mask"].shape != out["image"].shape[:2]:
             raise DecodeError(f"mask {list(out['mask'].shape)} and image {list(out['image'].shape[:2])} differ in size")
         if "z.npy" in raw:
@@ -333,13 +431,19 @@ def decode_sample(raw: dict, limits: Limits = Limits()) -> dict:
 
 __all__ = [
     "DecodeError",
+    "delta_decode",
+    "delta_residuals",
     "encode_image",
     "encode_mask",
+    "encode_mask_as",
+    "encode_mask_pbm",
     "encode_z",
     "encode_meta",
     "encode_sample",
     "decode_image",
     "decode_mask",
+    "decode_mask_as",
+    "decode_mask_pbm",
     "decode_z",
     "decode_meta",
     "decode_sample",

@@ -9,7 +9,11 @@ sha256, samples and split), renamed into place last. Every shard is checked agai
 record and every sample decoded as `shardset verify` decodes it while it streams, so a plain tar
 holds only what a shard may hold.
 
-Either export, when it fails (a refused shard, a full disk), removes every file and folder it made,
+`reencode_set`: the same set (name, shard indices, splits, keys, z, meta, per-shard counts) written
+anew with its images in another encoding; the shards' sizes and sha256, and so the manifest and
+its fingerprint, are made anew by the writer.
+
+Each export, when it fails (a refused shard, a full disk), removes every file and folder it made,
 so nothing half-written is left that looks complete; files that were in --out before are not removed.
 """
 from __future__ import annotations
@@ -19,6 +23,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +34,13 @@ from core.atomic import atomic_write_text, fsync_dir
 
 from .codec import decode_sample
 from .format import (PLAIN_TAR_FORMAT, PLAIN_TAR_VERSION, SPLITS, Limits, ShardSetError,
-                     ShardSetExistsError, manifest_filename, plain_tar_filename, plain_tar_glob)
-from .manifest import dumps
-from .reader import check_sample_count, iter_raw, iter_samples, open_shard
+                     ShardSetExistsError, check_encoding, manifest_filename, plain_tar_filename, plain_tar_glob,
+                     shard_glob)
+from .manifest import dumps, load_manifest
+from .reader import check_sample_count, iter_raw, iter_raw_samples, iter_samples, open_shard
 from .urls import ShardSetRef, resolve
+from .verify import set_problems
+from .writer import ShardSetWriter
 
 
 class _Made:
@@ -215,3 +223,65 @@ def export_plain_tar(spec: str | list[str] | ShardSetRef, out: str | os.PathLike
         made.remove()
         raise
     return manifest
+
+
+def reencode_set(spec: str | list[str] | ShardSetRef, out: str | os.PathLike, encoding: str, *,
+                 limits: Limits = Limits(), progress: Callable[[int], None] | None = None) -> dict:
+    """Write the set `spec` names as OUT/NAME-*.tar.zst + OUT/NAME.json with its images in `encoding`;
+    returns the new manifest.
+
+    Samples are decoded as every reader decodes them (each shard checked against its manifest
+    record while it streams) and written again by ShardSetWriter: keys, z and meta unchanged, each
+    shard's split, drawn and rejected counts carried over, the params kept with `reencoded_from`
+    added (the source's encoding, fingerprint, created and tool). Needs the manifest and every shard
+    it lists; an incomplete source gives an incomplete copy. A lossy source (jpg) stays as lossy as it
+    was; a lossy `encoding` loses detail once more."""
+    check_encoding(encoding)
+    ref = spec if isinstance(spec, ShardSetRef) else resolve(spec)
+    m = ref.manifest
+    if m is None:
+        raise ShardSetError(f"{' '.join(ref.specs)}: no manifest found; re-encoding carries the split and the "
+                            "per-shard counts over from it: name the set's NAME.json or its folder")
+    left_out = [p for p in set_problems(ref) if not p.startswith("incomplete")]
+    if left_out:
+        raise ShardSetError(f"cannot re-encode part of a set: {left_out[0]}; name the whole set (its NAME.json)")
+    name = m["name"]
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ShardSetError(f"--out {out} is a file; name a folder")
+    if (out / manifest_filename(name)).exists() or (out.is_dir() and any(out.glob(shard_glob(name)))):
+        raise ShardSetExistsError(f"{out} already holds a set named {name!r}; choose another --out (the source "
+                                  "is never rewritten in place)")
+    params = {**m["params"], "reencoded_from": {"encoding": m["encoding"], "fingerprint": m["fingerprint"],
+                                                "created": m["created"], "tool": m["tool"]}}
+    made = _Made()
+    writer = None
+    try:
+        made.mkdir(out)
+        writer = ShardSetWriter(out, name, encoding=encoding, shard_size=m["shard_size"], params=params,
+                                seed=m["seed"], mode="new", planned=m.get("planned"))
+        for url in ref.urls:
+            rec = ref.record(url)
+            samples = []
+            for raw in iter_raw_samples(url, limits=limits, expect=rec):
+                sample = decode_sample(raw, limits)
+                if "meta.json" not in raw:  # decode_sample gives {}; the copy holds no meta.json either
+                    sample.pop("meta")
+                samples.append(sample)
+            stats = {**rec.get("stats", {}), "drawn": rec["drawn"], "rejected": rec["rejected"]}
+            writer.write_shard(rec["index"], samples, split=rec["split"], stats=stats)
+            if progress:
+                progress(1)
+        # an unfinished source stays unfinished: its manifest as the last write_shard left it
+        manifest = writer.finalize(planned=m.get("planned")) if m["complete"] else load_manifest(writer.manifest_path)
+        writer.close()
+        return manifest
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            for p in [*out.glob(shard_glob(name)), *out.glob(f"{name}-*.tar.zst.*.tmp"), out / manifest_filename(name),
+                      out / f"{name}.lock", out / f".{name}.lock"]:
+                p.unlink(missing_ok=True)
+            shutil.rmtree(out / f".{name}.records", ignore_errors=True)
+        made.remove()
+        raise

@@ -32,7 +32,8 @@ def tamper(shard: Path) -> None:
     the manifest."""
     original = shard.read_bytes()
     tar = bytearray(zstandard.ZstdDecompressor().decompress(original))
-    pixels = tar.index(b".image.npy") // 512 * 512 + 512 + 128  # past the tar header and the .npy header
+    # past the tar header and the .npy header (image.delta is a .npy of residuals, as image.npy is of pixels)
+    pixels = tar.index(b".image.") // 512 * 512 + 512 + 128
     for offset in range(64):
         tar[pixels + offset] ^= 0x01
         data = compress(bytes(tar))  # the writer's own zstd settings: a valid frame with its checksum

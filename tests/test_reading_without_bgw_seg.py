@@ -2,10 +2,13 @@
 
 Each recipe is cut out of FORMAT.md (the block after its `<!-- recipe: NAME -->` marker), so the
 document and the test cannot drift apart. It runs in a child process whose sys.modules must hold
-no package of bgw-seg, against a real set (gen-synth --gan toy; an ECSSD import with PNG images
-where ../shared/data is present), and what it reads must equal what bgw-seg's reader gives: the
-same keys in the split, the same images, the same masks once the tool's mask values are mapped to
-{0, 1}. The values each tool gives for a mask are measured here too (the table in FORMAT.md).
+no package of bgw-seg, against a real set (gen-synth --gan toy in the default encoding, delta; an
+ECSSD import with PNG images where ../shared/data is present), and what it reads must equal what
+bgw-seg's reader gives: the same keys in the split, the same images, the same masks once the
+tool's mask values are mapped to {0, 1}. The child cannot import the packages FORMAT.md's needs
+table leaves out for the recipe (a stand-in that raises ImportError shadows them), so a recipe that
+needs Pillow and does not say so fails here. The values each tool gives for a mask are measured
+here too (the table in FORMAT.md).
 """
 from __future__ import annotations
 
@@ -31,8 +34,11 @@ FORMAT_MD = REPO / "shardset" / "FORMAT.md"
 BIN = Path(sys.executable).parent
 BGW_PACKAGES = {"shardset", "generator", "trainer", "evaluator", "core", "segmodel", "benchdata"}
 NAME = "myset"  # the set the recipes name (shards/myset.json)
-RECIPES = ("split", "webdataset", "webdataset-zstandard", "decompress", "decompress-zstandard", "datasets",
-           "pytorch", "sha256", "sha256-python")
+RECIPES = ("decoders", "split", "webdataset", "webdataset-zstandard", "decompress", "decompress-zstandard",
+           "datasets", "pytorch", "sha256", "sha256-python")
+# import name -> the package FORMAT.md's needs table names; torch is left out (webdataset and datasets
+# import it when it is there, and work without it), numpy is in every row
+GUARDED = {"PIL": "Pillow", "zstandard": "zstandard", "webdataset": "webdataset", "datasets": "datasets"}
 
 # Appended to a Python recipe: iterate what it built (`loader` if it made one, else `dataset`),
 # save keys, images and masks as they came, and print which bgw-seg packages got imported.
@@ -57,12 +63,42 @@ def recipes() -> dict[str, tuple[str, str]]:
     return {name: (lang, code) for name, lang, code in found}
 
 
+def needs() -> dict[str, dict[str, str]]:
+    """recipe -> {package: minimum version} from FORMAT.md's needs table (the `pkg>=version` spans)."""
+    text = FORMAT_MD.read_text()
+    table = text[text.index("<!-- needs -->"):].split("\n\n", 1)[0]
+    out = {}
+    for row in table.splitlines()[3:]:
+        name = re.match(r"\| \[([\w-]+)\]", row)[1]
+        out[name] = dict(re.findall(r"`([\w-]+)>=([\d.]+)`", row))
+    return out
+
+
+def blocked_packages(work: Path, names: tuple[str, ...], encoding: str) -> Path:
+    """A folder of stand-ins for the guarded imports that the recipes `names` do not name: put first
+    on the child's path, they make `import PIL` (say) fail as it would where it is not installed."""
+    table = needs()
+    allowed = {pkg for n in names for pkg in table.get(n, {})}
+    if "pytorch" in names and encoding == "delta":
+        allowed.discard("Pillow")  # FORMAT.md: a delta set needs no Pillow there
+    folder = work / ("blocked-" + "-".join(names) + "-" + encoding)
+    for module, pkg in GUARDED.items():
+        if pkg not in allowed:
+            (folder / module).mkdir(parents=True, exist_ok=True)
+            (folder / module / "__init__.py").write_text(
+                f"raise ImportError({pkg + ' is not named for this recipe in FORMAT.md (blocked by the test)'!r})\n")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _env(work: Path, path: str | None = None) -> dict:
+def _env(work: Path, path: str | None = None, blocked: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if blocked is not None:
+        env["PYTHONPATH"] = str(blocked)
     env["PATH"] = path if path is not None else f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     # datasets: its cache in the test's folder, and no network
     env.update(HF_HOME=str(work / "hf-home"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -80,15 +116,22 @@ def path_without_zstd(work: Path) -> str:
     return f"{BIN}{os.pathsep}{tools}"
 
 
+def set_encoding(work: Path) -> str:
+    manifest = work / "shards" / f"{NAME}.json"
+    return json.loads(manifest.read_text())["encoding"]
+
+
 def run_python(work: Path, *names: str, split: str = "train", path: str | None = None):
-    """Run the recipes `names`, joined, plus HARNESS in a child; returns (keys, images, masks)."""
+    """Run the recipes `names`, joined, plus HARNESS in a child that cannot import what the needs
+    table leaves out; returns (keys, images, masks)."""
     code = "\n".join(recipes()[n][1] for n in names)
     if split != "train":
         code = code.replace('files["train"]', f'files["{split}"]')
     script = work / f"recipe-{'-'.join(names)}-{split}.py"
     script.write_text(code + HARNESS)
     out = work / (script.stem + ".npz")
-    res = subprocess.run([sys.executable, str(script), str(out)], cwd=work, env=_env(work, path),
+    blocked = blocked_packages(work, names, set_encoding(work))
+    res = subprocess.run([sys.executable, str(script), str(out)], cwd=work, env=_env(work, path, blocked),
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [], "the reader imported bgw-seg"
@@ -173,25 +216,40 @@ def test_every_recipe_is_in_the_document():
     langs = {n: lang for n, (lang, _) in found.items()}
     assert {n for n in RECIPES if langs[n] == "sh"} == {"decompress", "decompress-zstandard", "sha256",
                                                         "sha256-python"}
+    assert set(needs()) == set(RECIPES) - {"decoders", "split"}
+
+
+def test_the_named_packages_meet_their_minimums():
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    for recipe, pkgs in needs().items():
+        for pkg, minimum in pkgs.items():
+            try:
+                assert Version(version(pkg)) >= Version(minimum), f"{recipe}: {pkg} {version(pkg)} < {minimum}"
+            except PackageNotFoundError:
+                pass  # the recipe's own test skips
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="the pipe: recipe needs the zstd program")
 @pytest.mark.parametrize("set_name,split", [("toy", "train"), ("toy", "val"), ("ecssd-png", "train")])
 def test_webdataset_pipe_url(request, set_name, split):
     reading_set = request.getfixturevalue(SET_FIXTURES[set_name])
-    got = run_python(reading_set, "split", "webdataset", split=split)
+    got = run_python(reading_set, "decoders", "split", "webdataset", split=split)
     assert got[2].dtype == np.uint8 and got[2].ndim == 3  # [N, H, W]
     assert_same(reading_set, got, split, mask_values={0, 255})
 
 
 def test_webdataset_with_python_zstandard_and_no_zstd_program(reading_set):
-    got = run_python(reading_set, "split", "webdataset", "webdataset-zstandard", path=path_without_zstd(reading_set))
+    got = run_python(reading_set, "decoders", "split", "webdataset", "webdataset-zstandard",
+                     path=path_without_zstd(reading_set))
     assert_same(reading_set, got, mask_values={0, 255})
 
 
 def test_pytorch_tarfile_dataset_with_two_workers(reading_set):
     pytest.importorskip("torch")
-    got = run_python(reading_set, "split", "pytorch")
+    got = run_python(reading_set, "decoders", "split", "pytorch")
     assert got[2].dtype == np.uint8
     assert_same(reading_set, got, mask_values={0, 1}, ordered=False)
 
@@ -224,7 +282,7 @@ def test_hugging_face_datasets_after_decompressing(request, tmp_path, set_name, 
     else:
         res = run_sh(work, how, path=path_without_zstd(work))
         assert res.returncode == 0, res.stderr
-    got = run_python(work, "datasets")
+    got = run_python(work, "decoders", "datasets")
     assert got[2].dtype == bool
     assert_same(work, got, mask_values={False, True})
 
@@ -282,7 +340,9 @@ import webdataset as wds
 from PIL import Image
 
 sample = next(iter(wds.WebDataset(sys.argv[1], shardshuffle=False)))
-png = sample["mask.png"]
+member = sys.argv[3]  # "mask.pbm" (from the shard) or "mask.png=FILE" (bytes made by the test)
+field = member.split("=")[0]
+png = sample[member] if member in sample else open(member.split("=", 1)[1], "rb").read()
 
 def describe(v):
     kind = type(v).__name__
@@ -296,8 +356,8 @@ def describe(v):
 
 out = {}
 for spec in ["l8", "rgb8", "l", "torchl8", "pill"]:
-    out["wds " + spec] = describe(wds.autodecode.Decoder([wds.imagehandler(spec)])({"mask.png": png})["mask.png"])
-out["wds default"] = describe(wds.autodecode.Decoder([])({"mask.png": png})["mask.png"])
+    out["wds " + spec] = describe(wds.autodecode.Decoder([wds.imagehandler(spec)])({field: png})[field])
+out["wds default"] = describe(wds.autodecode.Decoder([])({field: png})[field])
 im = Image.open(io.BytesIO(png))
 out["PIL open"] = describe(im)
 out["PIL uint8"] = describe(np.asarray(im, dtype=np.uint8))
@@ -320,15 +380,16 @@ def _desc(typ, dtype, shape, values, **extra):
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd program")
-def test_mask_values_per_decoder(toy_set):
+def test_mask_values_per_decoder(toy_set, tmp_path):
+    """The table in FORMAT.md, for the toy set's mask.pbm and for the same mask as bgw-seg's 1-bit PNG."""
+    from shardset.codec import encode_mask
+
     shard = toy_set / "shards" / f"{NAME}-000000.tar.zst"
-    res = subprocess.run([sys.executable, "-c", MEASURE_MASKS, f"pipe:zstd -dc < {shard}", str(shard)],
-                         cwd=toy_set, capture_output=True, text=True, timeout=600, env=_env(toy_set))
-    assert res.returncode == 0, res.stderr[-2000:]
-    measured, modules = (json.loads(line) for line in res.stdout.strip().splitlines()[-2:])
-    assert modules == []
+    first = next(iter_samples(str(shard)))
+    png = tmp_path / "mask.png"
+    png.write_bytes(encode_mask(first["mask"]))
     hw = [128, 128]
-    assert measured == {
+    expected = {
         "wds l8": _desc("ndarray", "uint8", hw, [0, 255]),
         "wds rgb8": _desc("ndarray", "uint8", hw + [3], [0, 255]),
         "wds l": _desc("ndarray", "float32", hw, [0.0, 1.0]),
@@ -343,8 +404,14 @@ def test_mask_values_per_decoder(toy_set):
         "cv2 IMREAD_COLOR": _desc("ndarray", "uint8", hw + [3], [0, 255]),
         "wds .tar.zst": "ReadError: invalid header",
     }
-    # and bgw-seg's own reader: {0, 1}
-    first = next(iter_samples(str(shard)))
+    for member in ("mask.pbm", f"mask.png={png}"):
+        res = subprocess.run([sys.executable, "-c", MEASURE_MASKS, f"pipe:zstd -dc < {shard}", str(shard), member],
+                             cwd=toy_set, capture_output=True, text=True, timeout=600, env=_env(toy_set))
+        assert res.returncode == 0, res.stderr[-2000:]
+        measured, modules = (json.loads(line) for line in res.stdout.strip().splitlines()[-2:])
+        assert modules == []
+        assert measured == expected, member
+    # and bgw-seg's own reader: {0, 1}, foreground where every tool above shows it
     assert first["mask"].dtype == np.uint8 and set(np.unique(first["mask"]).tolist()) == {0, 1}
 
 
@@ -352,32 +419,44 @@ MEASURE_DATASETS = textwrap.dedent("""
     import json, sys
     import numpy as np
     from datasets import load_dataset
-    ds = load_dataset("webdataset", data_files={"train": sys.argv[1:]})["train"]
-    row, as_numpy = ds[0], ds.with_format("numpy")[0]
-    print(json.dumps({"mask": [type(row["mask.png"]).__module__.split(".")[0], row["mask.png"].mode,
-                               str(np.asarray(row["mask.png"]).dtype)],
-                      "image.npy": [type(row["image.npy"]).__name__, str(as_numpy["image.npy"].dtype)]}))
+    out = {}
+    for path in sys.argv[1:]:
+        ds = load_dataset("webdataset", data_files={"train": [path]})["train"]
+        row, as_numpy = ds[0], ds.with_format("numpy")[0]
+        image = next(c for c in ds.column_names if c.startswith("image."))
+        mask = next(c for c in ds.column_names if c.startswith("mask."))
+        out[image] = [type(row[image]).__name__, str(as_numpy[image].dtype)]
+        out[mask] = [type(row[mask]).__module__.split(".")[0], row[mask].mode, str(np.asarray(row[mask]).dtype)]
+    print(json.dumps(out))
     print(json.dumps(sorted(set(sys.modules) & %r)))
 """) % (BGW_PACKAGES,)
 
 
 @pytest.mark.skipif(not _has("datasets"), reason="Hugging Face datasets is not installed")
 def test_datasets_mask_and_npy_types(toy_set, tmp_path):
-    """FORMAT.md: datasets gives the mask as a mode-1 PIL image and image.npy as nested lists
-    (int64 under with_format("numpy"))."""
+    """FORMAT.md: datasets gives either mask as a mode-1 PIL image, image.delta as bytes (decoded by
+    the recipe) and image.npy as nested lists (int64 under with_format("numpy"))."""
+    from shardset.synthetic import write_synthetic_set
+
     export_plain_tar(str(toy_set / "shards"), tmp_path / "plain")
-    res = subprocess.run([sys.executable, "-c", MEASURE_DATASETS, str(tmp_path / "plain" / f"{NAME}-000000.tar")],
+    write_synthetic_set(tmp_path / "npyset", "npyset", shards=1, shard_size=4, encoding="npy")
+    export_plain_tar(str(tmp_path / "npyset"), tmp_path / "plain")
+    res = subprocess.run([sys.executable, "-c", MEASURE_DATASETS, str(tmp_path / "plain" / f"{NAME}-000000.tar"),
+                          str(tmp_path / "plain" / "npyset-000000.tar")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     measured, modules = (json.loads(line) for line in res.stdout.strip().splitlines()[-2:])
     assert modules == []
-    assert measured == {"mask": ["PIL", "1", "bool"], "image.npy": ["list", "int64"]}
+    assert measured.pop("image.delta")[0] == "bytes"  # with_format("numpy"): a bytes scalar, |S<length>
+    assert measured == {"mask.pbm": ["PIL", "1", "bool"], "image.npy": ["list", "int64"],
+                        "mask.png": ["PIL", "1", "bool"]}
 
 
 STRAY_MEMBER = """
 import io, sys, tarfile
 import webdataset as wds
 files = {"train": ["never-opened.tar.zst"]}
+%s
 %s
 with tarfile.open(sys.argv[1]) as src, tarfile.open("stray.tar", "w", format=tarfile.USTAR_FORMAT) as dst:
     first = [m for m in src.getmembers() if m.name.startswith(src.getmembers()[0].name.split(".")[0] + ".")]
@@ -388,9 +467,9 @@ with tarfile.open(sys.argv[1]) as src, tarfile.open("stray.tar", "w", format=tar
     info.size = len(payload)
     dst.addfile(info, io.BytesIO(payload))
 for only in (MEMBERS, None):
-    sample = next(iter(wds.WebDataset("stray.tar", shardshuffle=False)
-                       .decode(wds.handle_extension("npy", npy), mask_l8, "rgb8", only=only)))
-    print("only" if only else "all", type(sample["payload.pyd"]).__name__, sample["mask.png"].dtype)
+    sample = next(iter(wds.WebDataset("stray.tar", shardshuffle=False).decode(*DECODERS, only=only)))
+    print("only" if only else "all", type(sample["payload.pyd"]).__name__, sample["mask.pbm"].dtype,
+          sample["image.delta"].dtype)
 """
 
 
@@ -400,8 +479,8 @@ def test_webdataset_recipe_never_unpickles_a_stray_member(toy_set, tmp_path):
     plain = tmp_path / "plain.tar"
     shard = toy_set / "shards" / f"{NAME}-000000.tar.zst"
     plain.write_bytes(zstandard.ZstdDecompressor().decompress(shard.read_bytes()))
-    code = STRAY_MEMBER % recipes()["webdataset"][1]
+    code = STRAY_MEMBER % (recipes()["decoders"][1], recipes()["webdataset"][1])
     res = subprocess.run([sys.executable, "-c", code, str(plain)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=600, env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.splitlines() == ["only bytes uint8", "UNPICKLED", "all bytes uint8"]
+    assert res.stdout.splitlines() == ["only bytes uint8 uint8", "UNPICKLED", "all bytes uint8 uint8"]

@@ -236,10 +236,24 @@ def test_json_errors_stay_one_line(tmp_path):
 
 
 def test_plain_tar_images_equal_the_set(shard_set, tmp_path):
-    """The npy members of the plain tar load (allow_pickle=False) to bgw-seg's images."""
+    """The image.delta members of the plain tar decode with numpy alone (FORMAT.md's two running sums)
+    to bgw-seg's images, and the mask.pbm members with numpy alone to its masks."""
     export_plain_tar(str(shard_set), tmp_path / "plain")
+    images, masks = [], []
     with tarfile.open(tmp_path / "plain" / f"{NAME}-000000.tar") as tar:
-        images = [np.load(io.BytesIO(tar.extractfile(n).read()), allow_pickle=False)
-                  for n in tar.getnames() if n.endswith(".image.npy")]
-    expected = [s["image"] for s in iter_samples(str(shard_set / f"{NAME}-000000.tar.zst"))]
-    np.testing.assert_array_equal(np.stack(images), np.stack(expected))
+        for n in tar.getnames():
+            data = tar.extractfile(n).read()
+            if n.endswith(".image.delta"):
+                r = np.load(io.BytesIO(data), allow_pickle=False)
+                x = np.cumsum(np.cumsum(r, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8)
+                x[..., 0] += x[..., 1]
+                x[..., 2] += x[..., 1]
+                images.append(x)
+            elif n.endswith(".mask.pbm"):
+                _, size, bits = data.split(b"\n", 2)
+                w, h = map(int, size.split())
+                masks.append(1 - np.unpackbits(np.frombuffer(bits, np.uint8).reshape(h, -1), axis=1, count=w))
+    expected = list(iter_samples(str(shard_set / f"{NAME}-000000.tar.zst")))
+    assert len(images) == len(masks) == len(expected) == 4
+    np.testing.assert_array_equal(np.stack(images), np.stack([s["image"] for s in expected]))
+    np.testing.assert_array_equal(np.stack(masks), np.stack([s["mask"] for s in expected]))

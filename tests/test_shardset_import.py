@@ -15,7 +15,7 @@ import zstandard
 from click.testing import CliRunner
 from PIL import Image
 
-from shardset import iter_samples, load_manifest, resolve, verify_set
+from shardset import DEFAULT_ENCODING, iter_samples, load_manifest, resolve, verify_set
 from shardset.cli import cli
 from shardset.importer import import_folder, plan_shards, resize_center_crop
 
@@ -195,4 +195,4 @@ def test_import_duts_50(duts_dir, tmp_path):
         np.testing.assert_array_equal(s["image"], img[top:top + 128, left:left + 128])
         n += 1
     assert n == 50
-    assert load_manifest(tmp_path / "out" / "duts.json")["encoding"] == "npy"
+    assert load_manifest(tmp_path / "out" / "duts.json")["encoding"] == DEFAULT_ENCODING == "delta"

@@ -128,7 +128,13 @@ def test_not_zstd_and_truncated_refused(tmp_path):
 def test_missing_mask_and_split_groups_refused(tmp_path):
     members = {k: v for k, v in _members(1).items() if not k.endswith("mask.png")}
     url = _write(tmp_path / "nomask.tar.zst", compress(build_tar(members)))
-    with pytest.raises(ShardError, match="nomask.tar.zst: sample 'x-000000-000000': has no mask.png"):
+    with pytest.raises(ShardError, match=r"nomask.tar.zst: sample 'x-000000-000000': has no mask member \(mask.pbm"):
+        list(iter_samples(url))
+    # a PNG mask and a PBM one: which is the sample's? Neither is guessed
+    members = _members(1)
+    members["x-000000-000000.mask.pbm"] = encode_sample(make_samples(1, 16)[0], "delta")["mask.pbm"]
+    url = _write(tmp_path / "twomasks.tar.zst", compress(build_tar(members)))
+    with pytest.raises(ShardError, match="twomasks.tar.zst: sample 'x-000000-000000': needs exactly one mask member"):
         list(iter_samples(url))
 
 

@@ -92,7 +92,7 @@ def test_gen_synth_with_prior_latents_and_the_published_direction(offline_bigbig
     p = m["params"]
     assert p["generator"]["handle"] == BIGBIGAN_HANDLE
     assert p["direction"]["source"] == "bigbigan:published:bigbigan-bg_direction.pth"
-    assert p["image"] == {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": "npy", "size": 128,
+    assert p["image"] == {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": "delta", "size": 128,
                           "resample": None}
 
 
