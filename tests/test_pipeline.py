@@ -337,16 +337,27 @@ def test_ray_path_runs_the_shards_as_tasks(reference, tmp_path, monkeypatch):
     assert _manifest(tmp_path) == _manifest(reference)
 
 
-def test_ray_path_on_a_real_local_ray_cluster(reference, tmp_path):
-    """With Ray installed (`pip install bgw-seg[dist]`; not in the CI install), a local cluster
-    of 2 CPUs runs the shards as real Ray tasks: the same shards and manifest as one worker."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+def test_gen_synth_on_a_real_local_ray_cluster(reference, tmp_path):
+    """`gen-synth --ray` on a local Ray cluster of 2 CPUs and no GPU (Ray is in the test extra, so
+    this runs wherever `make test` does): the shards are real Ray tasks, in the default encoding,
+    and the set is byte for byte the single-process one."""
+    import ray
+    from click.testing import CliRunner
+
+    from generator.cli import main
+    from shardset import DEFAULT_ENCODING
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
-        res = pipeline.run_ray(dataclasses.replace(BASE, out=str(tmp_path)))
+        assert ray.cluster_resources().get("CPU") == 2.0
+        res = CliRunner().invoke(main, ["--gan", "toy", "--latents", "prior", "--n", "120", "--shard-size", "30",
+                                        "--val-shards", "1", "--seed", "1", "--batch-size", "32", "--name", "t",
+                                        "--out", str(tmp_path), "--ray"])
     finally:
         ray.shutdown()
-    assert res.complete and res.written == [0, 1, 2, 3]
+    assert res.exit_code == 0, res.output
+    assert _manifest(tmp_path)["encoding"] == DEFAULT_ENCODING == "delta"
+    assert sorted(_shards(tmp_path)) == [f"t-{k:06d}.tar.zst" for k in range(4)]
     assert _shards(tmp_path) == _shards(reference)
     assert _manifest(tmp_path) == _manifest(reference)
 
