@@ -128,8 +128,8 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("preview", is_flag=True, default=False,
         help="Also write OUT/NAME-preview.png (masks and rejected samples).")
 @_field("encoding", type=click.Choice(ENCODINGS),
-        help="Image encoding inside the shards (npy: raw uint8 under zstd, lossless and the fastest to "
-             "read; png/webp: smaller; jpg: lossy). See benchmarks/shard_io.py.")
+        help="Image encoding inside the shards (delta: lossless, 0.8x a PNG folder's bytes on photos, as "
+             "fast to read as npy; npy: raw uint8; webp: smallest lossless; png; jpg: lossy). See shardset/FORMAT.md.")
 @_field("image_size", type=click.IntRange(min=32),
         help="Side of the set's images in pixels. G(z) of another size is resampled to it on the "
              "accelerator (bilinear, antialiased when shrinking) before the masks are made.")

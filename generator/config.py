@@ -59,7 +59,7 @@ class GenConfig:
     # -- output
     out: str | None = None  # folder of the set (gen-synth requires it: nothing is written into the current folder unasked)
     name: str | None = None  # set name; None = from the dataset (or the model for the prior)
-    encoding: str = DEFAULT_ENCODING  # image encoding in the shards: png | webp | jpg | npy (default: raw npy)
+    encoding: str = DEFAULT_ENCODING  # image encoding in the shards: delta (default) | npy | png | webp | jpg
     image_size: int = 128  # side of the set's images in pixels; G(z) of another size is resampled to it
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # dataset images larger than this are skipped (read from the header)
     preview: str | bool | None = None  # path of a preview PNG to write; True = OUT/NAME-preview.png; None = none

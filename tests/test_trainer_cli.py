@@ -42,8 +42,8 @@ def _run(args):
     return res, lines
 
 
-def _one_line_error(res, lines, *needles):
-    assert res.exit_code == 1, res.output
+def _one_line_error(res, lines, *needles, code: int = 1):
+    assert res.exit_code == code, res.output
     assert len(lines) == 1, res.output
     assert "Traceback" not in res.output
     for n in needles:
@@ -144,7 +144,7 @@ def test_unknown_eval_dataset_and_missing_data_root_refused_before_step_1(sets, 
     monkeypatch.delenv("BGW_DATA_ROOT", raising=False)
     out = tmp_path / "r"
     res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "nosuch"])
-    _one_line_error(res, lines, "--eval-dataset nosuch: unknown dataset 'nosuch'")
+    _one_line_error(res, lines, "--eval-dataset nosuch: unknown dataset 'nosuch'", code=2)  # a name not in the list
     res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "ecssd"])
     _one_line_error(res, lines, "--eval-dataset ecssd: dataset 'ecssd' needs a data root: pass --data-root DIR")
     res, lines = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--eval-dataset", "ecssd",
