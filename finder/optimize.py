@@ -267,25 +267,27 @@ def optimize_direction(gan, cfg: OptimizeConfig = OptimizeConfig(),
     return (vec / np.linalg.norm(vec)).astype(np.float32), history
 
 
-def summarise(gan, direction: np.ndarray, cfg: OptimizeConfig, chunk: int = 64) -> tuple[dict, np.ndarray]:
+# gen-synth's masks before its filters: the rule and the connected-components clean-up only
+_UNFILTERED = FilterConfig(size_filter=False, histogram_rule=None)
+
+
+def summarise(gan, direction: np.ndarray, cfg: OptimizeConfig, chunk: int = 64,
+              picture_samples: int = 8) -> tuple[dict, list[list[np.ndarray]]]:
     """Mask statistics of ``direction`` over ``cfg.samples`` prior latents (seed ``cfg.seed + 1``):
     lighting masks at ``cfg.mask_shift``, cleaned as gen-synth cleans them (connected components),
-    at the GAN's own size. Returns (statistics, the latents)."""
+    at the GAN's own size. Returns (statistics, picture rows G(z) | G(z + shift d) | mask of the first
+    ``picture_samples`` latents, from the same renders)."""
     z = ds.draw_latents(cfg.samples, int(gan.latent_dim), cfg.seed + 1)
-    clean_only = FilterConfig(size_filter=False, histogram_rule=None)
-    masks = []
+    masks, rows = [], None
     for lo in range(0, len(z), chunk):
         x, xs = gan.generate_pair(z[lo:lo + chunk], direction, cfg.mask_shift)
-        masks.append(process_batch(x, xs, clean_only).masks)
-    return mask_statistics(np.concatenate(masks)), z
-
-
-def picture_rows(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> list[list[np.ndarray]]:
-    """Rows G(z) | G(z + shift d) | mask (as gen-synth makes it) for the latents ``z``."""
-    x, xs = gan.generate_pair(z, direction, shift)
-    masks = process_batch(x, xs, FilterConfig(size_filter=False, histogram_rule=None)).masks
-    return [[ds.unit_to_uint8(ds.to_unit_range(a)) for a in x], [ds.unit_to_uint8(ds.to_unit_range(a)) for a in xs],
-            [ds.unit_to_uint8(m) for m in masks]]
+        masks.append(process_batch(x, xs, _UNFILTERED).masks)
+        if rows is None:
+            k = picture_samples
+            rows = [[ds.unit_to_uint8(ds.to_unit_range(a)) for a in x[:k]],
+                    [ds.unit_to_uint8(ds.to_unit_range(a)) for a in xs[:k]],
+                    [ds.unit_to_uint8(m) for m in masks[0][:k]]]
+    return mask_statistics(np.concatenate(masks)), rows
 
 
 def run(gan, out_dir: str | os.PathLike, cfg: OptimizeConfig = OptimizeConfig(),
@@ -295,7 +297,7 @@ def run(gan, out_dir: str | os.PathLike, cfg: OptimizeConfig = OptimizeConfig(),
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     direction, history = optimize_direction(gan, cfg, progress)
-    stats, z = summarise(gan, direction, cfg)
+    stats, rows = summarise(gan, direction, cfg, picture_samples=picture_samples)
     warning = centre_assumption(stats)
     first, last = history[0], history[-1]
     summary = {
@@ -314,7 +316,6 @@ def run(gan, out_dir: str | os.PathLike, cfg: OptimizeConfig = OptimizeConfig(),
     }
     summary["direction_sha256"] = save_direction(out / "direction.npy", direction)
     ds.write_bytes(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
-    rows = picture_rows(gan, z[:picture_samples], direction, cfg.mask_shift)
     names = ["G(z)", f"G(z+{cfg.mask_shift:g}d)", "mask"]
     ds.write_png(out / "optimize.png", ds.labelled_grid(rows, names, title=(
         f"optimised direction: fg {stats['fg_mean']:.0%}, centre {stats['centre_fg']:.0%}, "
