@@ -6,7 +6,10 @@ accept/reject decision, in the order docs/RULES.md ("Masks and filters") fixes:
     mask rule -> connected-components clean-up -> size filter -> histogram filter
 
 - Mask rules (`MASK_RULES`): `lighting` (default), M = [gray(x) < gray(x')]; `mean` (the paper's
-  Flowers rule), M = [gray(x') > mean(gray(x'))] per image.
+  Flowers rule), M = [gray(x') > mean(gray(x'))] per image; `background-removal` (Voynov &
+  Babenko 2020, BigGAN's background-removal direction: Table 4's first row), which compares the
+  centred pair (G(z - r/2 h), G(z + r/2 h)) instead: `pair_shifts` says which two renders a rule
+  compares.
 - `keep_large_components`: keep the components whose area is >= `min_ratio` x the largest one's;
   4-connectivity is the paper's "connected by edges", 8 is the reference code's (skimage default).
 - `passes_size_filter`: foreground fraction <= `max_fraction` (0.5) passes.
@@ -141,6 +144,40 @@ def mean_mask(x: np.ndarray, x_shift: np.ndarray, gray_shift: np.ndarray | None 
     g_shift = gray(x_shift) if gray_shift is None else gray_shift
     mean = g_shift.mean(axis=(-2, -1), keepdims=True, dtype=np.float64)
     return g_shift > mean
+
+
+# Voynov & Babenko's threshold on the per-sample normalised difference (GANLatentDiscovery,
+# segmentation/train_segmentation.py: mask_thr = 0.6 with use_diff = True)
+BACKGROUND_REMOVAL_THRESHOLD = 0.6
+_CENTRED_RULES = frozenset({"background-removal"})
+
+
+@MASK_RULES.register("background-removal")
+def background_removal_mask(x: np.ndarray, x_shift: np.ndarray, gray_shift: np.ndarray | None = None) -> np.ndarray:
+    """Voynov & Babenko (2020)'s rule for BigGAN's background-removal direction, on the centred pair
+    x = G(z - r/2 h), x' = G(z + r/2 h) (`pair_shifts`): d = mean over channels of x' - x, scaled
+    per image to [0, 1] by its min and max; foreground where d < 0.6: the direction whitens the
+    background, so the object is what brightens least. An image where d is constant has no
+    foreground (their division by zero gives NaN, which compares false). Channel means, not luma,
+    as their code; `gray_shift` is unused. Returns bool [..., H, W]."""
+    x = np.asarray(x, np.float32)
+    x_shift = np.asarray(x_shift, np.float32)
+    d = x_shift.mean(axis=-1, dtype=np.float32) - x.mean(axis=-1, dtype=np.float32)
+    lo = d.min(axis=(-2, -1), keepdims=True)
+    span = d.max(axis=(-2, -1), keepdims=True) - lo
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = (d - lo) / span
+    return scaled < np.float32(BACKGROUND_REMOVAL_THRESHOLD)
+
+
+def pair_shifts(rule: str, shift: float) -> tuple[float, float]:
+    """The latent shifts (a, b) of the two renders G(z + a h), G(z + b h) that mask rule `rule`
+    compares, for the run's shift r: (0, r) for the paper's rules, (-r/2, r/2) for the centred
+    `background-removal` (Voynov & Babenko shift by -0.5 and +0.5 times r). The stored image is
+    G(z) either way."""
+    MASK_RULES.get(rule)  # an unknown name is the registry's one line
+    r = float(shift)
+    return (-r / 2, r / 2) if rule in _CENTRED_RULES else (0.0, r)
 
 
 # ----------------------------------------------------------------------------------- components
@@ -386,7 +423,7 @@ class FilterConfig:
     """How masks are made and which samples are kept. Defaults are the paper's, except the
     histogram rule, which is the reference code's (docs/RULES.md, "Histogram rules")."""
 
-    mask_rule: str = "lighting"  # key of MASK_RULES: "lighting" | "mean"
+    mask_rule: str = "lighting"  # key of MASK_RULES: "lighting" | "mean" | "background-removal"
     connectivity: int = 4  # 4 = paper ("connected by edges"), 8 = reference code
     min_component_ratio: float = 0.2  # keep components >= ratio x largest area; 0 = no clean-up
     size_filter: bool = True  # reject when the foreground fraction exceeds max_fg_fraction
@@ -446,7 +483,8 @@ def _process_chunk(x, x_shift, cfg: FilterConfig, masks, size_ok, hist_ok, frac)
 
 
 def process_batch(x: np.ndarray, x_shift: np.ndarray, cfg: FilterConfig = PRESETS.get("default")) -> BatchResult:
-    """Masks and filter decisions for a batch of pairs x = G(z), x' = G(z + r*h), both
+    """Masks and filter decisions for a batch of pairs x = G(z + a*h), x' = G(z + b*h) with (a, b) =
+    `pair_shifts(cfg.mask_rule, r)` (x = G(z), x' = G(z + r*h) for the paper's rules), both
     [N, H, W, 3] (or one [H, W, 3] pair, treated as N = 1) in [-1, 1].
 
     Order: mask rule -> connected components -> size filter -> histogram filter; a sample
@@ -477,7 +515,8 @@ def process_batch(x: np.ndarray, x_shift: np.ndarray, cfg: FilterConfig = PRESET
 
 __all__ = [
     "GRAY_WEIGHTS", "N_BINS", "REASONS", "gray",
-    "MASK_RULES", "lighting_mask", "mean_mask", "keep_large_components", "fg_fraction",
+    "MASK_RULES", "lighting_mask", "mean_mask", "background_removal_mask", "BACKGROUND_REMOVAL_THRESHOLD",
+    "pair_shifts", "keep_large_components", "fg_fraction",
     "passes_size_filter", "size_bound", "PAPER_MAX_FG", "histogram12", "paper_keeps", "bimodal_keeps", "HistogramRule",
     "HISTOGRAM_RULES", "FilterConfig", "PRESETS", "BatchResult", "process_batch",
 ]

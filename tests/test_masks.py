@@ -67,16 +67,43 @@ def test_mean_rule_is_per_image_and_ignores_x():
     assert not M.MASK_RULES["mean"](x[0], rgb(0.3, shape=(3, 3))).any()
 
 
+def test_background_removal_rule_exact():
+    # d = mean_c(x') - mean_c(x) = [[0, 1], [2, 4]] -> scaled [[0, .25], [.5, 1]]: below 0.6 is foreground
+    x = np.zeros((2, 2, 3), np.float32)
+    xs = np.zeros((2, 2, 3), np.float32)
+    xs[..., 0] = [[0.0, 3.0], [6.0, 12.0]]  # channel means 0, 1, 2, 4
+    expected = np.array([[1, 1], [1, 0]], bool)
+    np.testing.assert_array_equal(M.MASK_RULES["background-removal"](x, xs), expected)
+    # per image: the second image's scale comes from its own min and max; 0.6 exactly is background
+    x2 = rgb([[0.0, 0.0], [0.0, 0.0]])
+    xs2 = rgb([[-1.0, 0.0], [0.2, 0.6]])  # d = -1, 0, .2, .6 -> scaled 0, .625, .75, 1
+    got = M.MASK_RULES["background-removal"](np.stack([x, x2]), np.stack([xs, xs2]))
+    np.testing.assert_array_equal(got, np.stack([expected, np.array([[1, 0], [0, 0]], bool)]))
+    edge = rgb([[0.0, 0.6], [1.0, 1.0]])  # d scaled 0, .6, 1, 1: exactly 0.6 is not foreground
+    np.testing.assert_array_equal(M.MASK_RULES["background-removal"](rgb(np.zeros((2, 2))), edge),
+                                  np.array([[1, 0], [0, 0]], bool))
+    # a constant difference (no contrast at all) has no foreground
+    assert not M.MASK_RULES["background-removal"](x, rgb(0.7, shape=(2, 2))).any()
+
+
+def test_pair_shifts_of_each_rule():
+    assert M.pair_shifts("lighting", 5.0) == (0.0, 5.0)
+    assert M.pair_shifts("mean", 5) == (0.0, 5.0)
+    assert M.pair_shifts("background-removal", 22.0) == (-11.0, 11.0)
+    with pytest.raises(UnknownNameError):
+        M.pair_shifts("lightning", 5.0)
+
+
 def test_registry_unknown_and_duplicate():
     with pytest.raises(UnknownNameError) as err:
         M.MASK_RULES["lightning"]
     msg = str(err.value)
-    assert "did you mean lighting" in msg and "choose from lighting, mean" in msg and "\n" not in msg
+    assert "did you mean lighting" in msg and "choose from background-removal, lighting, mean" in msg and "\n" not in msg
     with pytest.raises(UnknownNameError, match="did you mean paper"):
         M.HISTOGRAM_RULES["papr"]
     with pytest.raises(ValueError, match="registered twice"):
         M.MASK_RULES.register("mean")(lambda x, xs, g=None: xs)
-    assert set(M.MASK_RULES) == {"lighting", "mean"}
+    assert set(M.MASK_RULES) == {"background-removal", "lighting", "mean"}
     assert set(M.HISTOGRAM_RULES) == {"paper", "bimodal"}
 
 
@@ -318,7 +345,7 @@ def test_presets_and_config_validation():
     assert M.PRESETS.get("flowers").histogram_rule == "bimodal"
     with pytest.raises(UnknownNameError, match="did you mean flowers"):
         M.PRESETS.get("flower")
-    with pytest.raises(UnknownNameError, match="choose from lighting, mean"):
+    with pytest.raises(UnknownNameError, match="choose from background-removal, lighting, mean"):
         M.FilterConfig(mask_rule="brightness")
     with pytest.raises(UnknownNameError, match="bimodal"):
         M.FilterConfig(histogram_rule="bimodl")

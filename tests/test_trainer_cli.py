@@ -132,6 +132,7 @@ def test_bad_flag_values(sets, tmp_path):
     ("--seed", "-1", "--seed -1 (must be in 0..2**63-1)"),
     ("--lr-milestones", "0", "--lr-milestones (0,) (steps must be >= 1)"),
     ("--workers", "-2", "--workers -2 (must be >= 0)"),
+    ("--weight-decay", "-1e-5", "--weight-decay -1e-05 (must be a finite number >= 0)"),
 ])
 def test_bad_numbers_named_by_flag_before_anything_is_written(sets, tmp_path, flag, value, says):
     out = tmp_path / "r"
@@ -275,3 +276,22 @@ def test_torchrun_two_cpu_processes(sets, tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]  # rank 0 alone logs
     _, _, state = __import__("trainer.checkpoint", fromlist=["x"]).load_run_state(out, with_state=True)
     assert state["data"]["world"] == 2
+
+
+def test_weight_decay_reaches_adam_and_the_run_config(sets, tmp_path):
+    import torch
+
+    from trainer.config import TrainConfig
+    from trainer.train import Placement, Start, build_learner
+
+    place = Placement(rank=0, local_rank=0, world=1, use_cuda=False, device=torch.device("cpu"))
+    learner = build_learner(TrainConfig(width=4, weight_decay=1e-5), place, Start())
+    assert learner.optimizer.param_groups[0]["weight_decay"] == 1e-5
+    assert build_learner(TrainConfig(width=4), place, Start()).optimizer.param_groups[0]["weight_decay"] == 0.0
+    out = tmp_path / "wd"
+    res, _ = _run(["--shards", str(sets["a"]), "--out", str(out), *FAST, "--weight-decay", "1e-5"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["weight_decay"] == 1e-5
+    # a resume may not change it: the loss sequence would not continue the killed run's
+    res, lines = _run(["--out", str(out), "--resume", "--steps", "4", "--weight-decay", "0"])
+    assert res.exit_code != 0 and "weight_decay" in res.output

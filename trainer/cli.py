@@ -51,6 +51,7 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("lr_milestones", callback=_milestones, default=",".join(map(str, _DEF.lr_milestones)),
         help="steps where the learning rate is multiplied by --lr-gamma (comma-separated)")
 @_field("lr_gamma", type=float, help="learning-rate factor at each milestone")
+@_field("weight_decay", type=float, help="Adam's L2 weight decay (0 = the paper's; Voynov & Babenko's used 1e-5)")
 @_field("width", type=int, help="U-Net base width (64 = paper)")
 @_field("size", type=int, help="training resolution in pixels (square)")
 @_field("precision", type=click.Choice(PRECISIONS), help="autocast dtype on CUDA (the CPU computes fp32)")

@@ -23,7 +23,7 @@ class ConfigError(UserError, ValueError):
 
 # Fields that decide what the run computes: a resumed run must keep them, or the loss
 # sequence would not continue the killed one's.
-RESULT_FIELDS = ("shards", "batch", "lr", "lr_milestones", "lr_gamma", "size", "width",
+RESULT_FIELDS = ("shards", "batch", "lr", "lr_milestones", "lr_gamma", "weight_decay", "size", "width",
                  "bilinear", "precision", "channels_last", "num_workers", "shuffle_buffer",
                  "seed", "round_samples", "val_samples")
 
@@ -49,6 +49,8 @@ class TrainConfig:
     lr: float = 1e-3                      # Adam learning rate at step 0
     lr_milestones: tuple[int, ...] = (8000,)  # steps at which the learning rate is multiplied by lr_gamma
     lr_gamma: float = 0.2                 # learning-rate factor at each milestone
+    # Adam's L2 penalty; 0 = the paper's. Voynov & Babenko's BigGAN saliency U-Net used 1e-5 (Table 4's first row)
+    weight_decay: float = 0.0
     seed: int = 0                         # seeds model init and the whole data order
     # --- speed ---
     precision: str = "bf16"               # fp32 | bf16 | fp16 autocast; bf16/fp16 apply on CUDA only (CPU runs fp32)
@@ -94,6 +96,8 @@ class TrainConfig:
         for name in ("lr", "lr_gamma"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 bad(name, "must be a finite number > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", "must be a finite number >= 0")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             bad("lr_milestones", "must be increasing")
         elif self.lr_milestones and self.lr_milestones[0] < 1:

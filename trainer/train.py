@@ -319,7 +319,7 @@ def build_learner(config: TrainConfig, place: Placement, start: Start) -> Learne
     channels_last = use_cuda and config.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones),
                                                      gamma=config.lr_gamma)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision) if use_cuda else None
