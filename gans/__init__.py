@@ -4,7 +4,8 @@ What the generator and the finder both need, below them both. TensorFlow is impo
 functions that need it, so importing any module here stays light (and torch never: .pth files are
 read by torchfile).
 
-    loader.py       load_gan(bigbigan | toy | dcgan-faces | PATH | HANDLE) -> Gan; the model contract
+    loader.py       load_gan(bigbigan | biggan | toy | dcgan-faces | PATH | HANDLE) -> Gan; the model contract
+    classes.py      the classes of a class-conditional GAN (BigGAN): class sets, one uniform draw per sample
     dcgan.py        the DCGAN of gan-face-generate as a SavedModel (--gan dcgan-faces)
     toy.py          the toy GAN, a procedural stand-in with BigBiGAN's signatures (a test fixture)
     directions.py   load and save segmenting directions (.npy, .pth) as unit vectors + sha256

@@ -67,8 +67,9 @@ def test_one_trace_for_every_batch_size(toy_gan):
     for n in (1, 2, 5):
         toy_gan.generate(np.zeros((n, 120), np.float32))
         toy_gan.generate_pair(np.zeros((n, 120), np.float32), h, 5.0)
+        toy_gan.generate_shifted(np.zeros((n, 120), np.float32), h, [0.0, 2.5, 5.0][:n])
     assert toy_gan._generate.experimental_get_tracing_count() == 1
-    assert toy_gan._generate_pair.experimental_get_tracing_count() == 1
+    assert toy_gan._generate_shifted.experimental_get_tracing_count() == 1  # any batch, any number of shifts
 
 
 def test_encode_returns_z_sample(toy_gan):
