@@ -69,6 +69,8 @@ def test_loads_under_the_real_handle_with_no_network(offline_bigbigan):
     assert gan.handle == BIGBIGAN_HANDLE
     assert (gan.latent_dim, gan.image_size, gan.encode_size) == (120, 128, 256)
     assert set(gan.module.signatures) == {"default", "generate", "encode", "discriminate"}
+    # `generate` wins over the `default` that also takes z; BigBiGAN is unconditional
+    assert (gan.signature, gan.num_classes, gan.conditional) == ("generate", None, False)
     z = np.random.RandomState(0).standard_normal((3, 120)).astype(np.float32)
     x = gan.generate(z)
     np.testing.assert_array_equal(x, load_gan("toy", cache_dir=offline_bigbigan).generate(z))
