@@ -108,7 +108,12 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("direction", type=click.Path(dir_okay=False),
         help="Segmenting direction h_bg, .npy or .pth [latent_dim]. Default: for bigbigan the paper's "
              "published h_bg (downloaded once into the cache), for toy and dcgan-faces the shipped one.")
-@_field("shift", type=float, help="r in x' = G(z + r h).")
+@_field("shift", type=float, help="r in x' = G(z + r h) (background-removal: the pair G(z - r/2 h), G(z + r/2 h)).")
+@_field("classes", metavar="SPEC",
+        help="Class-conditional models (biggan): the classes drawn, one per sample, uniform over the set and "
+             "from the shard's own seeded stream: all, or indices and inclusive ranges such as 1,5,10-19. "
+             "Recorded in the manifest and in each sample's meta ('class'). An error for other models. "
+             "[default: all]")
 @_field("latents", type=click.Choice(["prior", "embeddings"]),
         help="prior: z ~ N(0,I); embeddings: z = E(I_i) + alpha xi. [default: embeddings with --dataset]")
 @_field("alpha", type=float, help="Noise scale of the embeddings latents. [default: 0.2; 0 for imagenet]")
@@ -139,7 +144,14 @@ def _field(name: str, flag: str | None = None, **kwargs):
 @_field("preset", type=click.Choice(sorted(PRESETS)),
         help="Filter preset. [default: flowers for --dataset flowers, else default]")
 @_field("mask_rule", type=click.Choice(sorted(MASK_RULES)),
-        help="lighting: gray(x) < gray(x'); mean: gray(x') > its mean. [default: the preset's]")
+        help="lighting: gray(x) < gray(x'); mean: gray(x') > its mean; background-removal (Voynov & Babenko, "
+             "BigGAN): the centred pair x = G(z - r/2 h), x' = G(z + r/2 h), foreground where the "
+             "channel-mean difference x' - x, scaled per image to [0, 1], is below 0.6 (three renders per "
+             "latent instead of two). [default: the preset's]")
+@_field("shifted_images", type=click.FloatRange(0.0, 1.0), metavar="P",
+        help="Share of samples, drawn per sample from the shard's stream, whose stored image is the pair's "
+             "shifted render (G(z + r h); background-removal: G(z + r/2 h)) instead of G(z), with the same "
+             "mask: Voynov & Babenko train with 0.1. Each sample's meta records 'image_shift'.")
 @_field("connectivity", type=click.Choice(["4", "8"]),
         help="Connected components: 4 (paper) or 8 (reference code). [default: 4]")
 @_field("components_filter", "--components-filter/--no-components-filter",

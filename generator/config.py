@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import UserError
+from core.cli import USAGE_EXIT_CODE
+from core.errors import UserError, first_line
 from core.images import DEFAULT_MAX_PIXELS
 from core.registry import UnknownNameError
 from gans.loader import DEFAULT_GAN, MIN_IMAGE_SIZE
@@ -36,6 +37,13 @@ class GenerationError(UserError):
     """A run cannot start or continue; the message is one line naming the cause and the fix."""
 
 
+class OptionForModelError(GenerationError):
+    """An option the loaded model cannot take (--classes for an unconditional GAN, a class it does
+    not have): a usage error, found once the model has loaded."""
+
+    exit_code = USAGE_EXIT_CODE
+
+
 @dataclass(frozen=True)
 class GenConfig:
     """Every setting of a gen-synth run. ``None`` means "derived" (see ``resolved``)."""
@@ -44,6 +52,9 @@ class GenConfig:
     gan: str = DEFAULT_GAN  # "bigbigan", "toy", "dcgan-faces", a local SavedModel folder or a TF-Hub handle
     direction: str | None = None  # .npy/.pth file of h_bg [latent_dim]; None = the model's shipped one
     shift: float = 5.0  # r: latent units moved along the unit direction, x' = G(z + r h)
+    # class-conditional GANs (BigGAN): the classes drawn, one per sample, uniform over the set:
+    # "all", or indices and ranges "1,5,10-19" (gans.classes); None = all. An error for other GANs.
+    classes: str | None = None
     cache_dir: str | None = None  # model and embeddings cache folder; None = $BGW_CACHE_DIR or ~/.cache/bgw-seg
     # -- latents
     latents: str | None = None  # "prior" | "embeddings"; None = embeddings when a dataset is given
@@ -63,6 +74,9 @@ class GenConfig:
     image_size: int = 128  # side of the set's images in pixels; G(z) of another size is resampled to it
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # dataset images larger than this are skipped (read from the header)
     preview: str | bool | None = None  # path of a preview PNG to write; True = OUT/NAME-preview.png; None = none
+    # share of samples whose stored image is the mask pair's second render G(z + b h) instead of
+    # G(z), drawn per sample (Voynov & Babenko's shifted_img_prob, 0.1); 0 = always G(z)
+    shifted_images: float = 0.0
     # -- masks and filters (None = the preset's value)
     preset: str | None = None  # key of masking.rules.PRESETS; None = the dataset's ("flowers") or "default"
     mask_rule: str | None = None  # "lighting" | "mean"
@@ -150,6 +164,11 @@ class GenConfig:
             bad(f"seed must be an integer >= 0, got {self.seed!r}")
         if not math.isfinite(self.shift):
             bad(f"shift must be a finite number, got {self.shift!r}")
+        if isinstance(self.shifted_images, bool) or not isinstance(self.shifted_images, (int, float)) \
+                or not 0.0 <= self.shifted_images <= 1.0:
+            bad(f"shifted_images must be a fraction in [0, 1] (e.g. 0.1), got {self.shifted_images!r}")
+        if self.classes is not None and not str(self.classes).strip():
+            bad("classes is empty: pass --classes all, or class indices and ranges such as 1,5,10-19")
         if self.latents not in LATENT_SOURCES:
             bad(f"latents {self.latents!r} is unknown; choose from {', '.join(LATENT_SOURCES)}")
         if self.latents == "embeddings" and not self.dataset:
@@ -183,6 +202,23 @@ class GenConfig:
         if self.max_fg is not None and filters.size_filter is False:
             bad(f"max_fg {self.max_fg!r} bounds the size filter, which is off (--no-size-filter or the preset); "
                 f"drop one of the two")
+
+
+    def class_set(self, model: str, num_classes: int | None):
+        """The classes this run draws from (int64 [K]), or None for an unconditional model: the
+        check of `classes` that needs the loaded model's class count (`num_classes`, None when
+        it takes no class). Raises OptionForModelError (a usage error) naming the fix."""
+        from gans.classes import ClassSpecError, parse_class_set
+
+        if not num_classes:
+            if self.classes is not None:
+                raise OptionForModelError(f"--classes {self.classes}: {model} is not class-conditional (it takes z "
+                                          f"alone); drop --classes")
+            return None
+        try:
+            return parse_class_set(self.classes, num_classes)
+        except ClassSpecError as exc:
+            raise OptionForModelError(f"--classes {self.classes}: {first_line(exc)}") from None
 
 
 def _dataset_name(spec: str | None) -> str | None:

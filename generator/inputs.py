@@ -1,5 +1,6 @@
 """What a gen-synth run loads before it renders: the model, the direction, the latent table (the
-dataset's embeddings) and the manifest's parameters. Every failure is one GenerationError line."""
+dataset's embeddings), the class set of a class-conditional model and the manifest's parameters.
+Every failure is one GenerationError line."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ from gans.loader import resample_record
 
 from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, make_plan, name_slug
 from .latents import DRAW_BLOCK, LatentStream
+from .views import Shifts, render_views
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,14 @@ class Inputs:
     embeddings: np.ndarray | None  # float32 [N, D] or None for the prior
     params: dict
     size_bound: float | None = None  # the measured bound of `max_fg auto`, else None
+    class_set: np.ndarray | None = None  # int64 [K]: the classes drawn; None for an unconditional model
+
+    def stream(self, cfg: GenConfig, shard: int, *, shifted_images: float | None = None) -> LatentStream:
+        """Shard `shard`'s latent stream: z, then (a conditional model) the classes, then (with
+        shifted images) each draw's choice of stored image; `shifted_images` overrides the run's."""
+        return LatentStream(cfg.seed, shard, int(self.direction.size), embeddings=self.embeddings,
+                            alpha=cfg.alpha if self.embeddings is not None else 0.0, class_set=self.class_set,
+                            shifted_images=cfg.shifted_images if shifted_images is None else shifted_images)
 
 
 _GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_dir) -> Gan
@@ -171,23 +181,23 @@ AUTO_BOUND_SAMPLES = 256  # draws whose masks set the `max_fg auto` bound
 AUTO_BOUND_STREAM = MAX_SHARDS  # their latent stream: a shard index that no set uses
 
 
-def auto_size_bound(gan, cfg: GenConfig, direction: np.ndarray, embeddings: np.ndarray | None) -> dict:
+def auto_size_bound(inputs: Inputs, cfg: GenConfig) -> dict:
     """The size bound of `--max-fg auto` (masking.rules.size_bound) over the masks of
-    AUTO_BOUND_SAMPLES draws from the run's own latent source (stream AUTO_BOUND_STREAM of its seed),
-    made as the run makes them (mask rule, image size, shift, connected components), before any
-    filter. A function of the params and the seed, so a resumed or distributed run finds the same."""
+    AUTO_BOUND_SAMPLES draws from the run's own latent source (stream AUTO_BOUND_STREAM of its seed,
+    with their classes for a conditional model), made as the run makes them (mask rule and its pair,
+    image size, shift, connected components), before any filter. A function of the params and the
+    seed, so a resumed or distributed run finds the same."""
     import dataclasses as dc
 
     from masking.rules import SIZE_BOUND_QUANTILE, process_batch, size_bound
 
-    stream = LatentStream(cfg.seed, AUTO_BOUND_STREAM, int(gan.latent_dim), embeddings=embeddings,
-                          alpha=cfg.alpha if embeddings is not None else 0.0)
-    z = stream.take(AUTO_BOUND_SAMPLES).z
+    lat = inputs.stream(cfg, AUTO_BOUND_STREAM, shifted_images=0.0).take(AUTO_BOUND_SAMPLES)
     unfiltered = dc.replace(cfg.filter_config(), size_filter=False, histogram_rule=None)
+    shifts = Shifts.of(unfiltered.mask_rule, cfg.shift)
     fractions = []
-    for lo in range(0, len(z), cfg.batch_size):
-        x, xs = gan.generate_pair(z[lo:lo + cfg.batch_size], direction, cfg.shift, cfg.image_size)
-        fractions.append(process_batch(x, xs, unfiltered).fg_fraction)
+    for lo in range(0, len(lat), cfg.batch_size):
+        views = render_views(inputs.gan, lat[lo:lo + cfg.batch_size], inputs.direction, shifts, cfg.image_size)
+        fractions.append(process_batch(views.a, views.b, unfiltered).fg_fraction)
     frac = np.concatenate(fractions)
     bound = size_bound(frac)
     log.info("--max-fg auto: masks of %d draws have median foreground %.3f; bound %.3f", len(frac),
@@ -202,22 +212,27 @@ def load_inputs(cfg: GenConfig) -> Inputs:
     listing = _listing(cfg)
     gan = _load_gan(cfg)
     dim = int(gan.latent_dim)
+    num_classes = getattr(gan, "num_classes", None)
+    class_set = cfg.class_set(cfg.gan, num_classes)  # before the direction and embeddings: a usage error
     direction, digest, direction_src = _direction(cfg, dim)
     embeddings, dataset_facts, emb_facts = _dataset(cfg, gan, listing)
     if embeddings is not None and (embeddings.ndim != 2 or embeddings.shape[1] != dim or len(embeddings) == 0):
         raise GenerationError(f"embeddings of {cfg.dataset} have shape {embeddings.shape}, expected [N, {dim}]; "
                               f"recompute them with gen-synth embed --dataset {cfg.dataset}")
+    inputs = Inputs(gan, direction, digest, embeddings, {}, class_set=class_set)
     plan = make_plan(cfg)
     auto = None
     if cfg.max_fg == MAX_FG_AUTO:
-        auto = auto_size_bound(gan, cfg, direction, embeddings)
+        auto = auto_size_bound(inputs, cfg)
         cfg = dataclasses.replace(cfg, max_fg=auto["value"])
-    params = {
+        inputs.size_bound = auto["value"]
+    inputs.params = {
         "generator": {"spec": cfg.gan, "handle": str(gan.handle), "fingerprint": str(gan.fingerprint),
-                      "latent_dim": dim, "image_size": int(gan.image_size), "encoder": bool(gan.has_encoder)},
-        "direction": {"source": direction_src, "sha256": digest, "shift": float(cfg.shift)},
+                      "latent_dim": dim, "image_size": int(gan.image_size), "encoder": bool(gan.has_encoder),
+                      **_conditioning(gan)},
+        "direction": {"source": direction_src, "sha256": digest, "shift": float(cfg.shift), **_pair(cfg)},
         "latents": {"source": cfg.latents, "alpha": float(cfg.alpha) if cfg.latents == "embeddings" else None,
-                    "draw_block": DRAW_BLOCK},
+                    "draw_block": DRAW_BLOCK, **_classes(cfg, class_set, num_classes)},
         "dataset": dataset_facts,
         "embeddings": emb_facts,
         "filters": {"preset": cfg.preset, **dataclasses.asdict(cfg.filter_config()),
@@ -229,9 +244,49 @@ def load_inputs(cfg: GenConfig) -> Inputs:
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "image": {"range": "[-1,1] -> round((x + 1) * 127.5)", "encoding": cfg.encoding,
-                  "size": cfg.image_size, "resample": resample_record(gan.image_size, cfg.image_size)["method"]},
+                  "size": cfg.image_size, "resample": resample_record(gan.image_size, cfg.image_size)["method"],
+                  **_shifted_images(cfg)},
     }
-    return Inputs(gan, direction, digest, embeddings, params, auto["value"] if auto else None)
+    return inputs
+
+
+# The params below appear only where a run uses what they describe, so the params (and --resume's
+# comparison) of every set made without them stay what they were.
+
+def _conditioning(gan) -> dict:
+    """A class-conditional model's class count and the truncation it is fed."""
+    num_classes = getattr(gan, "num_classes", None)
+    truncation = float(getattr(gan, "truncation", 1.0))
+    if not num_classes and truncation == 1.0:
+        return {}
+    return {"num_classes": int(num_classes) if num_classes else None, "truncation": truncation}
+
+
+def _pair(cfg: GenConfig) -> dict:
+    """The mask rule's pair of latent shifts (a, b), when it is not the paper's (0, r)."""
+    shifts = Shifts.of(cfg.filter_config().mask_rule, cfg.shift)
+    return {} if shifts.pair == (0.0, float(cfg.shift)) else {"pair_shifts": list(shifts.pair)}
+
+
+def _classes(cfg: GenConfig, class_set: np.ndarray | None, num_classes: int | None) -> dict:
+    """How a conditional run draws its classes: gans.classes' record with the spec it was given."""
+    if class_set is None:
+        return {}
+    from gans.classes import class_set_record
+
+    spec = "all" if cfg.classes is None else str(cfg.classes)
+    return {"classes": {"spec": spec, **class_set_record(spec, class_set, int(num_classes)),
+                        "order": "drawn after each block's z"}}
+
+
+def _shifted_images(cfg: GenConfig) -> dict:
+    """--shifted-images: which samples store the pair's second render instead of G(z)."""
+    if cfg.shifted_images <= 0:
+        return {}
+    b = Shifts.of(cfg.filter_config().mask_rule, cfg.shift).pair[1]
+    return {"shifted": {"fraction": float(cfg.shifted_images), "latent_shift": b,
+                        "rule": "per draw, u ~ U[0, 1) after z and its class; the image is G(z + b h) when "
+                                "u < fraction, else G(z)"}}
 
 
 def embed_dataset(config: GenConfig, progress: Callable[[int], object] | None = None) -> dict:

@@ -6,11 +6,19 @@ shard exactly. Inside a stream, draws are produced in fixed blocks of ``DRAW_BLO
 of the rendering batch size), so the n-th draw of a shard is the same whatever batch sizes
 ``LatentStream.take`` is called with.
 
-Two sources (paper, section 3.3):
+Two sources (paper, section 3.2):
 
 - ``prior``: z ~ N(0, I), untruncated.
 - ``embeddings``: z = E(I_i) + alpha * xi, with i uniform over the dataset's train images and
   xi ~ N(0, I); ``E`` is a precomputed [N, D] table of encoder outputs.
+
+Two optional draws follow the latents in every block, each only when the run asks for it, so a
+stream without them is byte for byte what it was before they existed:
+
+- ``class_set`` (a class-conditional GAN such as BigGAN): one class per draw, uniform over the
+  set (``gans.classes.draw_classes``), drawn after the block's z.
+- ``shifted_images`` P > 0: one uniform u per draw, drawn after the classes; the draw's stored
+  image is the shifted render when u < P (Voynov & Babenko's ``shifted_img_prob``).
 
 Pure numpy.
 """
@@ -40,6 +48,13 @@ class LatentBatch:
     z: np.ndarray  # float32 [N, D]
     source_index: np.ndarray  # int64 [N]: train image index, -1 for the prior
     draw_index: np.ndarray  # int64 [N]: position of each draw in the shard's stream
+    classes: np.ndarray | None = None  # int64 [N]: the class of each draw; None for an unconditional GAN
+    shifted: np.ndarray | None = None  # bool [N]: store the shifted render; None when shifted_images is 0
+
+    def __getitem__(self, rows: slice) -> "LatentBatch":
+        return LatentBatch(self.z[rows], self.source_index[rows], self.draw_index[rows],
+                           None if self.classes is None else self.classes[rows],
+                           None if self.shifted is None else self.shifted[rows])
 
     def __len__(self) -> int:
         return int(self.z.shape[0])
@@ -49,7 +64,9 @@ class LatentStream:
     """The draws of one shard, in order: ``take(n)`` returns the next ``n`` of them.
 
     ``embeddings`` is None for the prior, else a float32 [N, D] table; ``alpha`` scales the noise
-    added to an embedding (unused for the prior).
+    added to an embedding (unused for the prior). ``class_set`` (int [K], the classes of a
+    class-conditional GAN) and ``shifted_images`` (P in [0, 1]) add the draws the module's
+    docstring describes.
     """
 
     def __init__(
@@ -60,6 +77,8 @@ class LatentStream:
         *,
         embeddings: np.ndarray | None = None,
         alpha: float = 0.0,
+        class_set: np.ndarray | None = None,
+        shifted_images: float = 0.0,
     ):
         if latent_dim <= 0:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
@@ -71,11 +90,15 @@ class LatentStream:
                 )
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+        if not 0.0 <= shifted_images <= 1.0:
+            raise ValueError(f"shifted_images must be in [0, 1], got {shifted_images}")
         self.seed = int(seed)
         self.shard_index = int(shard_index)
         self.latent_dim = int(latent_dim)
         self.embeddings = embeddings
         self.alpha = float(alpha)
+        self.class_set = None if class_set is None else np.asarray(class_set)
+        self.shifted_images = float(shifted_images)
         self._rng = np.random.Generator(np.random.PCG64(shard_seed_sequence(seed, shard_index)))
         self._block: LatentBatch | None = None
         self._pos = 0  # next unread row of the current block
@@ -89,11 +112,19 @@ class LatentStream:
         self._next_draw += DRAW_BLOCK
         if self.embeddings is None:
             z = self._rng.standard_normal((DRAW_BLOCK, self.latent_dim))
-            return LatentBatch(z.astype(np.float32), np.full(DRAW_BLOCK, -1, np.int64), draw_index)
-        source = self._rng.integers(0, len(self.embeddings), size=DRAW_BLOCK, dtype=np.int64)
-        xi = self._rng.standard_normal((DRAW_BLOCK, self.latent_dim))
-        z = self.embeddings[source].astype(np.float64) + self.alpha * xi
-        return LatentBatch(z.astype(np.float32), source, draw_index)
+            source = np.full(DRAW_BLOCK, -1, np.int64)
+        else:
+            source = self._rng.integers(0, len(self.embeddings), size=DRAW_BLOCK, dtype=np.int64)
+            xi = self._rng.standard_normal((DRAW_BLOCK, self.latent_dim))
+            z = self.embeddings[source].astype(np.float64) + self.alpha * xi
+        classes = shifted = None
+        if self.class_set is not None:
+            from gans.classes import draw_classes
+
+            classes = draw_classes(self._rng, self.class_set, DRAW_BLOCK)
+        if self.shifted_images > 0:
+            shifted = self._rng.random(DRAW_BLOCK) < self.shifted_images
+        return LatentBatch(z.astype(np.float32), source, draw_index, classes, shifted)
 
     def take(self, n: int) -> LatentBatch:
         """The next ``n`` draws of the stream."""
@@ -105,15 +136,15 @@ class LatentStream:
                 self._block = self._draw_block()
                 self._pos = 0
             k = min(n, DRAW_BLOCK - self._pos)
-            b, s = self._block, slice(self._pos, self._pos + k)
-            parts.append(LatentBatch(b.z[s], b.source_index[s], b.draw_index[s]))
+            parts.append(self._block[self._pos:self._pos + k])
             self._pos += k
             n -= k
         if len(parts) == 1:
             return parts[0]
-        return LatentBatch(
-            np.concatenate([p.z for p in parts]),
-            np.concatenate([p.source_index for p in parts]),
-            np.concatenate([p.draw_index for p in parts]),
-        )
+
+        def joined(field: str):
+            values = [getattr(p, field) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return LatentBatch(*(joined(f) for f in ("z", "source_index", "draw_index", "classes", "shifted")))
 

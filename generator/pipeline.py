@@ -1,8 +1,9 @@
 """The gen-synth run: latents -> GAN pairs on the accelerator -> masks and filters -> shards.
 
 ``run(GenConfig(...))`` writes (its share of) a shard set. Shard k is filled from its own latent
-stream (generator.latents): draws are rendered in batches, G(z) and G(z + r h) in one call, and
-the first ``size_k`` accepted draws in stream order make the shard. So a shard's bytes depend on
+stream (generator.latents): draws are rendered in batches, G(z) and the mask rule's pair (G(z),
+G(z + r h); or the centred G(z -+ r/2 h)) in one call (generator.views), and the first ``size_k``
+accepted draws in stream order make the shard. So a shard's bytes depend on
 (params, seed, k) only: not on the node count, on which node renders it, or on a crash and
 resume in between (on a deterministic device; the batch size is a recorded parameter because a
 float kernel may round differently per batch shape).
@@ -31,6 +32,7 @@ from .config import GenConfig, GenerationError, Plan, make_plan
 from .inputs import Inputs, load_inputs, require_direction
 from .preview import PreviewCollector, write_preview
 from .render import render_preview, render_shards
+from .views import Shifts
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def _run_locked(cfg: GenConfig, plan: Plan, inputs: Inputs, writer, progress) ->
         progress(sum(plan.sizes[k] for k in skipped), 0)
 
     filters = cfg.filter_config()
-    collector = PreviewCollector() if cfg.preview else None
+    collector = PreviewCollector(pair_label=Shifts.of(filters.mask_rule, cfg.shift).label()) if cfg.preview else None
     written, exc = render_shards(inputs, cfg, plan, writer, filters, todo, progress, collector)
     if exc is not None:
         _remove_uncommitted(writer, cfg, todo)

@@ -1,8 +1,8 @@
 """The preview picture of a run (the paper's figures 2 and 7), drawn with cv2.
 
-Top: accepted samples, each as G(z) | G(z + r h) | mask over G(z), two samples to a row.
-Below: one labelled strip per filter of samples it rejected, each as G(z) with its mask drawn
-over it. ``PreviewCollector`` keeps the first few examples of each kind as batches stream past,
+Top: accepted samples, each as the mask rule's pair and the mask over the stored image, e.g.
+G(z) | G(z + r h) | mask over G(z), two samples to a row. Below: one labelled strip per filter of
+samples it rejected, each as the stored image with its mask drawn over it. ``PreviewCollector`` keeps the first few examples of each kind as batches stream past,
 so a run pays nothing for the preview beyond a few copies.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ _TEXT_BGR = (240, 240, 240)
 
 FILTER_LABELS = {
     "size": "rejected by the size filter (foreground fraction > max)",
-    "histogram": "rejected by the histogram filter (G(z + r h) not contrastive enough, by --histogram-rule)",
+    "histogram": "rejected by the histogram filter (x' not contrastive enough, by --histogram-rule)",
 }
 
 
@@ -35,27 +35,33 @@ def signed_to_uint8(x: np.ndarray) -> np.ndarray:
 class PreviewCollector:
     """Collects up to ``rows`` accepted and ``per_reason`` rejected examples per filter."""
 
-    def __init__(self, rows: int = 8, per_reason: int = 6, reasons: tuple[str, ...] = ("size", "histogram")):
+    def __init__(self, rows: int = 8, per_reason: int = 6, reasons: tuple[str, ...] = ("size", "histogram"),
+                 pair_label: str = "G(z) | G(z + r h)"):
         self.rows = rows
         self.per_reason = per_reason
-        self.accepted: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (x, x', mask) uint8
-        self.rejected: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {r: [] for r in reasons}  # (x, mask)
+        self.pair_label = pair_label  # what the first two tiles of an accepted row show
+        # (pair image 1, pair image 2, mask, stored image) uint8
+        self.accepted: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rejected: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {r: [] for r in reasons}  # (image, mask)
 
     @property
     def full(self) -> bool:
         return len(self.accepted) >= self.rows and all(len(v) >= self.per_reason for v in self.rejected.values())
 
-    def add(self, x: np.ndarray, x_shift: np.ndarray, masks: np.ndarray, reasons: list[str | None]) -> None:
-        """Offer a batch: x, x' [N, H, W, 3] in [-1, 1], masks [N, H, W] {0, 1}, reason per sample."""
+    def add(self, x: np.ndarray, x_shift: np.ndarray, masks: np.ndarray, reasons: list[str | None],
+            images: np.ndarray | None = None) -> None:
+        """Offer a batch: the mask rule's pair x, x' [N, H, W, 3] in [-1, 1], masks [N, H, W] {0, 1},
+        reason per sample, and the images the samples store (None: x)."""
+        images = x if images is None else images
         for i, reason in enumerate(reasons):
             if reason is None:
                 if len(self.accepted) < self.rows:
                     self.accepted.append((signed_to_uint8(x[i]), signed_to_uint8(x_shift[i]),
-                                          np.asarray(masks[i], np.uint8)))
+                                          np.asarray(masks[i], np.uint8), signed_to_uint8(images[i])))
             else:
                 bucket = self.rejected.setdefault(reason, [])
                 if len(bucket) < self.per_reason:
-                    bucket.append((signed_to_uint8(x[i]), np.asarray(masks[i], np.uint8)))
+                    bucket.append((signed_to_uint8(images[i]), np.asarray(masks[i], np.uint8)))
 
 
 def _tile(rgb: np.ndarray) -> np.ndarray:
@@ -92,8 +98,8 @@ def render_preview(collector: PreviewCollector) -> np.ndarray:
     """The preview picture, BGR uint8 [H, W, 3]."""
     width = PAIRS_PER_ROW * 3 * TILE
     blank = np.zeros((TILE, TILE, 3), np.uint8)
-    parts = [label_band(width, f"accepted: G(z) | G(z + r h) | mask  ({len(collector.accepted)} shown)")]
-    triplets = [[_tile(x), _tile(xs), overlay(x, m)] for x, xs, m in collector.accepted]
+    parts = [label_band(width, f"accepted: {collector.pair_label} | mask  ({len(collector.accepted)} shown)")]
+    triplets = [[_tile(x), _tile(xs), overlay(image, m)] for x, xs, m, image in collector.accepted]
     for r in range(0, len(triplets), PAIRS_PER_ROW):
         row = [t for trip in triplets[r:r + PAIRS_PER_ROW] for t in trip]
         row += [blank] * (PAIRS_PER_ROW * 3 - len(row))

@@ -27,8 +27,9 @@ from shardset.format import sample_key
 
 from .config import GIVE_UP_EMPTY, GenConfig, GenerationError, Plan
 from .inputs import Inputs
-from .latents import LatentStream
+from .latents import LatentBatch, LatentStream
 from .preview import PreviewCollector, signed_to_uint8
+from .views import Shifts, Views, render_views
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,22 @@ class _ShardFill:
 
 
 def shard_sample(name: str, seed: int, shard: int, i: int, x, mask, z, source: int, draw: int,
-                 frac: float) -> dict:
+                 frac: float, *, cls: int | None = None, image_shift: float | None = None) -> dict:
     """Sample `i` of shard `shard` as the writer takes it: image x in [-1, 1] as uint8, its mask, z,
-    and the meta that traces it to its draw in the shard's latent stream."""
+    and the meta that traces it to its draw in the shard's latent stream; `cls` (a class-conditional
+    GAN's class) and `image_shift` (the latent shift of the stored image, with --shifted-images)
+    join the meta only when given, so other sets' samples keep their bytes."""
+    meta = {"source_index": int(source), "fg_fraction": float(frac), "stream": [seed, shard, int(draw)]}
+    if cls is not None:
+        meta["class"] = int(cls)
+    if image_shift is not None:
+        meta["image_shift"] = float(image_shift)
     return {
         "__key__": sample_key(name, shard, i),
         "image": signed_to_uint8(x),
         "mask": np.ascontiguousarray(mask, dtype=np.uint8),
         "z": np.ascontiguousarray(z, dtype=np.float32),
-        "meta": {"source_index": int(source), "fg_fraction": float(frac), "stream": [seed, shard, int(draw)]},
+        "meta": meta,
     }
 
 
@@ -123,18 +131,19 @@ class Host(threading.Thread):
                 return
             wait(list(self._writing.values()), return_when=FIRST_COMPLETED)
 
-    def consume(self, shard: int, lat, x: np.ndarray, x_shift: np.ndarray) -> None:
-        """One rendered batch of `shard`: masks and filters, accepted samples into the shard, and
-        the shard written once full (on the pool when there is one)."""
+    def consume(self, shard: int, lat: LatentBatch, views: Views) -> None:
+        """One rendered batch of `shard`: masks and filters on the mask rule's pair, accepted samples
+        (their stored image) into the shard, and the shard written once full (on the pool when there
+        is one)."""
         self._reap(limit=self.cfg.write_threads)
         if shard in self.filled:
             return  # a batch rendered past the shard's end
         fill = self.fills.get(shard)
         if fill is None:
             fill = self.fills[shard] = _ShardFill(shard, self.plan.sizes[shard])
-        res = process_batch(x, x_shift, self.filters)
+        res = process_batch(views.a, views.b, self.filters)
         if self.collector is not None and not self.collector.full:
-            self.collector.add(x, x_shift, res.masks, res.reason)
+            self.collector.add(views.a, views.b, res.masks, res.reason, images=views.image)
         accepted = drawn = 0
         for j in range(len(lat)):
             if fill.full:
@@ -142,9 +151,11 @@ class Host(threading.Thread):
             fill.drawn += 1
             drawn += 1
             if res.accepted[j]:
-                fill.samples.append(shard_sample(self.cfg.name, self.cfg.seed, shard, len(fill.samples), x[j],
-                                                 res.masks[j], lat.z[j], lat.source_index[j], lat.draw_index[j],
-                                                 res.fg_fraction[j]))
+                fill.samples.append(shard_sample(
+                    self.cfg.name, self.cfg.seed, shard, len(fill.samples), views.image[j], res.masks[j], lat.z[j],
+                    lat.source_index[j], lat.draw_index[j], res.fg_fraction[j],
+                    cls=None if lat.classes is None else lat.classes[j],
+                    image_shift=None if views.image_shift is None else views.image_shift[j]))
                 accepted += 1
             else:
                 fill.rejected[res.reason[j]] += 1
@@ -230,6 +241,7 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: Host) -> No
     every open shard looks covered, a new shard opens; when none may open, wait for the host.
     So few batches are rendered past a shard's end (the waste is about one partial batch)."""
     pending = list(shards)
+    shifts = Shifts.of(host.filters.mask_rule, cfg.shift)
     streams: dict[int, LatentStream] = {}
     rendered: dict[int, int] = {}
     while True:
@@ -243,8 +255,7 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: Host) -> No
         shard = next((k for k in open_ if host.needs_more(k, rendered[k])), None)
         if shard is None and pending and len(open_) < MAX_OPEN_SHARDS:
             shard = pending.pop(0)
-            streams[shard] = LatentStream(cfg.seed, shard, inputs.direction.size, embeddings=inputs.embeddings,
-                                          alpha=cfg.alpha)
+            streams[shard] = inputs.stream(cfg, shard)
             rendered[shard] = 0
         if shard is None:
             if not open_ and not pending:
@@ -253,9 +264,8 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: Host) -> No
             host.changed.clear()
             continue
         lat = streams[shard].take(cfg.batch_size)
-        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
+        item = (shard, lat, render_views(inputs.gan, lat, inputs.direction, shifts, cfg.image_size))
         rendered[shard] += len(lat)
-        item = (shard, lat, np.asarray(x, np.float32), np.asarray(x_shift, np.float32))
         while True:  # put, but notice a host thread that died instead of blocking forever
             try:
                 host.inbox.put(item, timeout=0.2)
@@ -267,12 +277,12 @@ def _render(inputs: Inputs, cfg: GenConfig, shards: list[int], host: Host) -> No
 
 def render_preview(inputs: Inputs, cfg: GenConfig, filters: FilterConfig, collector: PreviewCollector) -> None:
     """Render a few batches of shard 0's stream for the preview when the run rendered nothing."""
-    stream = LatentStream(cfg.seed, 0, inputs.direction.size, embeddings=inputs.embeddings, alpha=cfg.alpha)
+    stream = inputs.stream(cfg, 0)
+    shifts = Shifts.of(filters.mask_rule, cfg.shift)
     for _ in range(8):
-        lat = stream.take(cfg.batch_size)
-        x, x_shift = inputs.gan.generate_pair(lat.z, inputs.direction, cfg.shift, cfg.image_size)
-        res = process_batch(x, x_shift, filters)
-        collector.add(x, x_shift, res.masks, res.reason)
+        views = render_views(inputs.gan, stream.take(cfg.batch_size), inputs.direction, shifts, cfg.image_size)
+        res = process_batch(views.a, views.b, filters)
+        collector.add(views.a, views.b, res.masks, res.reason, images=views.image)
         if collector.full:
             return
 

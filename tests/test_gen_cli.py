@@ -51,6 +51,8 @@ def test_count_accepts_integers_in_any_spelling(text, value):
     (["--gan", "toy", "--latents", "embeddings"], ["--dataset"]),
     (["--gan", "toy", "--name", "a.b"], ["a.b"]),
     (["--bogus"], ["--bogus"]),
+    (["--shifted-images", "1.5"], ["--shifted-images", "1.5"]),
+    (["--shifted-images", "some"], ["--shifted-images", "some"]),
 ])
 def test_bad_options_give_one_line(args, needles):
     assert_one_line_error(invoke(*args), *needles)

@@ -294,6 +294,9 @@ def test_plan_and_defaults():
     ({"preset": "flower"}, "unknown filter preset 'flower' \\(did you mean flowers\\?\\)"),
     ({"histogram_rule": "paper", "histogram_filter": False}, "contradict"),
     ({"encoding": "gif"}, "encoding"),
+    ({"shifted_images": 1.5}, "shifted_images must be a fraction in \\[0, 1\\]"),
+    ({"shifted_images": float("nan")}, "shifted_images must be"),
+    ({"classes": " "}, "classes is empty"),
 ])
 def test_resolving_validates_and_names_the_bad_value(change, match):
     with pytest.raises(GenerationError, match=match):
