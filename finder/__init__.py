@@ -6,6 +6,7 @@ Beside the generator on the TensorFlow side; both load GANs through `gans` and u
     discover.py     learn K interpretable latent directions (Voynov & Babenko 2020)
     affine.py       the two-affine-operator model of a segmenting direction (pure numpy)
     rank.py         pick the segmenting one among candidates (paper, appendix B); the pictures
+    conditional.py  class-conditional GANs (BigGAN): each latent's class, drawn over --classes
     cli.py          the `find-direction` command (optimize, discover, rank)
 """
 

@@ -29,10 +29,18 @@ from .rank import BOTH_SIGNS, ORIENT_WINNER, PICTURE_TOP, FitConfig
 log = logging.getLogger(__name__)
 
 
-def _load_gan(spec: str):
+def _load_gan(spec: str, classes: str | None = None):
+    """The GAN, and ``--classes`` checked against it before any work (a usage error, exit 2)."""
+    from finder.conditional import class_set
+    from gans.classes import ClassSpecError
     from gans.loader import load_gan
 
-    return load_gan(spec)  # GanLoadError: one line at the edge (core.cli)
+    model = load_gan(spec)  # GanLoadError: one line at the edge (core.cli)
+    try:
+        class_set(model, classes)
+    except ClassSpecError as e:
+        raise click.BadParameter(str(e), param_hint="--classes") from None
+    return model
 
 
 def _load_candidates(spec: str, latent_dim: int) -> tuple[np.ndarray, str]:
@@ -88,14 +96,14 @@ _FIT = FitConfig()
 _OPT = OptimizeConfig()
 
 
-def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Path:
+def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig, classes: str | None = None) -> Path:
     from finder import discover as dc
 
     _out_folder(out)
     if resume and not (out / "config.json").is_file():
         raise click.BadParameter(f"{out} holds no discovery run to resume (no config.json); run without --resume "
                                  f"to start one", param_hint="--resume")
-    model = _load_gan(gan)
+    model = _load_gan(gan, classes)
     if not 1 <= cfg.directions <= model.latent_dim:
         raise click.BadParameter(f"{cfg.directions} is not in 1..{model.latent_dim} (the latent size)",
                                  param_hint="--directions")
@@ -107,7 +115,7 @@ def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Pat
         bar.refresh()
 
     try:
-        dc.discover(model, out, cfg, resume=resume, progress=progress)
+        dc.discover(model, out, cfg, resume=resume, progress=progress, classes=classes)
     finally:
         bar.close()
     click.echo(f"wrote {out / 'directions.npy'} and {out / 'effects'}/ (TensorBoard: {out / 'tensorboard'})")
@@ -115,16 +123,16 @@ def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig) -> Pat
 
 
 def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
-              orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS) -> dict:
+              orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS, classes: str | None = None) -> dict:
     from finder import affine
     from finder import rank as ds
 
     _out_folder(out)
-    model = _load_gan(gan)
+    model = _load_gan(gan, classes)
     arr, source = _candidate_pool(candidates, model.latent_dim)
     with progress_bar(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit") as bar:
         report = ds.rank_directions(model, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
-                                    picture_top=top, orient_winner=orient, progress=bar.update)
+                                    picture_top=top, orient_winner=orient, progress=bar.update, classes=classes)
     w = report["winner"]
     best = report["entries"][w["entry"]]
     _print_table(report)
@@ -136,6 +144,10 @@ def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitCo
 
 _gan_opt = click.option("--gan", "gan", default=DEFAULT_GAN, show_default=True,
                         help="GAN: bigbigan, toy, dcgan-faces, a SavedModel folder or a TF-Hub handle.")
+_classes_opt = click.option(
+    "--classes", "classes", default=None, metavar="SPEC",
+    help="Class-conditional GANs (BigGAN) only: the classes drawn, uniformly, one per latent and the same "
+         "for G(z) and G(z + shift): 'all' (the default) or indices and ranges, e.g. 1,5,10-19.")
 
 
 def _seed_opt(default: int):
@@ -177,10 +189,11 @@ def _out_opt(help: str):
 @click.option("--steps", default=_DISCOVER.steps, show_default=True, type=int, callback=_positive,
               help="Training steps of discover (rank runs at its defaults: `find-direction rank` sets them).")
 @click.option("--resume", is_flag=True, help="Continue the discovery run in OUT.")
+@_classes_opt
 @_seed_opt(_DISCOVER.seed)
 @common_options()
 @click.pass_context
-def main(ctx, gan, out, directions, steps, resume, seed):
+def main(ctx, gan, out, directions, steps, resume, classes, seed):
     """Find a GAN's segmenting latent direction without labels.
 
     \b
@@ -201,8 +214,8 @@ def main(ctx, gan, out, directions, steps, resume, seed):
     if out is None:
         raise click.UsageError("missing --out: name the run folder, e.g. --out runs/dirs (or use optimize, "
                                "discover or rank)")
-    path = _run_discover(gan, out, resume, DiscoverConfig(directions=directions, steps=steps, seed=seed))
-    _run_rank(gan, str(path), out / "rank", FitConfig(seed=seed))
+    path = _run_discover(gan, out, resume, DiscoverConfig(directions=directions, steps=steps, seed=seed), classes)
+    _run_rank(gan, str(path), out / "rank", FitConfig(seed=seed), classes=classes)
 
 
 @main.command()
@@ -227,12 +240,13 @@ def main(ctx, gan, out, directions, steps, resume, seed):
               help="Factor of the directions' lr at each milestone.")
 @click.option("--init", type=click.Choice(["random", "identity"]), default=_DISCOVER.init, show_default=True,
               help="Start at a random rotation (the authors' runs) or next to the coordinate axes.")
+@_classes_opt
 @_seed_opt(_DISCOVER.seed)
 @verbosity_option()
-def discover(gan, out, resume, lr_directions, **fields):
+def discover(gan, out, resume, lr_directions, classes, **fields):
     """Learn K interpretable directions (Voynov & Babenko 2020); writes OUT/directions.npy [K, D]."""
     cfg = DiscoverConfig(lr_directions=fields["lr"] if lr_directions is None else lr_directions, **fields)
-    _run_discover(gan, out, resume, cfg)
+    _run_discover(gan, out, resume, cfg, classes)
 
 
 @main.command()
@@ -253,21 +267,22 @@ def discover(gan, out, resume, lr_directions, **fields):
               help="Score every candidate as +h and -h (discovered directions have no sign).")
 @click.option("--orient/--no-orient", default=ORIENT_WINNER, show_default=True,
               help="Flip the winner so that the lighting rule's foreground is the smaller part.")
+@_classes_opt
 @_seed_opt(_FIT.seed)
 @verbosity_option()
-def rank(gan, candidates, out, top, both_signs, orient, **fields):
+def rank(gan, candidates, out, top, both_signs, orient, classes, **fields):
     """Rank candidate directions by the appendix-B rule; writes ranking.json, direction.npy, ranking.png."""
     if fields["steps"] < 0:
         raise click.BadParameter(f"{fields['steps']} must be >= 0", param_hint="--steps")
-    _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs)
+    _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs, classes)
 
 
-def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig) -> dict:
+def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig, classes: str | None = None) -> dict:
     from finder import optimize as op
 
     _out_folder(out)
     cfg.check()
-    model = _load_gan(gan)
+    model = _load_gan(gan, classes)
     bar = progress_bar(total=cfg.steps, desc="optimize", unit="step")
 
     def progress(step: int, terms: dict) -> None:
@@ -277,7 +292,7 @@ def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig) -> dict:
         bar.refresh()
 
     try:
-        summary = op.run(model, out, cfg, progress)
+        summary = op.run(model, out, cfg, progress, classes=classes)
     finally:
         bar.close()
     m = summary["masks"]
@@ -315,9 +330,10 @@ def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig) -> dict:
               help="Latents of the summary's mask statistics.")
 @click.option("--mask-shift", default=_OPT.mask_shift, show_default=True, type=float, callback=_positive,
               help="Shift of the summary's masks and picture (gen-synth's --shift).")
+@_classes_opt
 @_seed_opt(_OPT.seed)
 @verbosity_option()
-def optimize(gan, out, **fields):
+def optimize(gan, out, classes, **fields):
     """Optimise one segmenting direction (Melas-Kyriazi et al. 2022); writes direction.npy for gen-synth.
 
     \b
@@ -335,7 +351,7 @@ def optimize(gan, out, **fields):
         cfg = OptimizeConfig(**fields).check()
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-    _run_optimize(gan, out, cfg)
+    _run_optimize(gan, out, cfg, classes)
 
 
 if __name__ == "__main__":

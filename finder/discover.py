@@ -25,6 +25,10 @@ shift_loss, accuracy), and at the end
 effect on a few samples: rows = samples, columns = shifts -2r, -r, 0, r, 2r with r = 5).
 Each step's random draws come from ``(seed, step)``, so a resumed run continues exactly the
 stream an uninterrupted run would have seen.
+
+A class-conditional GAN (BigGAN) gets one class per latent, drawn uniformly over the run's class
+set after the step's other draws and held fixed across G(z) and G(z + eps h) (`finder.conditional`);
+config.json and summary.json then record the set (``classes``), and a resume must keep it.
 """
 from __future__ import annotations
 
@@ -39,7 +43,9 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError
+from finder import conditional as cond
 from finder import rank as ds
+from finder.conditional import differentiable_generator  # noqa: F401 - optimize and the tests import it from here
 
 log = logging.getLogger(__name__)
 
@@ -178,20 +184,6 @@ def _reconstruct(rec: dict, x, xs, size: int):
     return h @ rec["logits_w"] + rec["logits_b"], (h @ rec["shift_w"] + rec["shift_b"])[:, 0]
 
 
-def differentiable_generator(gan):
-    """A TF callable z -> G(z) [N,128,128,3] that gradients pass through.
-
-    Uses the loaded module behind `gans.loader.Gan` (its ``module`` attribute); anything else
-    with a ``path`` or ``handle`` is loaded with ``hub.load``."""
-    module = getattr(gan, "module", None)
-    if module is None:
-        from gans.loader import import_hub
-
-        module = import_hub().load(str(getattr(gan, "path", None) or gan.handle))
-    sig = module.signatures["generate"]
-    return lambda z: sig(z=z)["default"]
-
-
 @contextlib.contextmanager
 def _remapper_off(tf):
     """Grappler's remapper cannot fuse this graph's LeakyRelu gradients: it fails, leaves the graph as
@@ -206,15 +198,20 @@ def _remapper_off(tf):
         tf.config.optimizer.set_experimental_options({"remapping": before})
 
 
-def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: DiscoverConfig):
-    """The random draws of one step, from ``(seed, step)``: z [B, D], index [B], eps [B]."""
+def draw_step(seed: int, step: int, batch: int, latent_dim: int, k: int, cfg: DiscoverConfig,
+              classes: cond.ClassSet | None = None):
+    """The random draws of one step, from ``(seed, step)``: z [B, D], index [B], eps [B], and
+    with a class set the classes [B] (int64), drawn after the others so they stay what an
+    unconditional step draws."""
     rng = np.random.default_rng([seed, step])
     z = rng.standard_normal((batch, latent_dim)).astype(np.float32)
     idx = rng.integers(0, k, batch).astype(np.int32)
     eps = (cfg.shift_scale * (2.0 * rng.random(batch) - 1.0)).astype(np.float32)
     small = np.abs(eps) < cfg.min_shift
     eps[small] = np.where(eps[small] < 0, -cfg.min_shift, cfg.min_shift)  # 0 counts as positive
-    return z, idx, eps
+    if classes is None:
+        return z, idx, eps
+    return z, idx, eps, classes.draw(rng, batch)
 
 
 class RunExists(DiscoveryError):
@@ -222,17 +219,21 @@ class RunExists(DiscoveryError):
 
 
 def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConfig(), *, resume: bool = False,
-             progress: Callable[[int, dict], None] | None = None) -> dict:
+             progress: Callable[[int, dict], None] | None = None, classes: str | None = None) -> dict:
     """Train directions + reconstructor on ``gan`` up to ``cfg.steps``; write the run folder.
 
     ``resume=True`` continues from the newest checkpoint in ``out_dir`` (an error if the recorded
-    config differs in a field of ``_RESUME_KEYS``). ``progress(step, metrics)`` is called after
-    every step. Returns a summary dict (also written as ``summary.json``)."""
+    config differs in a field of ``_RESUME_KEYS`` or in the class set). ``progress(step, metrics)``
+    is called after every step. ``classes``: the class set of a conditional GAN
+    (`gans.classes.parse_class_set`; None: all), an error for an unconditional one. Returns a
+    summary dict (also written as ``summary.json``)."""
     import tensorflow as tf
 
     out = Path(out_dir)
     d = int(gan.latent_dim)
     cfg.check(d)
+    class_set = cond.class_set(gan, classes)
+    class_record = None if class_set is None else class_set.record()
     cfg_path = out / "config.json"
     ckpt_dir = out / "checkpoints"
     has_run = cfg_path.exists() or (ckpt_dir / "checkpoint").exists()
@@ -241,6 +242,8 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     old = json.loads(cfg_path.read_text()) if resume and cfg_path.exists() else None
     if old is not None:
         diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
+        if old.get("classes") != class_record:  # the steps' class draws depend on the set
+            diff["classes"] = ((old.get("classes") or {}).get("set"), (class_record or {}).get("set"))
         if diff:
             raise DiscoveryError(f"cannot resume {out}: settings differ from the run's config.json: "
                              + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
@@ -263,18 +266,21 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     record = {**asdict(cfg), "gan": {"handle": getattr(gan, "handle", None),
                                      "fingerprint": getattr(gan, "fingerprint", None)}, "latent_dim": d,
               "segments": [g for g in (old or {}).get("segments", []) if g["from_step"] < start] + [segment]}
+    if class_record is not None:  # only then: an unconditional run's config.json stays as it was
+        record["classes"] = class_record
     ds.write_bytes(cfg_path, (json.dumps(record, indent=1) + "\n").encode())
     generate = differentiable_generator(gan)
     k = cfg.directions
 
     with _remapper_off(tf):
         @tf.function
-        def train_step(z, idx, eps, lr_s):
-            x = tf.stop_gradient(generate(z))
+        def train_step(z, idx, eps, lr_s, labels=None):
+            # the same classes for both images: the direction moves z only
+            x = tf.stop_gradient(generate(z, labels))
             with tf.GradientTape() as tape:
                 dirs = _directions(s, k)
                 shift = eps[:, None] * tf.gather(dirs, idx)
-                xs = generate(z + shift)
+                xs = generate(z + shift, labels)
                 logits, eps_pred = _reconstruct(rec, x, xs, cfg.recon_size)
                 ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=idx, logits=logits))
                 shift_loss = cfg.shift_weight * tf.reduce_mean(tf.abs(eps_pred - eps))
@@ -293,10 +299,12 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
         metrics: dict = {}
         window: list[dict] = []
         for step in range(start, cfg.steps):
-            z, idx, eps = draw_step(cfg.seed, step, cfg.batch, d, k, cfg)
+            z, idx, eps, *labels = draw_step(cfg.seed, step, cfg.batch, d, k, cfg, class_set)
             lr_s = directions_lr(cfg, step)
+            # none at all for an unconditional GAN: its step is traced as before classes existed
+            labels = [tf.constant(c.astype(np.int32)) for c in labels]
             metrics = {key: float(v) for key, v in train_step(tf.constant(z), tf.constant(idx), tf.constant(eps),
-                                                              tf.constant(lr_s, tf.float32)).items()}
+                                                              tf.constant(lr_s, tf.float32), *labels).items()}
             metrics["lr_directions"] = lr_s
             step_var.assign(step + 1)
             window.append(metrics)
@@ -315,21 +323,28 @@ def discover(gan, out_dir: str | os.PathLike, cfg: DiscoverConfig = DiscoverConf
     dirs = _directions(s, k).numpy().astype(np.float64)
     dirs = (dirs / np.linalg.norm(dirs, axis=1, keepdims=True)).astype(np.float32)
     ds.save_npy(out / "directions.npy", dirs)
-    write_effects(gan, dirs, out / "effects", cfg)
+    write_effects(gan, dirs, out / "effects", cfg, class_set)
     summary = {"steps": int(step_var.numpy()), "directions": k, "latent_dim": d,
                "last_metrics": metrics, "directions_file": "directions.npy"}
+    if class_record is not None:
+        summary["classes"] = class_record
     ds.write_bytes(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     return summary
 
 
-def write_effects(gan, dirs: np.ndarray, folder: Path, cfg: DiscoverConfig) -> None:
-    """One picture per direction: rows = samples, columns = shifts -2r, -r, 0, r, 2r."""
+def write_effects(gan, dirs: np.ndarray, folder: Path, cfg: DiscoverConfig,
+                  classes: cond.ClassSet | None = None) -> None:
+    """One picture per direction: rows = samples, columns = shifts -2r, -r, 0, r, 2r; a
+    conditional GAN's sample keeps its class (from ``classes``, default all) along its row."""
     folder.mkdir(parents=True, exist_ok=True)
-    z = ds.draw_latents(cfg.picture_samples, dirs.shape[1], cfg.seed + 1)
+    if classes is None:
+        classes = cond.class_set(gan, None)
+    z, labels = cond.draw_samples(cfg.picture_samples, dirs.shape[1], cfg.seed + 1, classes)
     shifts = cfg.picture_shift * np.array([-2, -1, 0, 1, 2], np.float32)
+    row_labels = None if labels is None else np.repeat(labels, len(shifts))
     for k, h in enumerate(dirs):
         zz = (z[:, None, :] + shifts[None, :, None] * h[None, None, :]).reshape(-1, dirs.shape[1])
-        imgs = ds.unit_to_uint8(ds.to_unit_range(gan.generate(zz)))
+        imgs = ds.unit_to_uint8(ds.to_unit_range(cond.generate(gan, zz, row_labels)))
         imgs = imgs.reshape(len(z), len(shifts), *imgs.shape[1:])
         cols = ", ".join(f"{v:+g}" for v in shifts)
         ds.write_png(folder / f"direction-{k:03d}.png", ds.labelled_grid(

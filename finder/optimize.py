@@ -26,7 +26,9 @@ rule's (`masking.rules.GRAY_WEIGHTS`); the Sobel filter is kornia's normalised o
 replicated border, magnitude sqrt(gx^2 + gy^2 + 1e-6)), the authors' choice.
 
 Every draw comes from ``(seed, step)`` (the start of d from its own stream), so a seed fixes the
-run. `objective` is the numpy form of the loss, the reference the TensorFlow step is tested
+run. A class-conditional GAN (BigGAN) gets one class per latent, drawn over the run's class set
+after the other draws and held fixed across G(z) and G(z + r d) (`finder.conditional`); the
+summary records the set. `objective` is the numpy form of the loss, the reference the TensorFlow step is tested
 against; `mask_statistics` (numpy) measures where a direction's masks fall.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 from core.errors import UserError
+from finder import conditional as cond
 from finder import rank as ds
 from gans.directions import save_direction
 from masking.rules import GRAY_WEIGHTS, FilterConfig, gray, process_batch, size_bound
@@ -141,13 +144,17 @@ def objective(x: np.ndarray, x_shift: np.ndarray, cfg: OptimizeConfig = Optimize
     return {"centre": centre, "edges": edges, "loss": centre + edges}
 
 
-def draw_step(cfg: OptimizeConfig, step: int, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The draws of one step from ``(seed, step)``: z [B, D] and r, [B, 1] or [B, D] (shift_draw)."""
+def draw_step(cfg: OptimizeConfig, step: int, latent_dim: int, classes: cond.ClassSet | None = None) -> tuple:
+    """The draws of one step from ``(seed, step)``: z [B, D] and r, [B, 1] or [B, D] (shift_draw),
+    and with a class set the classes [B] (int64), drawn after the others so they stay what an
+    unconditional step draws."""
     rng = np.random.default_rng([cfg.seed, step])
     z = rng.standard_normal((cfg.batch, latent_dim)).astype(np.float32)
     shape = (cfg.batch, 1) if cfg.shift_draw == "sample" else (cfg.batch, latent_dim)
     r = np.maximum(cfg.shift_mean + cfg.shift_std * rng.standard_normal(shape), cfg.shift_min)
-    return z, r.astype(np.float32)
+    if classes is None:
+        return z, r.astype(np.float32)
+    return z, r.astype(np.float32), classes.draw(rng, cfg.batch)
 
 
 def initial_direction(cfg: OptimizeConfig, latent_dim: int) -> np.ndarray:
@@ -204,7 +211,7 @@ def centre_assumption(stats: dict) -> str | None:
 
 
 def _train_step(generate, d, adam, cfg: OptimizeConfig, size: int):
-    """The compiled step: (z, r) -> loss terms, with one Adam update of d and d made unit."""
+    """The compiled step: (z, r[, classes]) -> loss terms, with one Adam update of d and d made unit."""
     import tensorflow as tf
 
     c = tf.constant(centre_prior(size, cfg.centre_scale, cfg.invert))
@@ -221,12 +228,13 @@ def _train_step(generate, d, adam, cfg: OptimizeConfig, size: int):
         return tf.sqrt(tf.reduce_sum(tf.square(grad), axis=-1) + SOBEL_EPS)
 
     @tf.function
-    def step(z, r):
-        x = tf.stop_gradient(generate(z))
+    def step(z, r, labels=None):
+        # the same classes for both images: the direction moves z only
+        x = tf.stop_gradient(generate(z, labels))
         edges_x = sobel(to_gray(x))
         with tf.GradientTape() as tape:
             unit = d / tf.norm(d)
-            xs = generate(z + r * unit[None, :])
+            xs = generate(z + r * unit[None, :], labels)
             gs = to_gray(xs)
             centre = cfg.centre_weight * tf.reduce_mean(gs * c)
             edges = cfg.edge_weight * tf.reduce_mean(tf.square(edges_x - sobel(gs)))
@@ -239,9 +247,11 @@ def _train_step(generate, d, adam, cfg: OptimizeConfig, size: int):
 
 
 def optimize_direction(gan, cfg: OptimizeConfig = OptimizeConfig(),
-                       progress: Callable[[int, dict], None] | None = None) -> tuple[np.ndarray, list[dict]]:
+                       progress: Callable[[int, dict], None] | None = None,
+                       classes: cond.ClassSet | None = None) -> tuple[np.ndarray, list[dict]]:
     """Fit the direction on ``gan`` (a `gans.loader.Gan`, or anything `discover.differentiable_generator`
-    takes). Returns (unit direction float32 [D], the loss terms of every step).
+    takes), drawing each latent's class from ``classes`` for a conditional GAN (`conditional.class_set`).
+    Returns (unit direction float32 [D], the loss terms of every step).
     ``progress(step, terms)`` is called after each step."""
     import tensorflow as tf
 
@@ -249,14 +259,18 @@ def optimize_direction(gan, cfg: OptimizeConfig = OptimizeConfig(),
 
     cfg.check()
     dim = int(gan.latent_dim)
+    if classes is None:
+        classes = cond.class_set(gan, None)  # a conditional GAN draws from all its classes
     generate = differentiable_generator(gan)
     d = tf.Variable(initial_direction(cfg, dim), name="d")
     adam = Adam([d], cfg.lr, tf)
     step_fn = _train_step(generate, d, adam, cfg, int(gan.image_size))
     history: list[dict] = []
     for step in range(cfg.steps):
-        z, r = draw_step(cfg, step, dim)
-        terms = {k: float(v) for k, v in step_fn(tf.constant(z), tf.constant(r)).items()}
+        z, r, *labels = draw_step(cfg, step, dim, classes)
+        # none at all for an unconditional GAN: its step is traced as before classes existed
+        labels = [tf.constant(c.astype(np.int32)) for c in labels]
+        terms = {k: float(v) for k, v in step_fn(tf.constant(z), tf.constant(r), *labels).items()}
         if not np.isfinite(terms["loss"]):
             raise OptimizeError(f"the loss became {terms['loss']} at step {step + 1}; lower --lr or check the GAN's "
                                 f"output (it must be finite, in [-1, 1])")
@@ -272,15 +286,19 @@ _UNFILTERED = FilterConfig(size_filter=False, histogram_rule=None)
 
 
 def summarise(gan, direction: np.ndarray, cfg: OptimizeConfig, chunk: int = 64,
-              picture_samples: int = 8) -> tuple[dict, list[list[np.ndarray]]]:
-    """Mask statistics of ``direction`` over ``cfg.samples`` prior latents (seed ``cfg.seed + 1``):
+              picture_samples: int = 8, classes: cond.ClassSet | None = None) -> tuple[dict, list[list[np.ndarray]]]:
+    """Mask statistics of ``direction`` over ``cfg.samples`` prior latents (seed ``cfg.seed + 1``,
+    and their classes after them for a conditional GAN):
     lighting masks at ``cfg.mask_shift``, cleaned as gen-synth cleans them (connected components),
     at the GAN's own size. Returns (statistics, picture rows G(z) | G(z + shift d) | mask of the first
     ``picture_samples`` latents, from the same renders)."""
-    z = ds.draw_latents(cfg.samples, int(gan.latent_dim), cfg.seed + 1)
+    if classes is None:
+        classes = cond.class_set(gan, None)
+    z, labels = cond.draw_samples(cfg.samples, int(gan.latent_dim), cfg.seed + 1, classes)
     masks, rows = [], None
     for lo in range(0, len(z), chunk):
-        x, xs = gan.generate_pair(z[lo:lo + chunk], direction, cfg.mask_shift)
+        x, xs = cond.generate_pair(gan, z[lo:lo + chunk], direction, cfg.mask_shift,
+                                   None if labels is None else labels[lo:lo + chunk])
         masks.append(process_batch(x, xs, _UNFILTERED).masks)
         if rows is None:
             k = picture_samples
@@ -291,13 +309,17 @@ def summarise(gan, direction: np.ndarray, cfg: OptimizeConfig, chunk: int = 64,
 
 
 def run(gan, out_dir: str | os.PathLike, cfg: OptimizeConfig = OptimizeConfig(),
-        progress: Callable[[int, dict], None] | None = None, picture_samples: int = 8) -> dict:
+        progress: Callable[[int, dict], None] | None = None, picture_samples: int = 8,
+        classes: str | None = None) -> dict:
     """Optimise, then write ``direction.npy`` (unit float32 [D], what gen-synth --direction takes),
-    ``summary.json`` (settings, losses, mask statistics) and ``optimize.png``. Returns the summary."""
+    ``summary.json`` (settings, losses, mask statistics, a conditional GAN's class set) and
+    ``optimize.png``. ``classes``: the class set of a conditional GAN (`gans.classes.parse_class_set`;
+    None: all), an error for an unconditional one. Returns the summary."""
+    class_set = cond.class_set(gan, classes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    direction, history = optimize_direction(gan, cfg, progress)
-    stats, rows = summarise(gan, direction, cfg, picture_samples=picture_samples)
+    direction, history = optimize_direction(gan, cfg, progress, class_set)
+    stats, rows = summarise(gan, direction, cfg, picture_samples=picture_samples, classes=class_set)
     warning = centre_assumption(stats)
     first, last = history[0], history[-1]
     summary = {
@@ -314,6 +336,8 @@ def run(gan, out_dir: str | os.PathLike, cfg: OptimizeConfig = OptimizeConfig(),
         "centre_assumption": "holds" if warning is None else warning,
         "direction_file": "direction.npy",
     }
+    if class_set is not None:  # only then: an unconditional run's summary stays as it was
+        summary["classes"] = class_set.record()
     summary["direction_sha256"] = save_direction(out / "direction.npy", direction)
     ds.write_bytes(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
     names = ["G(z)", f"G(z+{cfg.mask_shift:g}d)", "mask"]

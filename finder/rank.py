@@ -16,6 +16,10 @@ summed, so a chunk's fit equals the candidates' separate fits.
 
 Images are mapped from the GAN's [-1, 1] to [0, 1] before fitting, as in the paper.
 
+A class-conditional GAN (BigGAN) gives each of the ``samples`` latents a class, drawn over the
+class set after the latents, and renders every image of that latent (G(z), each G(z + 5h), the
+orientation and the pictures) with it (`finder.conditional`); ranking.json records the set.
+
 Two choices the paper leaves open, each with the other behaviour as an option:
 
 - the start of the fit (``FitConfig.init``): ``lighting`` (default) = exact least squares on the
@@ -44,6 +48,7 @@ from core.atomic import atomic_write_bytes as write_bytes
 from core.errors import UserError
 from core.pictures import image_grid, labelled_grid  # noqa: F401 - finder.discover and optimize draw through ds.*
 from finder import affine
+from finder import conditional as cond
 from masking.rules import lighting_mask
 
 log = logging.getLogger(__name__)
@@ -209,24 +214,29 @@ def score(index: int, ops: np.ndarray, x: np.ndarray, x_shift: np.ndarray) -> Ca
 
 def draw_latents(n: int, dim: int, seed: int) -> np.ndarray:
     """``n`` latents z ~ N(0, I) of dimension ``dim`` from ``seed`` (float32)."""
-    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return cond.draw_samples(n, dim, seed)[0]
 
 
 def score_candidates(gan, candidates: np.ndarray, config: FitConfig = FitConfig(),
-                     progress: Callable[[int], None] | None = None) -> tuple[list[CandidateScore], np.ndarray]:
+                     progress: Callable[[int], None] | None = None, classes: cond.ClassSet | None = None
+                     ) -> tuple[list[CandidateScore], np.ndarray, np.ndarray | None]:
     """Fit and score every candidate direction on ``gan`` (anything with ``generate(z)`` in [-1, 1]
-    and ``latent_dim``). Returns the scores (input order) and the latents used.
+    and ``latent_dim``). Returns the scores (input order), the latents used and, for a
+    conditional GAN, their classes (drawn from ``classes``, default all; None otherwise), each
+    latent's the same for G(z) and every G(z + shift h).
 
     ``progress(n)`` is called after each chunk with the number of candidates it finished."""
     dirs = unit_rows(candidates)
     if dirs.shape[1] != gan.latent_dim:
         raise RankError(f"candidates have dimension {dirs.shape[1]}, the GAN's latent has {gan.latent_dim}")
-    z = draw_latents(config.samples, gan.latent_dim, config.seed)
-    x = to_unit_range(gan.generate(z))
+    if classes is None:
+        classes = cond.class_set(gan, None)
+    z, labels = cond.draw_samples(config.samples, gan.latent_dim, config.seed, classes)
+    x = to_unit_range(cond.generate(gan, z, labels))
     scores: list[CandidateScore] = []
     for lo in range(0, len(dirs), config.chunk):
         chunk = dirs[lo:lo + config.chunk]
-        xs = np.stack([to_unit_range(gan.generate(z + config.shift * h[None])) for h in chunk])
+        xs = np.stack([to_unit_range(cond.generate(gan, z + config.shift * h[None], labels)) for h in chunk])
         ops = fit_operators(x, xs, config, init=initial_operators(x, xs, config))
         for j, h in enumerate(chunk):
             s = score(lo + j, ops[j], x, xs[j])
@@ -234,17 +244,19 @@ def score_candidates(gan, candidates: np.ndarray, config: FitConfig = FitConfig(
             log.debug("candidate %d: L_h %.4f D_h %.4f balance %.3f", s.index, s.loss, s.distance, s.balance)
         if progress is not None:
             progress(len(chunk))
-    return scores, z
+    return scores, z, labels
 
 
-def lighting_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> float:
+def lighting_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float,
+                      labels: np.ndarray | None = None) -> float:
     """Mean share of pixels that the lighting rule calls foreground: gray(G(z)) < gray(G(z + shift h))."""
-    x = np.asarray(gan.generate(z), np.float32)
-    xs = np.asarray(gan.generate(z + shift * np.asarray(direction, np.float32)[None]), np.float32)
+    x = np.asarray(cond.generate(gan, z, labels), np.float32)
+    xs = np.asarray(cond.generate(gan, z + shift * np.asarray(direction, np.float32)[None], labels), np.float32)
     return float(np.mean(lighting_mask(x, xs)))
 
 
-def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.ndarray, int, dict]:
+def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float,
+           labels: np.ndarray | None = None) -> tuple[np.ndarray, int, dict]:
     """Choose the sign of a direction so that the lighting rule's foreground is the smaller part.
 
     The appendix-B fit does not fix a direction's sign (discovered directions have none), while
@@ -253,8 +265,8 @@ def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float) -> tuple[np.
     lighting-rule foreground share is smaller wins; +h is kept on a tie. Returns the oriented
     direction, the sign (+1 / -1) and both shares."""
     h = np.asarray(direction, np.float32)
-    plus = lighting_fraction(gan, z, h, shift)
-    minus = lighting_fraction(gan, z, -h, shift)
+    plus = lighting_fraction(gan, z, h, shift, labels)
+    minus = lighting_fraction(gan, z, -h, shift, labels)
     sign = -1 if minus < plus else 1
     return (sign * h).astype(np.float32), sign, {"lighting_fg_plus": plus, "lighting_fg_minus": minus}
 
@@ -287,12 +299,13 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def figure10(gan, z: np.ndarray, direction: np.ndarray, ops: np.ndarray, shift: float) -> list[list[np.ndarray]]:
-    """The paper's figure 10 for one direction, as grid rows over the samples ``z``: G(z),
-    G(z + shift h), the two-operator approximation S·G(z), and the class mask (the class whose
-    operator lights its pixels drawn white)."""
-    x = to_unit_range(gan.generate(z))
-    xs = to_unit_range(gan.generate(z + shift * np.asarray(direction, np.float32)[None]))
+def figure10(gan, z: np.ndarray, direction: np.ndarray, ops: np.ndarray, shift: float,
+             labels: np.ndarray | None = None) -> list[list[np.ndarray]]:
+    """The paper's figure 10 for one direction, as grid rows over the samples ``z`` (with their
+    classes ``labels`` on a conditional GAN): G(z), G(z + shift h), the two-operator approximation
+    S·G(z), and the class mask (the class whose operator lights its pixels drawn white)."""
+    x = to_unit_range(cond.generate(gan, z, labels))
+    xs = to_unit_range(cond.generate(gan, z + shift * np.asarray(direction, np.float32)[None], labels))
     approx = affine.two_operator_image(ops, x, xs)
     classes = affine.assign_classes(ops, x, xs)
     lit = affine.lit_class(ops, x, classes)
@@ -309,7 +322,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
                     rule: affine.RankRule = affine.RankRule(), *, source: str | list[tuple[str, int]] = "array",
                     both_signs: bool = BOTH_SIGNS,
                     picture_top: int = PICTURE_TOP, picture_samples: int = 4, orient_winner: bool = ORIENT_WINNER,
-                    progress: Callable[[int], None] | None = None) -> dict:
+                    progress: Callable[[int], None] | None = None, classes: str | None = None) -> dict:
     """Score, rank and write: ``ranking.json``, ``direction.npy`` (the winner, unit norm,
     float32 [D]) and ``ranking.png`` (figure 10 for the ``picture_top`` best entries).
 
@@ -323,11 +336,15 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     ``source``: where the candidates came from, one name, or a pool of sources as (name, count)
     pairs in row order (`find-direction rank --candidates A --candidates B`): every entry then
     names its source and its row within it, so methods are compared in one table.
+
+    ``classes``: the class set of a conditional GAN (`gans.classes.parse_class_set`; None: all),
+    an error for an unconditional one; each latent's class follows its z (`conditional.draw_samples`).
     Returns the report written to ``ranking.json``. Raises ValueError when every entry is dropped."""
     import hashlib
     import json
     from dataclasses import asdict
 
+    class_set = cond.class_set(gan, classes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dirs = unit_rows(candidates)
@@ -338,7 +355,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     origin = [(name, i) for name, count in pool for i in range(count)]  # candidate -> (source, row)
     signs = np.array([1] * n_cand + ([-1] * n_cand if both_signs else []))
     signed = np.concatenate([dirs, -dirs]) if both_signs else dirs
-    scores, z = score_candidates(gan, signed, config, progress=progress)
+    scores, z, labels = score_candidates(gan, signed, config, progress=progress, classes=class_set)
     entries = affine.rank_candidates([s.loss for s in scores], [s.distance for s in scores],
                                      [s.balance for s in scores], rule)
     ranked = sorted((e for e in entries if e.rank is not None), key=lambda e: e.rank)
@@ -349,7 +366,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     winner = signed[best.index]
     orient_sign, orient_info = 1, {}
     if orient_winner:
-        winner, orient_sign, orient_info = orient(gan, z, winner, config.shift)
+        winner, orient_sign, orient_info = orient(gan, z, winner, config.shift, labels)
     winner = (winner / np.linalg.norm(winner)).astype(np.float32)
     report = {
         "format": "bgw-direction-ranking",
@@ -364,6 +381,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
                                           "those by lowest L_h; the rest by highest D_h"},
         "winner": {"entry": best.index, "candidate": best.index % n_cand, "sign": int(signs[best.index]),
                    "orient_sign": orient_sign, **orient_info},
+        **({} if class_set is None else {"classes": class_set.record()}),  # unconditional: as it was
         "order": [e.index for e in ranked],
         "entries": [
             {"entry": e.index, "candidate": e.index % n_cand, "source": origin[e.index % n_cand][0],
@@ -377,10 +395,11 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     save_npy(out / "direction.npy", winner)
     write_bytes(out / "ranking.json", (json.dumps(report, indent=1) + "\n").encode())
     zp = z[:picture_samples]
+    labels_p = None if labels is None else labels[:picture_samples]
     rows: list[list[np.ndarray]] = []
     names: list[str] = []
     for e in ranked[:picture_top]:
-        rows += figure10(gan, zp, signed[e.index], scores[e.index].ops, config.shift)
+        rows += figure10(gan, zp, signed[e.index], scores[e.index].ops, config.shift, labels_p)
         src, row = origin[e.index % n_cand]
         tag = f"#{e.rank} {'+' if signs[e.index] > 0 else '-'}{Path(src).name[:10]}[{row}]"
         names += [tag, "G(z+5h)", "S.G(z)", f"mask L{e.loss:.3f}"]
