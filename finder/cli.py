@@ -21,6 +21,7 @@ import numpy as np
 
 from core.cli import Group, common_options, progress_bar, verbosity_option
 from gans.loader import DEFAULT_GAN
+from masking.rules import MASK_RULES
 
 from .discover import DiscoverConfig
 from .optimize import SHIFT_DRAWS, OptimizeConfig
@@ -123,7 +124,8 @@ def _run_discover(gan: str, out: Path, resume: bool, cfg: DiscoverConfig, classe
 
 
 def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitConfig, top: int = PICTURE_TOP,
-              orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS, classes: str | None = None) -> dict:
+              orient: bool = ORIENT_WINNER, both_signs: bool = BOTH_SIGNS, classes: str | None = None,
+              mask_rule: str = "lighting") -> dict:
     from finder import affine
     from finder import rank as ds
 
@@ -132,7 +134,8 @@ def _run_rank(gan: str, candidates: tuple[str, ...] | str, out: Path, cfg: FitCo
     arr, source = _candidate_pool(candidates, model.latent_dim)
     with progress_bar(total=len(arr) * (2 if both_signs else 1), desc="rank", unit="fit") as bar:
         report = ds.rank_directions(model, arr, out, cfg, affine.RankRule(), source=source, both_signs=both_signs,
-                                    picture_top=top, orient_winner=orient, progress=bar.update, classes=classes)
+                                    picture_top=top, orient_winner=orient, progress=bar.update, classes=classes,
+                                    mask_rule=mask_rule)
     w = report["winner"]
     best = report["entries"][w["entry"]]
     _print_table(report)
@@ -266,15 +269,18 @@ def discover(gan, out, resume, lr_directions, classes, **fields):
 @click.option("--both-signs/--plus-only", default=BOTH_SIGNS, show_default=True,
               help="Score every candidate as +h and -h (discovered directions have no sign).")
 @click.option("--orient/--no-orient", default=ORIENT_WINNER, show_default=True,
-              help="Flip the winner so that the lighting rule's foreground is the smaller part.")
+              help="Flip the winner so that the --mask-rule's foreground is the smaller part.")
+@click.option("--mask-rule", type=click.Choice(sorted(MASK_RULES)), default="lighting", show_default=True,
+              help="gen-synth's mask rule for this direction, which --orient orients it for (background-removal: "
+                   "the sign that whitens the background).")
 @_classes_opt
 @_seed_opt(_FIT.seed)
 @verbosity_option()
-def rank(gan, candidates, out, top, both_signs, orient, classes, **fields):
+def rank(gan, candidates, out, top, both_signs, orient, classes, mask_rule, **fields):
     """Rank candidate directions by the appendix-B rule; writes ranking.json, direction.npy, ranking.png."""
     if fields["steps"] < 0:
         raise click.BadParameter(f"{fields['steps']} must be >= 0", param_hint="--steps")
-    _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs, classes)
+    _run_rank(gan, candidates, out, FitConfig(**fields), top, orient, both_signs, classes, mask_rule)
 
 
 def _run_optimize(gan: str, out: Path, cfg: OptimizeConfig, classes: str | None = None) -> dict:

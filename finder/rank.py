@@ -49,7 +49,7 @@ from core.errors import UserError
 from core.pictures import image_grid, labelled_grid  # noqa: F401 - finder.discover and optimize draw through ds.*
 from finder import affine
 from finder import conditional as cond
-from masking.rules import lighting_mask
+from masking.rules import MASK_RULES, lighting_mask, pair_shifts
 
 log = logging.getLogger(__name__)
 
@@ -255,20 +255,36 @@ def lighting_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float,
     return float(np.mean(lighting_mask(x, xs)))
 
 
+def mask_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float, labels: np.ndarray | None = None,
+                  mask_rule: str = "lighting") -> float:
+    """Mean share of pixels that `mask_rule` calls foreground on the pair it compares
+    (`masking.rules.pair_shifts`: G(z), G(z + shift h) for the paper's rules)."""
+    if mask_rule == "lighting":
+        return lighting_fraction(gan, z, direction, shift, labels)
+    a, b = pair_shifts(mask_rule, shift)
+    h = np.asarray(direction, np.float32)[None]
+    xa = np.asarray(cond.generate(gan, z + a * h, labels), np.float32)
+    xb = np.asarray(cond.generate(gan, z + b * h, labels), np.float32)
+    return float(np.mean(MASK_RULES.get(mask_rule)(xa, xb)))
+
+
 def orient(gan, z: np.ndarray, direction: np.ndarray, shift: float,
-           labels: np.ndarray | None = None) -> tuple[np.ndarray, int, dict]:
-    """Choose the sign of a direction so that the lighting rule's foreground is the smaller part.
+           labels: np.ndarray | None = None, mask_rule: str = "lighting") -> tuple[np.ndarray, int, dict]:
+    """Choose the sign of a direction so that the mask rule's foreground is the smaller part.
 
     The appendix-B fit does not fix a direction's sign (discovered directions have none), while
-    the lighting rule (mask = pixels that brighten) needs the one that lights the object. Objects
-    are the smaller part of an image (the size filter keeps foreground <= 50%), so the sign whose
-    lighting-rule foreground share is smaller wins; +h is kept on a tie. Returns the oriented
-    direction, the sign (+1 / -1) and both shares."""
+    a mask rule needs one: the lighting rule (mask = pixels that brighten) the sign that lights the
+    object, `background-removal` the one that whitens the background. Objects are the smaller part
+    of an image (the size filter keeps foreground <= 50%), so the sign whose foreground share under
+    `mask_rule` (gen-synth's rule for this direction) is smaller wins; +h is kept on a tie. Returns
+    the oriented direction, the sign (+1 / -1) and both shares."""
     h = np.asarray(direction, np.float32)
-    plus = lighting_fraction(gan, z, h, shift, labels)
-    minus = lighting_fraction(gan, z, -h, shift, labels)
+    plus = mask_fraction(gan, z, h, shift, labels, mask_rule)
+    minus = mask_fraction(gan, z, -h, shift, labels, mask_rule)
     sign = -1 if minus < plus else 1
-    return (sign * h).astype(np.float32), sign, {"lighting_fg_plus": plus, "lighting_fg_minus": minus}
+    if mask_rule == "lighting":  # the keys ranking.json has always had
+        return (sign * h).astype(np.float32), sign, {"lighting_fg_plus": plus, "lighting_fg_minus": minus}
+    return (sign * h).astype(np.float32), sign, {"orient_rule": mask_rule, "fg_plus": plus, "fg_minus": minus}
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +338,8 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
                     rule: affine.RankRule = affine.RankRule(), *, source: str | list[tuple[str, int]] = "array",
                     both_signs: bool = BOTH_SIGNS,
                     picture_top: int = PICTURE_TOP, picture_samples: int = 4, orient_winner: bool = ORIENT_WINNER,
-                    progress: Callable[[int], None] | None = None, classes: str | None = None) -> dict:
+                    progress: Callable[[int], None] | None = None, classes: str | None = None,
+                    mask_rule: str = "lighting") -> dict:
     """Score, rank and write: ``ranking.json``, ``direction.npy`` (the winner, unit norm,
     float32 [D]) and ``ranking.png`` (figure 10 for the ``picture_top`` best entries).
 
@@ -331,7 +348,8 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     that lights the object by +5 merely undoes a little light by -5). Entry ``e`` is candidate
     ``e % C`` with sign ``+1`` for ``e < C``, ``-1`` after.
 
-    ``orient_winner``: see `orient`; the written direction is ``orient_sign * sign * h``.
+    ``orient_winner``: see `orient` (under ``mask_rule``, the rule gen-synth will use with the
+    direction); the written direction is ``orient_sign * sign * h``.
 
     ``source``: where the candidates came from, one name, or a pool of sources as (name, count)
     pairs in row order (`find-direction rank --candidates A --candidates B`): every entry then
@@ -366,7 +384,7 @@ def rank_directions(gan, candidates: np.ndarray, out_dir: str | os.PathLike, con
     winner = signed[best.index]
     orient_sign, orient_info = 1, {}
     if orient_winner:
-        winner, orient_sign, orient_info = orient(gan, z, winner, config.shift, labels)
+        winner, orient_sign, orient_info = orient(gan, z, winner, config.shift, labels, mask_rule)
     winner = (winner / np.linalg.norm(winner)).astype(np.float32)
     report = {
         "format": "bgw-direction-ranking",

@@ -102,6 +102,21 @@ class HandGan:
         return (2 * img - 1).astype(np.float32)
 
 
+def test_orientation_follows_the_mask_rule_the_direction_is_for():
+    # +e1 lights the object and darkens the background: the lighting rule wants +e1, while
+    # background-removal (the centred pair; the object is what brightens least) wants -e1, whose
+    # shift whitens the background
+    gan, e1 = HandGan(), np.eye(4, dtype=np.float32)[1]
+    z = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    h, sign, info = ds.orient(gan, z, e1, 5.0)
+    assert sign == 1 and info["lighting_fg_plus"] < info["lighting_fg_minus"]
+    h, sign, info = ds.orient(gan, z, e1, 5.0, mask_rule="background-removal")
+    assert sign == -1 and info["orient_rule"] == "background-removal"
+    np.testing.assert_array_equal(h, -e1)
+    object_share = 30 / 256  # the 5 x 6 square
+    assert info["fg_minus"] == pytest.approx(object_share, abs=0.03) and info["fg_plus"] > 0.5
+
+
 def test_rank_on_a_hand_made_gan_picks_and_orients_the_saliency_light(tmp_path):
     e = np.eye(4, dtype=np.float32)
     cands = np.stack([e[0], e[1], e[2], e[3], (e[0] + e[1]) / np.sqrt(2)])
