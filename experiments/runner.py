@@ -450,9 +450,9 @@ def check_gan(spec: str) -> tuple[str | None, str]:
     import difflib
 
     from gans import dcgan
-    from gans.loader import BIGBIGAN_HANDLE, GANS
+    from gans.loader import GANS, HUB_NAMES
 
-    handle = BIGBIGAN_HANDLE if spec == "bigbigan" else spec if "://" in spec else None
+    handle = HUB_NAMES.get(spec, spec if "://" in spec else None)
     if handle is not None:
         cached = _hub_cache(handle)
         if cached.is_dir():

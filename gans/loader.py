@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 BIGBIGAN_HANDLE = "https://tfhub.dev/deepmind/bigbigan-resnet50/1"
 BIGGAN_HANDLE = "https://tfhub.dev/deepmind/biggan-128/2"
+# the registered names that are TF-Hub handles (a cached copy under $TFHUB_CACHE_DIR loads offline)
+HUB_NAMES = {"bigbigan": BIGBIGAN_HANDLE, "biggan": BIGGAN_HANDLE}
 DEFAULT_GAN = "bigbigan"  # the paper's model: what --gan means when it is not given
 MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are meant for
 ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open

@@ -2,6 +2,7 @@
 layout, the GAN), gives every stage a time from measured rates, and says which seeds it covers."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -98,3 +99,14 @@ def test_no_stage_is_estimated_below_its_start_up(kind):
     opts = {"gan": "toy", "n": 1, "steps": 1, "batch": 1, "width": 4, "size": 32, "datasets": ["ecssd"], "limit": 1}
     cost = estimate(kind, opts, gpu=False, context={"candidates": 1, "width": 4, "size": 32})
     assert cost.seconds is None or cost.seconds >= STARTUP_S[kind]
+
+
+@pytest.mark.parametrize("name, handle", [("bigbigan", "bigbigan-resnet50/1"), ("biggan", "biggan-128/2")])
+def test_the_hub_models_are_named_by_their_handle_and_cache(tmp_path, monkeypatch, name, handle):
+    from experiments.runner import check_gan
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    problem, line = check_gan(name)
+    assert problem is None and f"https://tfhub.dev/deepmind/{handle}" in line and "no cached copy" in line
+    (tmp_path / hashlib.sha1(f"https://tfhub.dev/deepmind/{handle}".encode()).hexdigest()).mkdir()
+    assert "cached copy at" in check_gan(name)[1]
