@@ -52,6 +52,13 @@ BIGGAN_HANDLE = "https://tfhub.dev/deepmind/biggan-128/2"
 HUB_NAMES = {"bigbigan": BIGBIGAN_HANDLE, "biggan": BIGGAN_HANDLE}
 DEFAULT_GAN = "bigbigan"  # the paper's model: what --gan means when it is not given
 MIN_IMAGE_SIZE = 32  # smallest side of G(z) the mask rules and filters are meant for
+# Bounds on what a module may declare, checked before anything is drawn or rendered: a module from
+# anywhere that declares z of 10^9 or a billion classes would otherwise ask for terabytes at the first
+# latent block or one-hot batch. Real ones sit far inside: z of 100-512 (StyleGAN's W+ is 18 x 512),
+# 1000 classes (ImageNet-21k's 21,843), images up to 1024.
+MAX_LATENT_DIM = 1 << 16
+MAX_CLASSES = 100_000
+MAX_IMAGE_SIZE = 4096
 ENCODE_SIZE = 256  # BigBiGAN's encoder input side, used when an encoder leaves its size open
 
 
@@ -305,6 +312,7 @@ def check_signatures(module, *, where: str) -> ModelContract:
         raise GanLoadError(f"{where}: signature {name!r} must take one input z float32 [N,D] with D fixed, got "
                            f"{z if z is not None else inputs}")
     latent_dim = int(z[0][1])
+    _check_bound(where, f"signature {name!r} z [N,{latent_dim}]", latent_dim, MAX_LATENT_DIM, "latent dimensions")
     num_classes = None
     y = _spec(gen, "y")
     if y is not None:
@@ -312,6 +320,7 @@ def check_signatures(module, *, where: str) -> ModelContract:
             raise GanLoadError(f"{where}: signature {name!r} may take y float32 [N,C] (a one-hot class, C fixed), "
                                f"got {y}")
         num_classes = int(y[0][1])
+        _check_bound(where, f"signature {name!r} y [N,{num_classes}]", num_classes, MAX_CLASSES, "classes")
     t = _spec(gen, "truncation")
     if t is not None and (t[0] != [] or t[1] != "float32"):
         raise GanLoadError(f"{where}: signature {name!r} may take truncation float32 [] (a scalar), got {t}")
@@ -330,6 +339,7 @@ def check_signatures(module, *, where: str) -> ModelContract:
         raise GanLoadError(f"{where}: {name!r} must return default float32 [N,S,S,3] (square, S >= "
                            f"{MIN_IMAGE_SIZE}), got {({k: (_dims(v), v.dtype.name) for k, v in out.items()})}"
                            + (f" (S = {side})" if side is not None else ""))
+    _check_bound(where, f"signature {name!r} images [N,{side},{side},3]", side, MAX_IMAGE_SIZE, "pixels a side")
     contract = dict(num_classes=num_classes, has_truncation=t is not None, signature=name)
     if "encode" not in sigs:
         return ModelContract(latent_dim, side, None, **contract)
@@ -340,6 +350,8 @@ def check_signatures(module, *, where: str) -> ModelContract:
         shape = [None, ENCODE_SIZE, ENCODE_SIZE, shape[3]]  # an encoder of any size: feed BigBiGAN's
     square = shape is not None and len(shape) == 4 and shape[3] in (3, None) and shape[1] == shape[2]
     enc_side = int(shape[1]) if square and shape[1] is not None else None
+    if enc_side is not None:
+        _check_bound(where, f"signature 'encode' x [N,{enc_side},{enc_side},3]", enc_side, MAX_IMAGE_SIZE, "pixels a side")
     if enc_side is None or x[1] != "float32":
         raise GanLoadError(f"{where}: signature 'encode' must take x float32 [N,E,E,3], got {x}")
     eout = enc.structured_outputs
@@ -347,6 +359,12 @@ def check_signatures(module, *, where: str) -> ModelContract:
         raise GanLoadError(f"{where}: 'encode' must return z_sample [N,{latent_dim}], "
                            f"got {({k: _dims(v) for k, v in eout.items()})}")
     return ModelContract(latent_dim, side, enc_side, **contract)
+
+
+def _check_bound(where: str, what: str, value: int, bound: int, unit: str) -> None:
+    if value > bound:
+        raise GanLoadError(f"{where}: {what} declares {value:,} {unit}, more than the {bound:,} this tool takes "
+                           f"(it would need that many per sample in memory); is this the module you meant?")
 
 
 def _feed(num_classes: int | None, has_truncation: bool, truncation: float):

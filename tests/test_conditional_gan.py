@@ -6,6 +6,7 @@ tf_generator), which takes one class per latent from a conditional model and non
 from __future__ import annotations
 
 import hashlib
+import re
 import urllib.error
 import urllib.request
 
@@ -310,3 +311,33 @@ def test_tf_generator_checks_classes(toy_gan, biggan):
         toy_gan.tf_generator()(z, tf.constant([1, 2], tf.int32))
     with pytest.raises(ClassSpecError, match=r"\[0, 1000\)"):
         biggan.tf_generator()(z, tf.constant([1, 1000], tf.int32))
+
+
+def _sized_fn(dim: int, side: int, **extra):
+    specs = [tf.TensorSpec([None, dim], tf.float32, name="z")] + [
+        tf.TensorSpec(shape, tf.float32, name=name) for name, shape in extra.items()]
+
+    @tf.function(input_signature=specs)
+    def default(z, *rest):
+        return {"default": tf.zeros([tf.shape(z)[0], side, side, 3])}
+
+    return default
+
+
+@pytest.mark.parametrize("dim, side, extra, says", [
+    (10 ** 9, 32, {}, "z [N,1000000000] declares 1,000,000,000 latent dimensions, more than the 65,536"),
+    (8, 32, dict(y=[None, 10 ** 9]), "y [N,1000000000] declares 1,000,000,000 classes, more than the 100,000"),
+    (8, 5000, {}, "images [N,5000,5000,3] declares 5,000 pixels a side, more than the 4,096"),
+])
+def test_a_module_that_declares_absurd_sizes_is_refused_before_anything_is_drawn(tmp_path, cache, dim, side,
+                                                                                 extra, says):
+    # a hostile or broken module: nothing may be allocated from these numbers (the side is declared
+    # statically, so no image is rendered to learn it)
+    with pytest.raises(GanLoadError, match=re.escape(says)) as err:
+        load_gan(_save(tmp_path / "m", {"default": _sized_fn(dim, side, **extra)}), cache_dir=cache)
+    assert "\n" not in str(err.value)
+
+
+def test_the_largest_sizes_real_generators_use_load(tmp_path, cache):
+    g = load_gan(_save(tmp_path / "m", {"default": _sized_fn(18 * 512, 1024, y=[None, 21_843])}), cache_dir=cache)
+    assert (g.latent_dim, g.image_size, g.num_classes) == (9216, 1024, 21_843)
