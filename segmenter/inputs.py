@@ -51,6 +51,7 @@ from benchdata.io import IMAGE_EXTS, ImageSkipped, read_image
 from core.errors import UserError, first_line
 from core.images import HeaderError, Skip, image_header_size
 from core.version import package_version
+from shardset.urls import RETRY_BACKOFF_S, RETRY_STATUSES
 
 __all__ = ["InputError", "Source", "expand_inputs", "check_out_apart_from_inputs", "read_source", "output_name",
            "special_file", "max_file_bytes", "READ_TIMEOUT_S", "DOWNLOAD_DEADLINE_S", "OUTPUT_TAGS"]
@@ -58,6 +59,9 @@ __all__ = ["InputError", "Source", "expand_inputs", "check_out_apart_from_inputs
 READ_TIMEOUT_S = 30.0  # one read of a download: a server silent this long is given up on
 DOWNLOAD_DEADLINE_S = 60.0  # a whole download, redirects included: a server dripping bytes is cut off
 MAX_REDIRECTS = 5
+# a "not now" (HTTP 408, 425, 429, 5xx; a refused or dropped connection) is tried again, up to this
+# many times in all, with waits of RETRY_BACKOFF_S doubling, all inside the one download deadline
+DOWNLOAD_ATTEMPTS = 3
 LIST_MAX_BYTES = 16 << 20  # 16 MB: some 150,000 URLs; a list longer than that is not a list
 LIST_MAX_LINE = 8192
 OUTPUT_TAGS = (".overlay", ".cutout")  # the tags of outputs besides the mask: <rel>.overlay.jpg, <rel>.cutout.png
@@ -336,7 +340,35 @@ class _DownloadRefused(Exception):
     """A download given up, its one-line reason the message."""
 
 
-def _download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_timeout: float = READ_TIMEOUT_S) -> Skip | None:
+class _TryAgain(Exception):
+    """A download that failed for now (`skip` says how): another try may get it."""
+
+    def __init__(self, skip: Skip):
+        super().__init__(skip.reason)
+        self.skip = skip
+
+
+def download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_timeout: float = READ_TIMEOUT_S,
+             attempts: int = DOWNLOAD_ATTEMPTS) -> Skip | None:
+    """`_download`, tried again after a "not now" (a busy or failing server, a dropped connection),
+    up to `attempts` tries with waits of RETRY_BACKOFF_S, doubling; the deadline covers them all,
+    and no wait runs past it. The last try's reason says how many there were."""
+    start = time.monotonic()
+    wait = RETRY_BACKOFF_S
+    for attempt in range(1, attempts + 1):
+        try:
+            return _download(url, dest, max_pixels, deadline_s, read_timeout, start=start)
+        except _TryAgain as e:
+            skip = e.skip
+        if attempt == attempts or time.monotonic() - start + wait >= deadline_s:
+            break
+        time.sleep(wait)
+        wait *= 2
+    return Skip(skip.kind, f"{skip.reason} ({attempt} {'try' if attempt == 1 else 'tries'})")
+
+
+def _download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_timeout: float = READ_TIMEOUT_S,
+              start: float | None = None) -> Skip | None:
     """Save the bytes at `url` into `dest`, or a Skip: HTTP or network failure, a redirect not
     followed, the deadline passed, a header over the pixel limit (the rest is not downloaded), or
     more bytes than an image at the limit can need.
@@ -345,7 +377,7 @@ def _download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_tim
     passes, so neither a server dripping one byte at a time nor one that never answers can hold
     the run (the per-read timeout alone restarts with every byte)."""
     max_bytes = max_file_bytes(max_pixels)
-    start = time.monotonic()
+    start = time.monotonic() if start is None else start
     origin = urllib.parse.urlsplit(url)
     current = url
     expired = threading.Event()
@@ -380,7 +412,10 @@ def _download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_tim
                     current = _redirect_target(current, origin, response.getheader("Location"))
                     continue
                 if response.status != 200:
-                    return Skip("unreadable", f"{url}: HTTP {response.status} {_one_line(response.reason)}".rstrip())
+                    skip = Skip("unreadable", f"{url}: HTTP {response.status} {_one_line(response.reason)}".rstrip())
+                    if response.status in RETRY_STATUSES:
+                        raise _TryAgain(skip)
+                    return skip
                 return _save(url, response, dest, max_pixels, max_bytes, expired)
             finally:
                 watchdog.cancel()
@@ -393,7 +428,11 @@ def _download(url: str, dest: Path, max_pixels: int, deadline_s: float, read_tim
     except (OSError, http.client.HTTPException, ValueError) as e:  # refused, DNS, timeout, a malformed URL
         if expired.is_set():
             return Skip("unreadable", f"{url}: not downloaded within {deadline_s:g} s (--download-timeout); given up")
-        return Skip("unreadable", f"{url}: cannot download it ({_reason(e)})")
+        skip = Skip("unreadable", f"{url}: cannot download it ({_reason(e)})")
+        # refused, reset or hung up on (RemoteDisconnected is a ConnectionResetError): the server may be back
+        if isinstance(e, (ConnectionError, http.client.IncompleteRead)):
+            raise _TryAgain(skip) from None
+        return skip
 
 
 def _save(url: str, response, dest: Path, max_pixels: int, max_bytes: int, expired: threading.Event) -> Skip | None:
@@ -477,7 +516,7 @@ def read_source(source: Source, max_pixels: int, deadline_s: float = DOWNLOAD_DE
     # same header check and decoder as a local file, and its bytes never sit in memory whole
     with tempfile.TemporaryDirectory(prefix="bgw-segment-") as tmp:
         path = Path(tmp) / "download"
-        skip = _download(source.location, path, max_pixels, deadline_s)
+        skip = download(source.location, path, max_pixels, deadline_s)
         if skip is not None:
             return skip
         return _read_local(path, source.location, max_pixels, admit)

@@ -42,7 +42,7 @@ RETRY_ATTEMPTS = 5  # tries in a row that deliver nothing before a read gives up
 RETRY_BACKOFF_S = 0.5  # the wait before the first try; it doubles with each try in a row
 MAX_RECONNECTS = 100  # tries of one stream in all: a server that dribbles a byte per connection ends too
 # answers that say "not now" rather than "not there": worth another try
-_RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
 _BRACE_RE = re.compile(r"\{([^{}]*)\}")
 _RANGE_RE = re.compile(r"(-?\d+)\.\.(-?\d+)")
 _MAX_EXPANSION = 1_000_000
@@ -183,7 +183,7 @@ class _ResumingHTTPStream(io.RawIOBase):
             resp = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=HTTP_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
             exc.close()
-            if exc.code in _RETRY_STATUSES:
+            if exc.code in RETRY_STATUSES:
                 raise _Retry(f"HTTP {exc.code} {exc.reason}") from None
             if not self._opened:
                 raise ShardError(self.url, f"HTTP {exc.code} {exc.reason}") from None

@@ -192,6 +192,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(self.png)))
             self.end_headers()
             self.wfile.write(self.png)
+        elif self.path.startswith("/busy"):  # always "not now"
+            self.send_error(503, "Service Unavailable")
+        elif self.path.startswith("/flaky"):  # "not now" twice for each URL, then the image
+            with self.lock:
+                self.tries[self.path] = self.tries.get(self.path, 0) + 1
+                n = self.tries[self.path]
+            if n <= 2:
+                self.send_error(503 if n == 1 else 429, "Not now")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(self.png)))
+                self.end_headers()
+                self.wfile.write(self.png)
         elif self.path.startswith("/self"):
             self.send_response(302)
             self.send_header("Location", "/ok.png")
@@ -203,7 +216,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def hostile_server(tmp_path):
     png = cv2.imencode(".png", np.full((40, 60, 3), 90, np.uint8))[1].tobytes()
-    handler = type("H", (_Handler,), {"png": png})
+    handler = type("H", (_Handler,), {"png": png, "tries": {}, "lock": threading.Lock()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -232,6 +245,30 @@ def test_downloads_have_a_deadline_safe_redirects_and_one_line_reasons(model, ho
         assert r.startswith(base) and len(r) > len(base) + 20, r
     host = tmp_path / "o" / "127.0.0.1"
     assert sorted(p.name for p in host.glob("*.png")) == ["ok%3Fid=1.png", "ok%3Fid=2.png", "self.png"]
+
+
+def test_a_busy_server_is_tried_again_within_the_deadline(model, hostile_server, tmp_path):
+    base = hostile_server
+    urls = [f"{base}/flaky.png?id=1", f"{base}/flaky.png?id=2", f"{base}/busy.png", f"{base}/missing.png"]
+    (tmp_path / "urls.txt").write_text("\n".join(urls) + "\n")
+    res = _run(["--model", model, "@" + str(tmp_path / "urls.txt"), "--out", tmp_path / "o"])
+    assert res.exit_code == 0, res.output
+    # 503 then 429 then the image: got on the third try; a server busy every time is given up after three
+    # tries; a 404 is not "not now", so it is not tried again
+    assert "segmented 2 of 4 images" in res.output, res.output
+    reasons = [ln.strip() for ln in res.output.splitlines() if ln.startswith("  ")]
+    assert any(r.startswith(f"{base}/busy.png") and "HTTP 503" in r and r.endswith("(3 tries)") for r in reasons)
+    assert any(r.startswith(f"{base}/missing.png") and r.endswith("HTTP 404 Not Found") for r in reasons)
+    host = tmp_path / "o" / "127.0.0.1"
+    assert sorted(p.name for p in host.glob("*.png")) == ["flaky%3Fid=1.png", "flaky%3Fid=2.png"]
+
+
+def test_no_wait_runs_past_the_download_deadline(hostile_server, tmp_path):
+    from segmenter.inputs import download
+
+    t0 = time.monotonic()
+    skip = download(f"{hostile_server}/busy.png", tmp_path / "x", 10 ** 8, deadline_s=0.4)
+    assert time.monotonic() - t0 < 0.4 and skip.reason.endswith("(1 try)")
 
 
 # --------------------------------------------------------------------------- special files and lists (point 4)
