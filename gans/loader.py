@@ -222,8 +222,8 @@ def _load_path(handle: str, path: Path, cache: Path, fingerprint: str | None = N
         raise GanLoadError(f"{path} is not a loadable SavedModel / TF-Hub module: {reason[:200]}") from e
     contract = check_signatures(module, where=str(path))
     if not contract.has_truncation and truncation != 1.0:
-        raise GanLoadError(f"{handle} takes no truncation input, so truncation {truncation} cannot apply; "
-                           f"leave it at 1.0")
+        raise NoTruncationError(f"{handle} takes no truncation input (BigGAN's modules do), so truncation "
+                                f"{truncation} cannot apply; leave it out")
     return Gan(handle=handle, path=Path(path), module=module, contract=contract, cache_dir=cache,
                fingerprint=fingerprint, truncation=truncation)
 
@@ -383,6 +383,12 @@ def _feed(num_classes: int | None, has_truncation: bool, truncation: float):
     return feed
 
 
+class NoTruncationError(GanLoadError):
+    """A truncation asked of a module that takes none: an option the model cannot take (exit 2)."""
+
+    exit_code = 2  # core.cli's usage exit code
+
+
 class NoEncoderError(GanLoadError):
     """The module has no `encode` signature, and something asked for embeddings."""
 
@@ -414,6 +420,7 @@ class Gan:
         self.encode_size = contract.encode_size
         self.num_classes = contract.num_classes
         self.signature = contract.signature
+        self.has_truncation = contract.has_truncation
         self._truncation = float(truncation)
         self._cache_dir = Path(cache_dir)
         self._fingerprint = fingerprint

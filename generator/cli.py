@@ -114,6 +114,10 @@ def _field(name: str, flag: str | None = None, **kwargs):
              "from the shard's own seeded stream: all, or indices and inclusive ranges such as 1,5,10-19. "
              "Recorded in the manifest and in each sample's meta ('class'). An error for other models. "
              "[default: all]")
+@_field("truncation", type=click.FloatRange(0.0, 1.0, min_open=True), metavar="T",
+        help="BigGAN's truncation trick, T in (0, 1]: z = T x with x ~ N(0, I) truncated to [-2, 2], the module "
+             "fed T (sharper, less varied images). Prior latents and a module with a truncation input only. "
+             "[default: none: z ~ N(0, I) untruncated, fed 1.0, as Voynov & Babenko]")
 @_field("latents", type=click.Choice(["prior", "embeddings"]),
         help="prior: z ~ N(0,I); embeddings: z = E(I_i) + alpha xi. [default: embeddings with --dataset]")
 @_field("alpha", type=float, help="Noise scale of the embeddings latents. [default: 0.2; 0 for imagenet]")

@@ -55,6 +55,9 @@ class GenConfig:
     # class-conditional GANs (BigGAN): the classes drawn, one per sample, uniform over the set:
     # "all", or indices and ranges "1,5,10-19" (gans.classes); None = all. An error for other GANs.
     classes: str | None = None
+    # BigGAN's truncation trick (gans.truncation): z = T x, x ~ N(0, I) truncated to [-2, 2], the module
+    # fed T; None = untruncated z ~ N(0, I), fed 1.0. Prior latents and a module with that input only.
+    truncation: float | None = None
     cache_dir: str | None = None  # model and embeddings cache folder; None = $BGW_CACHE_DIR or ~/.cache/bgw-seg
     # -- latents
     latents: str | None = None  # "prior" | "embeddings"; None = embeddings when a dataset is given
@@ -167,6 +170,16 @@ class GenConfig:
         if isinstance(self.shifted_images, bool) or not isinstance(self.shifted_images, (int, float)) \
                 or not 0.0 <= self.shifted_images <= 1.0:
             bad(f"shifted_images must be a fraction in [0, 1] (e.g. 0.1), got {self.shifted_images!r}")
+        if self.truncation is not None:
+            from gans.truncation import TruncationError, check_truncation
+
+            try:
+                check_truncation(self.truncation)
+            except TruncationError as exc:
+                bad(str(exc))
+            if self.latents == "embeddings":
+                bad("truncation applies to prior latents (z ~ N(0, I)), not to embeddings: pass --latents prior "
+                    "or drop --truncation")
         if self.classes is not None and not str(self.classes).strip():
             bad("classes is empty: pass --classes all, or class indices and ranges such as 1,5,10-19")
         if self.latents not in LATENT_SOURCES:
@@ -203,6 +216,12 @@ class GenConfig:
             bad(f"max_fg {self.max_fg!r} bounds the size filter, which is off (--no-size-filter or the preset); "
                 f"drop one of the two")
 
+
+    def check_truncation_input(self, model: str, has_truncation: bool) -> None:
+        """--truncation needs a module that takes it (BigGAN's): the check that needs the loaded model."""
+        if self.truncation is not None and not has_truncation:
+            raise OptionForModelError(f"--truncation {self.truncation}: {model} takes no truncation input (BigGAN's "
+                                      f"modules do); drop --truncation")
 
     def class_set(self, model: str, num_classes: int | None):
         """The classes this run draws from (int64 [K]), or None for an unconditional model: the

@@ -18,7 +18,8 @@ from core.registry import UnknownNameError
 from gans.directions import PUBLISHED_DIRECTIONS
 from gans.loader import resample_record
 
-from .config import MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, make_plan, name_slug
+from .config import (MAX_FG_AUTO, MAX_SHARDS, SHIPPED_DIRECTIONS, GenConfig, GenerationError, OptionForModelError,
+                     make_plan, name_slug)
 from .latents import DRAW_BLOCK, LatentStream
 from .views import Shifts, render_views
 
@@ -42,25 +43,32 @@ class Inputs:
         shifted images) each draw's choice of stored image; `shifted_images` overrides the run's."""
         return LatentStream(cfg.seed, shard, int(self.direction.size), embeddings=self.embeddings,
                             alpha=cfg.alpha if self.embeddings is not None else 0.0, class_set=self.class_set,
-                            shifted_images=cfg.shifted_images if shifted_images is None else shifted_images)
+                            shifted_images=cfg.shifted_images if shifted_images is None else shifted_images,
+                            truncation=cfg.truncation)
 
 
-_GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_dir) -> Gan
+_GANS: dict[tuple, object] = {}  # loaded models of this process: (spec, cache_dir, truncation) -> Gan
 
 
-def cached_gan(spec: str, cache_dir: str | None = None):
+def cached_gan(spec: str, cache_dir: str | None = None, truncation: float = 1.0):
     """gans.loader.load_gan, memoised per process (several runs in one process share a model)."""
     from gans import loader as gan_mod
 
-    key = (spec, cache_dir)
+    key = (spec, cache_dir, float(truncation))
     if key not in _GANS:
-        _GANS[key] = gan_mod.load_gan(spec, cache_dir=cache_dir)
+        _GANS[key] = gan_mod.load_gan(spec, cache_dir=cache_dir, truncation=truncation)
     return _GANS[key]
 
 
 def _load_gan(cfg: GenConfig):
+    from gans.loader import NoTruncationError
+
     try:
-        return cached_gan(cfg.gan, cfg.cache_dir)
+        gan = cached_gan(cfg.gan, cfg.cache_dir, 1.0 if cfg.truncation is None else cfg.truncation)
+        cfg.check_truncation_input(cfg.gan, gan.has_truncation)  # --truncation 1 on a module without the input
+        return gan
+    except NoTruncationError as exc:  # an option this model cannot take: a usage error, as --classes
+        raise OptionForModelError(f"--truncation {cfg.truncation}: {first_line(exc)}") from None
     except (GenerationError, UnknownNameError):  # a name not in a list stays a usage error (exit 2)
         raise
     except (UserError, OSError) as exc:  # GanLoadError, a cache folder that cannot be written
@@ -232,7 +240,7 @@ def load_inputs(cfg: GenConfig) -> Inputs:
                       **_conditioning(gan)},
         "direction": {"source": direction_src, "sha256": digest, "shift": float(cfg.shift), **_pair(cfg)},
         "latents": {"source": cfg.latents, "alpha": float(cfg.alpha) if cfg.latents == "embeddings" else None,
-                    "draw_block": DRAW_BLOCK, **_classes(cfg, class_set, num_classes)},
+                    "draw_block": DRAW_BLOCK, **_truncation(cfg), **_classes(cfg, class_set, num_classes)},
         "dataset": dataset_facts,
         "embeddings": emb_facts,
         "filters": {"preset": cfg.preset, **dataclasses.asdict(cfg.filter_config()),
@@ -266,6 +274,15 @@ def _pair(cfg: GenConfig) -> dict:
     """The mask rule's pair of latent shifts (a, b), when it is not the paper's (0, r)."""
     shifts = Shifts.of(cfg.filter_config().mask_rule, cfg.shift)
     return {} if shifts.pair == (0.0, float(cfg.shift)) else {"pair_shifts": list(shifts.pair)}
+
+
+def _truncation(cfg: GenConfig) -> dict:
+    """--truncation: BigGAN's truncated prior (gans.truncation)."""
+    if cfg.truncation is None:
+        return {}
+    from gans.truncation import truncation_record
+
+    return {"truncation": truncation_record(cfg.truncation)}
 
 
 def _classes(cfg: GenConfig, class_set: np.ndarray | None, num_classes: int | None) -> dict:

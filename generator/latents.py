@@ -8,7 +8,8 @@ of the rendering batch size), so the n-th draw of a shard is the same whatever b
 
 Two sources (paper, section 3.2):
 
-- ``prior``: z ~ N(0, I), untruncated.
+- ``prior``: z ~ N(0, I), untruncated; with ``truncation`` T, BigGAN's truncation trick instead:
+  z = T x, x ~ N(0, I) with each coordinate outside [-2, 2] drawn again (``gans.truncation``).
 - ``embeddings``: z = E(I_i) + alpha * xi, with i uniform over the dataset's train images and
   xi ~ N(0, I); ``E`` is a precomputed [N, D] table of encoder outputs.
 
@@ -79,6 +80,7 @@ class LatentStream:
         alpha: float = 0.0,
         class_set: np.ndarray | None = None,
         shifted_images: float = 0.0,
+        truncation: float | None = None,
     ):
         if latent_dim <= 0:
             raise ValueError(f"latent_dim must be positive, got {latent_dim}")
@@ -92,6 +94,8 @@ class LatentStream:
             raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
         if not 0.0 <= shifted_images <= 1.0:
             raise ValueError(f"shifted_images must be in [0, 1], got {shifted_images}")
+        if truncation is not None and embeddings is not None:
+            raise ValueError("truncation applies to the prior, not to embeddings")
         self.seed = int(seed)
         self.shard_index = int(shard_index)
         self.latent_dim = int(latent_dim)
@@ -99,6 +103,7 @@ class LatentStream:
         self.alpha = float(alpha)
         self.class_set = None if class_set is None else np.asarray(class_set)
         self.shifted_images = float(shifted_images)
+        self.truncation = None if truncation is None else float(truncation)
         self._rng = np.random.Generator(np.random.PCG64(shard_seed_sequence(seed, shard_index)))
         self._block: LatentBatch | None = None
         self._pos = 0  # next unread row of the current block
@@ -110,7 +115,12 @@ class LatentStream:
         first = self._next_draw
         draw_index = np.arange(first, first + DRAW_BLOCK, dtype=np.int64)
         self._next_draw += DRAW_BLOCK
-        if self.embeddings is None:
+        if self.embeddings is None and self.truncation is not None:
+            from gans.truncation import truncated_latents
+
+            z = truncated_latents(self._rng, (DRAW_BLOCK, self.latent_dim), self.truncation)
+            source = np.full(DRAW_BLOCK, -1, np.int64)
+        elif self.embeddings is None:
             z = self._rng.standard_normal((DRAW_BLOCK, self.latent_dim))
             source = np.full(DRAW_BLOCK, -1, np.int64)
         else:
