@@ -42,6 +42,7 @@ from generator.latents import LatentStream
 from masking.rules import FilterConfig, process_batch
 from generator.config import GenConfig, make_plan
 from generator.render import Host
+from generator.views import Views
 
 BATCH = 64
 
@@ -129,7 +130,7 @@ def _host_pass(x: np.ndarray, xs: np.ndarray, encoding: str) -> float:
             s0 = shard * cfg.shard_size
             for s in range(s0, s0 + plan.sizes[shard], BATCH):
                 e = min(s + BATCH, s0 + plan.sizes[shard])
-                host.consume(shard, stream.take(e - s), x[s:e], xs[s:e])
+                host.consume(shard, stream.take(e - s), Views(x[s:e], xs[s:e], x[s:e], None))
         nbytes = sum(p.stat().st_size for p in os.scandir(out) if p.name.endswith(".tar.zst"))
     return nbytes / n
 
