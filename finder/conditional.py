@@ -15,13 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gans.classes import ClassSpecError, class_set_record, draw_classes, parse_class_set
+from gans.classes import NotConditionalError, class_set_of, class_set_record, draw_classes
 
-
-class ClassesNotConditionalError(ClassSpecError):
-    """`--classes` given for a GAN that takes no class."""
-
-    exit_code = 2  # core.cli.USAGE_EXIT_CODE: an option the model cannot take is a usage error
+ClassesNotConditionalError = NotConditionalError  # `--classes` given for a GAN that takes no class (exit 2)
 
 
 @dataclass(frozen=True)
@@ -45,14 +41,10 @@ def class_set(gan, spec: str | None) -> ClassSet | None:
     """The class set of a run on ``gan``: None for an unconditional GAN (an error when ``spec`` is
     given), else ``spec`` parsed against the GAN's classes (None: "all"). Raises a UserError."""
     num = getattr(gan, "num_classes", None)
-    if not num:
-        if spec is not None:
-            raise ClassesNotConditionalError(
-                f"{getattr(gan, 'handle', 'this GAN')} is not class-conditional (it takes z alone), so a class "
-                f"set ({spec!r}) cannot apply; drop --classes")
+    ids = class_set_of(spec, num, getattr(gan, "handle", "this GAN"))
+    if ids is None:
         return None
-    spec = "all" if spec is None else str(spec)
-    return ClassSet(spec, np.asarray(parse_class_set(spec, int(num))), int(num))
+    return ClassSet("all" if spec is None else str(spec), np.asarray(ids), int(num))
 
 
 def draw_samples(n: int, dim: int, seed: int, classes: ClassSet | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -247,20 +247,10 @@ def score_candidates(gan, candidates: np.ndarray, config: FitConfig = FitConfig(
     return scores, z, labels
 
 
-def lighting_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float,
-                      labels: np.ndarray | None = None) -> float:
-    """Mean share of pixels that the lighting rule calls foreground: gray(G(z)) < gray(G(z + shift h))."""
-    x = np.asarray(cond.generate(gan, z, labels), np.float32)
-    xs = np.asarray(cond.generate(gan, z + shift * np.asarray(direction, np.float32)[None], labels), np.float32)
-    return float(np.mean(lighting_mask(x, xs)))
-
-
 def mask_fraction(gan, z: np.ndarray, direction: np.ndarray, shift: float, labels: np.ndarray | None = None,
                   mask_rule: str = "lighting") -> float:
     """Mean share of pixels that `mask_rule` calls foreground on the pair it compares
     (`masking.rules.pair_shifts`: G(z), G(z + shift h) for the paper's rules)."""
-    if mask_rule == "lighting":
-        return lighting_fraction(gan, z, direction, shift, labels)
     a, b = pair_shifts(mask_rule, shift)
     h = np.asarray(direction, np.float32)[None]
     xa = np.asarray(cond.generate(gan, z + a * h, labels), np.float32)

@@ -16,7 +16,8 @@ import numpy as np
 
 from core.errors import UserError
 
-__all__ = ["ClassSpecError", "parse_class_set", "draw_classes", "class_set_record", "DRAW_RULE"]
+__all__ = ["ClassSpecError", "NotConditionalError", "parse_class_set", "class_set_of", "draw_classes",
+           "class_set_record", "DRAW_RULE"]
 
 DRAW_RULE = "uniform over the set, one class per sample"
 _INT = re.compile(r"\d+")
@@ -62,6 +63,24 @@ def parse_class_set(spec: str | None, num_classes: int) -> np.ndarray:
             raise ClassSpecError(f"class {part!r} is out of range; {_valid(num_classes)}")
         picked.append(np.arange(lo, hi + 1, dtype=np.int64))
     return np.unique(np.concatenate(picked))
+
+
+class NotConditionalError(ClassSpecError):
+    """A class set given for a model that takes no class: an option it cannot take (exit 2)."""
+
+    exit_code = 2  # core.cli's usage exit code
+
+
+def class_set_of(spec: str | None, num_classes: int | None, model: str) -> np.ndarray | None:
+    """The classes a run on `model` draws from: None for an unconditional model (`num_classes` None),
+    which takes no `spec` (NotConditionalError); else `parse_class_set(spec, num_classes)`, all
+    classes when `spec` is None. The one rule gen-synth and find-direction check `--classes` by."""
+    if not num_classes:
+        if spec is not None:
+            raise NotConditionalError(f"{model} is not class-conditional (it takes z alone), so a class set "
+                                      f"({spec!r}) cannot apply; drop --classes")
+        return None
+    return parse_class_set(spec, num_classes)
 
 
 def draw_classes(rng: np.random.Generator, class_set: np.ndarray, n: int) -> np.ndarray:

@@ -227,15 +227,10 @@ class GenConfig:
         """The classes this run draws from (int64 [K]), or None for an unconditional model: the
         check of `classes` that needs the loaded model's class count (`num_classes`, None when
         it takes no class). Raises OptionForModelError (a usage error) naming the fix."""
-        from gans.classes import ClassSpecError, parse_class_set
+        from gans.classes import ClassSpecError, class_set_of
 
-        if not num_classes:
-            if self.classes is not None:
-                raise OptionForModelError(f"--classes {self.classes}: {model} is not class-conditional (it takes z "
-                                          f"alone); drop --classes")
-            return None
         try:
-            return parse_class_set(self.classes, num_classes)
+            return class_set_of(self.classes, num_classes, model)
         except ClassSpecError as exc:
             raise OptionForModelError(f"--classes {self.classes}: {first_line(exc)}") from None
 

@@ -2,8 +2,9 @@
 
 Top: accepted samples, each as the mask rule's pair and the mask over the stored image, e.g.
 G(z) | G(z + r h) | mask over G(z), two samples to a row. Below: one labelled strip per filter of
-samples it rejected, each as the stored image with its mask drawn over it. ``PreviewCollector`` keeps the first few examples of each kind as batches stream past,
-so a run pays nothing for the preview beyond a few copies.
+samples it rejected, each as the stored image with its mask drawn over it. ``PreviewCollector``
+keeps the first few examples of each kind as batches stream past, so a run pays nothing for the
+preview beyond a few copies.
 """
 from __future__ import annotations
 
