@@ -5,6 +5,8 @@ Rows:
 - host: mask + filters + write    the pipeline's host thread (process_batch, sample build, encode,
                                   tar + zstd, atomic write) fed synthetic batches, one core
 - toy: render pairs               Gan.generate_pair alone (the accelerator side; here TF on CPU)
+- toy: render centred             Gan.generate_shifted over [0, -r/2, r/2]: the three images a latent
+                                  costs under --mask-rule background-removal (Voynov & Babenko)
 - toy: end to end                 generator.pipeline.run (render overlapped with the host thread)
 
 Host rows use synthetic GAN-like pairs (no TensorFlow) and one thread in cv2/BLAS, so they are
@@ -228,6 +230,12 @@ def bench_toy(n: int) -> dict:
         for _ in range(reps):
             gan.generate_pair(z, toy_direction(), 5.0)
     out = {"render_cpu": reps * BATCH / c.cpu, "render_wall": reps * BATCH / c.wall}
+    centred = [0.0, -2.5, 2.5]  # masking.rules.pair_shifts("background-removal", 5) beside G(z)
+    gan.generate_shifted(z, toy_direction(), centred)  # trace once
+    with Clock() as c:
+        for _ in range(reps):
+            gan.generate_shifted(z, toy_direction(), centred)
+    out.update(centred_cpu=reps * BATCH / c.cpu, centred_wall=reps * BATCH / c.wall)
     with tempfile.TemporaryDirectory() as folder:
         cfg = GenConfig(gan="toy", latents="prior", n=n, shard_size=min(n, 500), name="bench", out=folder,
                         batch_size=BATCH, histogram_rule="bimodal", val_fraction=0.0)
@@ -266,6 +274,7 @@ def main(n: int, toy_n: int, quick: bool, no_toy: bool, zstd_levels: bool, stage
     if not no_toy:
         toy = bench_toy(toy_n)
         for key, label, note in (("render", "render pairs", "G(z) and G(z+5h): 2 images per pair"),
+                                 ("centred", "render centred", "G(z), G(z-2.5h), G(z+2.5h): 3 images per latent"),
                                  ("e2e", "end to end", f"acceptance {100 * toy['acceptance']:.0f}%, {toy_n} samples")):
             name = f"toy: {label} ({toy['device']}, all cores)"
             rows.append((name, toy[key + "_cpu"], toy[key + "_wall"], float("nan"), "", note))
